@@ -1,0 +1,27 @@
+"""Command-line dispatcher: `demo`, and the harness's `run` / `validate` / `nodes`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen sub-command; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m lcm_accel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the demo and write a PNG")
+    demo.add_argument("--out", default="output", help="folder for the PNG (default: output)")
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        path = run_demo(out_dir=args.out, seed=args.seed)
+        print(f"wrote {path}")
+        return 0
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The exact LCM multistep scheduler/sampler (and TCD), pure torch.
+
+Agrees with diffusers' `LCMScheduler` / `TCDScheduler` on the same inputs; usable from a
+timestep-view model (diffusers UNet) and from a sigma-view denoiser (ComfyUI / k-diffusion).
+"""
+from .boundary import (
+    PREDICTION_TYPES,
+    check_prediction_type,
+    clip_x0,
+    consistency_output,
+    consistency_scalings,
+    predict_x0_and_eps,
+    threshold_x0,
+)
+from .denoiser import denoiser_from_vp_model
+from .guidance import guidance_scale_embedding, lcm_guidance_embedding
+from .sampling import (
+    draw_noise,
+    make_noise_sampler,
+    sample_lcm,
+    sample_lcm_vp,
+    sample_tcd,
+    sample_tcd_vp,
+)
+from .schedule import BETA_SCHEDULES, add_noise, lcm_timesteps, make_alphas_cumprod, make_betas, tcd_timesteps
+from .sigmas import (
+    default_train_sigmas,
+    lcm_sigmas,
+    sigmas_for_timesteps,
+    sigmas_from_alphas_cumprod,
+    tcd_sigmas,
+    timestep_from_sigma,
+    ve_from_vp,
+    vp_from_ve,
+)
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "PREDICTION_TYPES",
+    "add_noise",
+    "check_prediction_type",
+    "clip_x0",
+    "consistency_output",
+    "consistency_scalings",
+    "default_train_sigmas",
+    "denoiser_from_vp_model",
+    "draw_noise",
+    "guidance_scale_embedding",
+    "lcm_guidance_embedding",
+    "lcm_sigmas",
+    "lcm_timesteps",
+    "make_alphas_cumprod",
+    "make_betas",
+    "make_noise_sampler",
+    "predict_x0_and_eps",
+    "sample_lcm",
+    "sample_lcm_vp",
+    "sample_tcd",
+    "sample_tcd_vp",
+    "sigmas_for_timesteps",
+    "sigmas_from_alphas_cumprod",
+    "tcd_sigmas",
+    "tcd_timesteps",
+    "threshold_x0",
+    "timestep_from_sigma",
+    "ve_from_vp",
+    "vp_from_ve",
+]
