@@ -1,0 +1,136 @@
+"""The harness's sub-commands of `python -m lcm_accel`: run, validate, nodes.
+
+Every failure ends with ONE line `error: ...` on stderr and a non-zero status (2: the
+workflow or the command line is wrong, 1: a node failed while running, 130: interrupted);
+`--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import HarnessError, NodeExecutionError, WorkflowError
+from .interrupt import ExecutionInterrupted
+from .model_paths import ModelPaths, use_model_paths
+from .registry import NodeRegistry, default_registry, load_node_file
+
+EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def add_harness_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `run`, `validate` and `nodes` to the top-level parser's sub-commands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--nodes", action="append", default=[], metavar="FILE.py",
+                        help="also register the NODE_CLASS_MAPPINGS of this Python file (repeatable)")
+    common.add_argument("--no-builtin-nodes", action="store_true",
+                        help="register only the nodes of --nodes files (not the pack's nor the standalone host's)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    workflow = argparse.ArgumentParser(add_help=False)
+    workflow.add_argument("workflow", help="workflow .json (API or UI format) or .png with ComfyUI metadata")
+    workflow.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                          help="set an input of a node, e.g. --set 3.seed=42 (value parsed as JSON when possible)")
+    workflow.add_argument("--api-out", metavar="FILE", help="write the API-format prompt that is run/validated")
+    common.add_argument("--models", default="models", help="models folder in ComfyUI's layout (default: ./models)")
+    common.add_argument("--input", default=None, help="input folder (default: 'input' beside the models folder)")
+    common.add_argument("--out", default="output", help="output folder (default: ./output)")
+    sub.add_parser("run", parents=[common, workflow], help="run a ComfyUI workflow headless")
+    sub.add_parser("validate", parents=[common, workflow], help="check a workflow without running it")
+    sub.add_parser("nodes", parents=[common], help="list the registered nodes")
+
+
+def build_registry(node_files: list[str], builtin: bool = True) -> NodeRegistry:
+    """The default registry (unless `builtin` is False) plus the nodes of `node_files`."""
+    registry = default_registry() if builtin else NodeRegistry()
+    for path in node_files:
+        load_node_file(registry, path)
+    return registry
+
+
+def _prepare(args: argparse.Namespace, registry: NodeRegistry) -> tuple[dict, dict | None]:
+    from .runner import api_prompt, apply_overrides
+    from .workflow_io import load_workflow
+
+    prompt, extra = api_prompt(load_workflow(args.workflow), registry)
+    apply_overrides(prompt, args.set, registry)
+    if args.api_out:
+        Path(args.api_out).write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
+    return prompt, extra
+
+
+def _cmd_nodes(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    for name in registry.names():
+        node_class = registry.get(name)
+        category = getattr(node_class, "CATEGORY", "")
+        print(f"{name}\t{registry.display_name(name)}\t{category}\t{registry.source(name)}")
+    if not len(registry):
+        print("no nodes registered", file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    from .validation import validate_prompt
+
+    prompt, _ = _prepare(args, registry)
+    validated = validate_prompt(prompt, registry)
+    print(f"ok: {len(validated.order)} node(s) to run, output node(s) {', '.join(validated.output_ids)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    from .executor import Executor
+    from .model_paths import get_model_paths
+
+    prompt, extra = _prepare(args, registry)
+    paths = get_model_paths()
+    start = time.perf_counter()
+    result = Executor(registry, paths).run(prompt, extra_pnginfo=extra)
+    elapsed = time.perf_counter() - start
+    for node_id, ui in result.ui.items():
+        for item in ui.get("images", []) if isinstance(ui, dict) else []:
+            if isinstance(item, dict) and item.get("type", "output") == "output" and "filename" in item:
+                print(f"saved {paths.output_dir / item.get('subfolder', '') / item['filename']}")
+    print(f"ran {len(result.executed)} node(s) in {elapsed:.2f} s")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "nodes": _cmd_nodes}
+
+
+def _fail(message: str, status: int) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return status
+
+
+def run_harness_command(args: argparse.Namespace) -> int:
+    """Run the parsed sub-command; returns the process exit status."""
+    try:
+        with use_model_paths(ModelPaths(args.models, input_dir=args.input, output_dir=args.out)):
+            registry = build_registry(args.nodes, builtin=not args.no_builtin_nodes)
+            return COMMANDS[args.command](args, registry)
+    except ExecutionInterrupted as error:
+        if args.debug:
+            raise
+        return _fail(str(error), EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return _fail("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    except WorkflowError as error:
+        if args.debug:
+            raise
+        return _fail(error.one_line(), EXIT_INVALID)
+    except NodeExecutionError as error:
+        if args.debug:
+            raise
+        return _fail(str(error), EXIT_FAILED)
+    except (HarnessError, OSError) as error:
+        if args.debug:
+            raise
+        return _fail(str(error), EXIT_INVALID)
+    except Exception as error:  # a bug: still one line, the traceback behind --debug
+        if args.debug:
+            raise
+        return _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", EXIT_FAILED)
