@@ -1,0 +1,36 @@
+"""LoRA files, weighted mixing, and in-place patching with exact restore (pure torch).
+
+    lora = load_lora("lcm-lora-sdv1-5.safetensors")
+    patcher = LoraPatcher(unet)                      # diffusers- or LDM-named UNet
+    report = patcher.apply([(lora, 1.0), (style, 0.8)], rank=None)
+    patcher.reweight([1.0, 0.5])                     # no file re-read
+    patcher.restore()                                # bit-exact
+"""
+from .formats import LoraFactors, LoraFile, load_lora, parse_lora
+from .keymap import TargetIndex, UNetLayout, family_of_layout, family_of_lora_names
+from .mix import LowRankPatch, compress_svd, mix, mix_cat
+from .patcher import LoraPatcher, LoraPatchError
+from .report import AdapterReport, LoadReport
+from .safetensors_io import LoraFileError, load_tensor_file, read_safetensors_header
+
+__all__ = [
+    "AdapterReport",
+    "LoadReport",
+    "LoraFactors",
+    "LoraFile",
+    "LoraFileError",
+    "LoraPatchError",
+    "LoraPatcher",
+    "LowRankPatch",
+    "TargetIndex",
+    "UNetLayout",
+    "compress_svd",
+    "family_of_layout",
+    "family_of_lora_names",
+    "load_lora",
+    "load_tensor_file",
+    "mix",
+    "mix_cat",
+    "parse_lora",
+    "read_safetensors_header",
+]
