@@ -1,0 +1,127 @@
+"""The k-diffusion denoiser D(x, sigma) around a diffusers UNet, with classifier-free guidance.
+
+For an eps model the UNet sees x / sqrt(sigma^2 + 1) at the nearest training timestep and
+D = x - sigma * eps; v-prediction, x0 and LCM (consistency boundary condition, sigma_data 0.5,
+timestep scaling 10) follow ComfyUI's model_sampling classes. Guidance mixes the denoised
+predictions: D = D_uncond + cfg * (D_cond - D_uncond); cfg == 1 skips the negative pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .names import SAMPLING_TYPES
+from .noise_schedule import DiscreteSigmas, DistilledSigmas
+from .types import ModelHost
+
+SDXL_TIME_EMBED_KEYS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
+
+
+def sigma_table(model: ModelHost) -> DiscreteSigmas:
+    """The sigma table the model samples with (distilled for LCM sampling)."""
+    zsnr = bool(model.model_options.get("zsnr", False))
+    cls = DistilledSigmas if model.sampling_type == "lcm" else DiscreteSigmas
+    return cls(model.noise_schedule, zsnr=zsnr)
+
+
+def denoised_from_output(kind: str, x: torch.Tensor, out: torch.Tensor, sigma: torch.Tensor, timestep: torch.Tensor):
+    """x0 from the raw UNet output for sampling type `kind` (sigma, timestep shaped like x)."""
+    if kind == "eps":
+        return x - out * sigma
+    if kind == "v_prediction":
+        return x / (sigma**2 + 1.0) - out * sigma / (sigma**2 + 1.0) ** 0.5
+    if kind == "x0":
+        return out
+    if kind == "lcm":
+        sigma_data = 0.5
+        x0 = x - out * sigma
+        scaled = timestep * 10.0
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+        return c_out * x0 + c_skip * x
+    raise ValueError(f"sampling type {kind!r} unknown; choose from {', '.join(SAMPLING_TYPES)}")
+
+
+def sdxl_added_conds(entry: dict, batch: int, height: int, width: int, device, dtype) -> dict:
+    """diffusers' `added_cond_kwargs` for SDXL: pooled text + size/crop ids (ComfyUI defaults)."""
+    pooled = entry.get("pooled_output")
+    if pooled is None:
+        raise ValueError("SDXL conditioning has no 'pooled_output'; encode the prompt with an SDXL CLIP")
+    values = {"height": height, "width": width, "crop_h": 0, "crop_w": 0}
+    values.update({k: entry[k] for k in ("height", "width", "crop_h", "crop_w") if k in entry})
+    values["target_height"] = entry.get("target_height", values["height"])
+    values["target_width"] = entry.get("target_width", values["width"])
+    time_ids = torch.tensor([[float(values[k]) for k in SDXL_TIME_EMBED_KEYS]], device=device, dtype=dtype)
+    return {
+        "text_embeds": pooled.to(device=device, dtype=dtype).expand(batch, -1),
+        "time_ids": time_ids.expand(batch, -1),
+    }
+
+
+class GuidedDenoiser:
+    """D(x, sigma) with CFG for one sampling run; `seed` feeds the ancestral noise."""
+
+    def __init__(self, model: ModelHost, positive: list, negative: list, cfg: float):
+        self.model = model
+        self.table = sigma_table(model)
+        self.kind = model.sampling_type
+        self.positive, self.negative, self.cfg = positive, negative, float(cfg)
+        for name, conds in (("positive", positive), ("negative", negative)):
+            for cond in conds:
+                unsupported = sorted(set(cond[1]) & {"area", "mask", "control", "gligen", "start_percent"})
+                if unsupported:
+                    raise NotImplementedError(f"{name} conditioning uses {unsupported}, which the standalone host does not support")
+
+    def _unet(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list) -> torch.Tensor:
+        unet = self.model.unet
+        param = next(unet.parameters())
+        context = cond[0].to(device=param.device, dtype=param.dtype)
+        batch = x_in.shape[0]
+        if context.shape[0] != batch:
+            context = context.repeat(math.ceil(batch / context.shape[0]), 1, 1)[:batch]
+        kwargs = {}
+        if getattr(unet.config, "addition_embed_type", None) == "text_time":
+            h, w = x_in.shape[2] * 8, x_in.shape[3] * 8
+            kwargs["added_cond_kwargs"] = sdxl_added_conds(cond[1], batch, h, w, param.device, param.dtype)
+        out = unet(x_in.to(param.dtype), timestep.to(param.device).float(), encoder_hidden_states=context, **kwargs)
+        return out.sample.float()
+
+    @torch.no_grad()
+    def denoise_one(self, x: torch.Tensor, sigma: torch.Tensor, conds: list) -> torch.Tensor:
+        """Strength-weighted average of D over the conditioning entries (ComfyUI's mixing)."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        s = sigma.reshape(shape).float()
+        timestep = self.table.model_timestep(sigma.float())
+        x_in = x / (s**2 + 1.0) ** 0.5
+        total, weight = 0.0, 0.0
+        for cond in conds:
+            strength = float(cond[1].get("strength", 1.0))
+            out = self._unet(x_in, timestep, cond)
+            total = total + denoised_from_output(self.kind, x, out, s, timestep.reshape(shape).float()) * strength
+            weight += strength
+        if weight == 0:
+            raise ValueError("conditioning is empty (or all strengths are 0)")
+        return total / weight
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        cond = self.denoise_one(x, sigma, self.positive)
+        if math.isclose(self.cfg, 1.0):
+            return cond
+        uncond = self.denoise_one(x, sigma, self.negative)
+        return uncond + (cond - uncond) * self.cfg
+
+
+class InpaintDenoiser:
+    """Keep the unmasked region on the noised original latent (ComfyUI's KSamplerX0Inpaint)."""
+
+    def __init__(self, inner, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+        self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - self.mask
+        s = sigma.reshape((-1,) + (1,) * (x.ndim - 1))
+        x = x * self.mask + (self.noise * s + self.latent) * keep
+        out = self.inner(x, sigma)
+        return out * self.mask + self.latent * keep

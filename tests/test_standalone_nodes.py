@@ -1,0 +1,44 @@
+"""The standalone host's node table: ComfyUI's node interface on every class, cheap import."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+from lcm_accel.fixtures import shared_models_root
+from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
+from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS
+
+COMFYUI_CORE = {
+    "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"), "DiffusersLoader": ("MODEL", "CLIP", "VAE"),
+    "CLIPTextEncode": ("CONDITIONING",), "CLIPSetLastLayer": ("CLIP",), "EmptyLatentImage": ("LATENT",),
+    "VAEDecode": ("IMAGE",), "VAEEncode": ("LATENT",), "KSampler": ("LATENT",), "KSamplerAdvanced": ("LATENT",),
+    "ModelSamplingDiscrete": ("MODEL",), "SaveImage": (), "PreviewImage": (), "LoadImage": ("IMAGE", "MASK"),
+}
+
+
+def test_every_node_has_comfyui_interface():
+    assert set(NODE_CLASS_MAPPINGS) == set(COMFYUI_CORE)
+    with use_model_paths(ModelPaths(shared_models_root() / "models")):
+        for name, cls in NODE_CLASS_MAPPINGS.items():
+            assert cls.__name__ == name and cls.RETURN_TYPES == COMFYUI_CORE[name]
+            inputs = cls.INPUT_TYPES()
+            function = getattr(cls(), cls.FUNCTION)
+            parameters = inspect.signature(function).parameters
+            for section in ("required", "optional", "hidden"):
+                for input_name in inputs.get(section, {}):
+                    assert input_name in parameters, f"{name}.{cls.FUNCTION} lacks input {input_name}"
+            assert isinstance(cls.CATEGORY, str)
+    assert NODE_CLASS_MAPPINGS["SaveImage"].OUTPUT_NODE and NODE_CLASS_MAPPINGS["PreviewImage"].OUTPUT_NODE
+    assert list(NODE_CLASS_MAPPINGS["KSampler"].INPUT_TYPES()["required"]) == [
+        "model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise"]
+
+
+def test_importing_the_host_loads_no_heavy_library():
+    code = (
+        "import sys, lcm_accel.hosts.standalone as h; assert h.NODE_CLASS_MAPPINGS; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
