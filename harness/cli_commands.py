@@ -54,7 +54,7 @@ def _prepare(args: argparse.Namespace, registry: NodeRegistry) -> tuple[dict, di
     from .workflow_io import load_workflow
 
     prompt, extra = api_prompt(load_workflow(args.workflow), registry)
-    apply_overrides(prompt, args.set, registry)
+    apply_overrides(prompt, args.set, registry, extra)
     if args.api_out:
         Path(args.api_out).write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
     return prompt, extra

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import HarnessError
 from .registry import NodeRegistry
-from .ui_to_api import convert_ui_to_api
+from .ui_to_api import convert_ui_to_api, set_widget_value
 from .workflow_io import LoadedWorkflow
 
 
@@ -39,8 +39,13 @@ def _parse_value(raw: str, input_type: str | None, choices: tuple | None) -> Any
         return raw
 
 
-def apply_overrides(prompt: dict, assignments: list[str], registry: NodeRegistry) -> None:
-    """Apply `--set NODE.INPUT=VALUE` assignments to an API prompt, in place."""
+def apply_overrides(prompt: dict, assignments: list[str], registry: NodeRegistry, extra_pnginfo: dict | None = None) -> None:
+    """Apply `--set NODE.INPUT=VALUE` assignments to an API prompt, in place. The UI workflow in
+    `extra_pnginfo` (what saved PNGs embed) gets the same values, so an image dragged back into
+    ComfyUI shows the settings it was made with; where a value cannot be written there (the
+    input is fed by a link), the stale UI workflow is dropped and the PNG keeps the API prompt."""
+    workflow = (extra_pnginfo or {}).get("workflow")
+    ui_nodes = {str(n.get("id")): n for n in (workflow or {}).get("nodes", []) if isinstance(n, dict)}
     for text in assignments:
         node_id, name, raw = parse_assignment(text)
         node = prompt.get(node_id)
@@ -54,4 +59,10 @@ def apply_overrides(prompt: dict, assignments: list[str], registry: NodeRegistry
             if name not in settable:
                 raise HarnessError(f"--set {text!r}: node {node_id} ({class_type}) has no input {name!r}; inputs: {', '.join(settable)}")
             input_type, choices = spec.inputs[name].type, spec.inputs[name].choices
-        node.setdefault("inputs", {})[name] = _parse_value(raw, input_type, choices)
+        value = _parse_value(raw, input_type, choices)
+        node.setdefault("inputs", {})[name] = value
+        if workflow is not None:
+            ui_node = ui_nodes.get(node_id)
+            if ui_node is None or class_type not in registry or not set_widget_value(ui_node, registry.spec(class_type), name, value):
+                extra_pnginfo.pop("workflow", None)
+                workflow, ui_nodes = None, {}

@@ -81,6 +81,26 @@ def frontend_default(spec: InputSpec) -> Any:
     return {"STRING": "", "BOOLEAN": False}.get(spec.type)
 
 
+def widget_positions(values: list, spec: NodeSpec) -> dict[str, int]:
+    """Where each widget input's value sits in a list `widgets_values`: the frontend stores them
+    in INPUT_TYPES order, with a "control after generate" value after seed-like widgets (and a
+    filter value after a combo's control) and the upload button's value after image uploads."""
+    positions: dict[str, int] = {}
+    i = 0
+    for widget in spec.widget_inputs():
+        if i >= len(values):
+            break
+        positions[widget.name] = i
+        i += 1
+        if widget.has_control_widget and i < len(values) and _is_control_value(values[i]):
+            i += 1
+            if widget.type == "COMBO" and i < len(values) and isinstance(values[i], str):
+                i += 1  # a combo's control widget comes with a filter-list widget
+        if any(widget.options.get(o) for o in UPLOAD_OPTIONS) and i < len(values) and values[i] == "image":
+            i += 1
+    return positions
+
+
 def widget_values_by_name(node: dict, spec: NodeSpec) -> dict[str, Any]:
     """Map a UI node's `widgets_values` onto the class's widget inputs, by name; widgets the
     file has no value for get the frontend's default (the default graph's SaveImage has none)."""
@@ -90,22 +110,26 @@ def widget_values_by_name(node: dict, spec: NodeSpec) -> dict[str, Any]:
     if isinstance(values, dict):
         found = {w.name: values[w.name] for w in widgets if w.name in values}
     elif isinstance(values, list):
-        i = 0
-        for widget in widgets:
-            if i >= len(values):
-                break
-            found[widget.name] = values[i]
-            i += 1
-            if widget.has_control_widget and i < len(values) and _is_control_value(values[i]):
-                i += 1
-                if widget.type == "COMBO" and i < len(values) and isinstance(values[i], str):
-                    i += 1  # a combo's control widget comes with a filter-list widget
-            if any(widget.options.get(o) for o in UPLOAD_OPTIONS) and i < len(values) and values[i] == "image":
-                i += 1
+        found = {name: values[i] for name, i in widget_positions(values, spec).items()}
     for widget in widgets:
         if widget.name not in found:
             found[widget.name] = frontend_default(widget)
     return {name: found[name] for name in (w.name for w in widgets)}
+
+
+def set_widget_value(node: dict, spec: NodeSpec, name: str, value: Any) -> bool:
+    """Write `value` into a UI node's widget `name`; False when the node holds no such widget
+    value (the input is fed by a link, or the file omits it)."""
+    values = node.get("widgets_values")
+    if isinstance(values, dict) and name in values:
+        values[name] = value
+        return True
+    if isinstance(values, list) and name in widget_positions(values, spec):
+        if any((item.get("name") == name and item.get("link") is not None) for item in node.get("inputs") or []):
+            return False
+        values[widget_positions(values, spec)[name]] = value
+        return True
+    return False
 
 
 def _wrap(value: Any) -> Any:

@@ -171,8 +171,31 @@ def test_ui_workflow_api_out_and_png_round_trip(models):
     out = _cli("run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models, nodes=[STUBS])
     assert out.returncode == 0, out.stderr
     assert (models / "results" / "lcm_00002_.png").is_file()
-    expected["3"]["inputs"]["seed"] = 42  # the PNG carries the UI workflow, where the PrimitiveNode says 42
+    # The seed is fed by a PrimitiveNode, so --set cannot be written into the UI workflow: the PNG
+    # then carries only the API prompt that was run (never a stale workflow), and re-runs with seed 99.
+    from PIL import Image
+
+    assert "workflow" not in Image.open(png).text
     assert json.loads((models / "again.json").read_text()) == expected
+
+
+def test_set_on_a_widget_is_written_into_the_embedded_workflow(models):
+    out = _cli("run", str(DATA / "txt2img_variants.ui.json"), "--models", "models", "--out", "results",
+               "--set", "3.steps=7", cwd=models, nodes=[STUBS])
+    assert out.returncode == 0, out.stderr
+    from PIL import Image
+
+    (png,) = (models / "results").glob("*.png")
+    embedded = json.loads(Image.open(png).text["workflow"])
+    original = json.loads((DATA / "txt2img_variants.ui.json").read_text())
+    (ksampler,) = [n for n in embedded["nodes"] if n["id"] == 3]
+    (before,) = [n for n in original["nodes"] if n["id"] == 3]
+    changed = [i for i, (a, b) in enumerate(zip(before["widgets_values"], ksampler["widgets_values"])) if a != b]
+    assert [ksampler["widgets_values"][i] for i in changed] == [7]
+    out = _cli("run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models,
+               nodes=[STUBS])
+    assert out.returncode == 0, out.stderr
+    assert json.loads((models / "again.json").read_text())["3"]["inputs"]["steps"] == 7
 
 
 def test_missing_model_file_is_a_one_line_error(models):

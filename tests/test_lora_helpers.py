@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors, write_kohya, write_peft  # noqa: F401 (re-exported)
 
 TINY_SD15 = dict(
     block_out_channels=(32, 64),
@@ -44,53 +45,6 @@ def tiny_unet(config: dict = TINY_SD15, seed: int = 0):
         for p in unet.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return unet
-
-
-def lora_targets(unet, convs: bool = True) -> dict[str, tuple[int, ...]]:
-    """Module path -> weight shape for the layers an LCM-LoRA-style adapter trains."""
-    wanted = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
-    if convs:
-        wanted += ("conv1", "conv2", "conv_shortcut", "time_emb_proj")
-    out = {}
-    for name, p in unet.named_parameters():
-        if name.endswith(".weight") and name[: -len(".weight")].endswith(wanted) and p.dim() in (2, 4):
-            out[name[: -len(".weight")]] = tuple(p.shape)
-    return out
-
-
-def random_factors(targets: dict, rank: int, seed: int, scale: float = 0.05, dtype=torch.float32):
-    """module -> (down, up): conv down keeps the kernel (LoCon), conv up is 1x1."""
-    g = torch.Generator().manual_seed(seed)
-    factors = {}
-    for module, shape in targets.items():
-        r = min(rank, shape[0], shape[1])
-        down = torch.randn((r, *shape[1:]), generator=g) * scale
-        up = torch.randn((shape[0], r, *([1, 1] if len(shape) == 4 else [])), generator=g) * scale
-        factors[module] = (down.to(dtype), up.to(dtype))
-    return factors
-
-
-def write_kohya(path: Path, factors: dict, alpha: float | None, names=None) -> Path:
-    """kohya layout: lora_unet_<path with '_'>.lora_down/.lora_up/.alpha."""
-    tensors = {}
-    for module, (down, up) in factors.items():
-        key = "lora_unet_" + (names(module) if names else module).replace(".", "_")
-        tensors[f"{key}.lora_down.weight"] = down.contiguous()
-        tensors[f"{key}.lora_up.weight"] = up.contiguous()
-        if alpha is not None:
-            tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
-    save_file(tensors, str(path))
-    return path
-
-
-def write_peft(path: Path, factors: dict, prefix: str = "unet.") -> Path:
-    """diffusers/PEFT layout: unet.<path>.lora_A/lora_B.weight (no alpha: alpha = rank)."""
-    tensors = {}
-    for module, (down, up) in factors.items():
-        tensors[f"{prefix}{module}.lora_A.weight"] = down.contiguous()
-        tensors[f"{prefix}{module}.lora_B.weight"] = up.contiguous()
-    save_file(tensors, str(path))
-    return path
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, int, torch.nn.Parameter]]:

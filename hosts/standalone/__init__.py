@@ -8,6 +8,7 @@ from .nodes_conditioning import CLIPSetLastLayer, CLIPTextEncode
 from .nodes_image import LoadImage, PreviewImage, SaveImage
 from .nodes_latent import EmptyLatentImage, VAEDecode, VAEEncode
 from .nodes_loaders import CheckpointLoaderSimple, DiffusersLoader
+from .nodes_lora import LoraLoader, LoraLoaderModelOnly
 from .nodes_sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
 
 NODE_CLASS_MAPPINGS = {
@@ -15,6 +16,8 @@ NODE_CLASS_MAPPINGS = {
     for cls in (
         CheckpointLoaderSimple,
         DiffusersLoader,
+        LoraLoader,
+        LoraLoaderModelOnly,
         CLIPTextEncode,
         CLIPSetLastLayer,
         EmptyLatentImage,

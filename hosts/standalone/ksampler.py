@@ -12,6 +12,7 @@ import math
 import torch
 
 from .denoiser import GuidedDenoiser, InpaintDenoiser
+from .lora import activate_patches
 from .noise_schedule import ksampler_sigmas
 from .samplers import SAMPLERS, seeded_noise_sampler
 from .types import ModelHost
@@ -71,6 +72,7 @@ def common_ksampler(
     else:
         noise = prepare_noise(samples, seed, latent.get("batch_index"))
 
+    activate_patches(model)
     guided = GuidedDenoiser(model, positive, negative, cfg)
     table = guided.table
     sigmas = ksampler_sigmas(table, scheduler, steps, denoise)

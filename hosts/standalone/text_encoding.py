@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .prompt_weights import empty_tokens, tokenize_weighted
+from .lora import activate_clip_patches
 from .types import ClipHost
 
 
@@ -78,6 +79,7 @@ def encode_prompt(clip: ClipHost, text: str) -> tuple[torch.Tensor, torch.Tensor
     if clip.family not in FAMILY_RULES:
         raise ValueError(f"no text-encoding rules for model family {clip.family!r}")
     rules = FAMILY_RULES[clip.family]
+    activate_clip_patches(clip)
     outputs = [
         encode_weighted(encoder, clip.tokenizer, text, rule, clip.layer_idx)
         for encoder, rule in zip(clip.text_encoders, rules)
