@@ -11,17 +11,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m lcm_accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the demo and write a PNG")
+    demo = sub.add_parser("demo", help="run the LCM-LoRA workflow headless and write a PNG")
+    demo.add_argument("--models", default=None,
+                      help="ComfyUI models folder with real weights (default: tiny built-in stand-ins)")
     demo.add_argument("--out", default="output", help="folder for the PNG (default: output)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workflow", default=None, help="another workflow file to run instead")
     add_harness_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import demo_run_arguments
 
-        path = run_demo(out_dir=args.out, seed=args.seed)
-        print(f"wrote {path}")
-        return 0
+        return main(demo_run_arguments(args.models, args.out, args.workflow))
     return run_harness_command(args)
 
 

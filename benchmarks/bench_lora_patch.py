@@ -130,7 +130,7 @@ def main() -> None:
     patcher = LoraPatcher(unet)
     report = timed("apply", device, lambda: patcher.apply([(loras[0], 1.0), (loras[1], 0.8)]), ours)
     timed("reweight", device, lambda: patcher.reweight([0.9, 0.5]), ours)
-    report = patcher._finish_report(patcher._report)
+    report = patcher.report
     timed("restore", device, patcher.restore, ours)
     exact = all(torch.equal(p.detach().view(torch.uint8), originals[n].view(torch.uint8))
                 for n, p in unet.named_parameters())

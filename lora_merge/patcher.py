@@ -235,6 +235,21 @@ class LoraPatcher:
     def restore_state_bytes(self) -> int:
         return sum(s.nbytes for s in self._states.values())
 
+    @property
+    def weights(self) -> list[float]:
+        """The weights of the applied adapters (empty when nothing is applied)."""
+        return list(self._weights)
+
+    @property
+    def report(self) -> LoadReport | None:
+        """The report of the applied patch, brought up to date (None when nothing is applied)."""
+        return None if self._report is None else self._finish_report(self._report)
+
+    def check(self, adapters: Sequence[tuple[LoraFile, float]], strict: bool = True) -> LoadReport:
+        """Everything `apply` validates (names, shapes, family, factors, dtypes), without touching a
+        weight: lets a host refuse a bad LoRA when it is chosen rather than when it is applied."""
+        return self._plan(adapters, strict)[1]
+
     # ---------------------------------------------------------------- validation
     def _plan(self, adapters: Sequence[tuple[LoraFile, float]], strict: bool) -> tuple[list[_Target], LoadReport]:
         """Resolve and check everything; touch nothing."""

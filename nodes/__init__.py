@@ -1,0 +1,24 @@
+"""The pack's node classes (category "LCM Accel"). Thin: they check inputs, then call the host
+(`hosts.get_host()`). Importing this package is cheap: no torch until a node runs."""
+from __future__ import annotations
+
+from .lora_nodes import LCMAdapterMixer, LCMLoraLoader
+from .sampling_nodes import LCMKSampler, LCMSampler, LCMScheduler
+
+NODE_CLASS_MAPPINGS = {
+    "LCMLoraLoader": LCMLoraLoader,
+    "LCMAdapterMixer": LCMAdapterMixer,
+    "LCMScheduler": LCMScheduler,
+    "LCMSampler": LCMSampler,
+    "LCMKSampler": LCMKSampler,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LCMLoraLoader": "LCM-LoRA Loader",
+    "LCMAdapterMixer": "LCM Adapter Mixer",
+    "LCMScheduler": "LCM Scheduler",
+    "LCMSampler": "LCM Sampler",
+    "LCMKSampler": "LCM KSampler",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

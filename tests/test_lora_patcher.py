@@ -54,7 +54,7 @@ def test_random_sequences_restore_bit_exactly(dtype):
                 patcher.apply([(l, rng.uniform(-2, 2)) for l in chosen], rank=rng.choice([None, None, 1, 3]))
                 assert any(not torch.equal(p, snap[n][0]) for n, p in net.named_parameters())
             elif op == "reweight" and patcher.is_applied:
-                patcher.reweight([rng.uniform(-2, 2) for _ in patcher._weights])
+                patcher.reweight([rng.uniform(-2, 2) for _ in patcher.weights])
             else:
                 patcher.restore()
         patcher.restore()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_SHIPPED = {"tests", "benchmarks", "build", "dist", "output", "workflows"}
+NOT_SHIPPED = {"tests", "benchmarks", "tools", "build", "dist", "output", "workflows"}
 
 
 def _load_install_module():
@@ -76,7 +76,8 @@ def test_comfyui_style_import_is_cheap(tmp_path):
     code = f"""
 import importlib.util, sys
 root = {str(ROOT)!r}
-spec = importlib.util.spec_from_file_location("custom_nodes.lcm-accel-any-name", root + "/__init__.py",
+# ComfyUI names the module after the folder (dots replaced), with no parent package.
+spec = importlib.util.spec_from_file_location("lcm-accel_x_any-name", root + "/__init__.py",
                                               submodule_search_locations=[root])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module

@@ -14,7 +14,8 @@ COMFYUI_CORE = {
     "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"), "DiffusersLoader": ("MODEL", "CLIP", "VAE"),
     "CLIPTextEncode": ("CONDITIONING",), "CLIPSetLastLayer": ("CLIP",), "EmptyLatentImage": ("LATENT",),
     "VAEDecode": ("IMAGE",), "VAEEncode": ("LATENT",), "KSampler": ("LATENT",), "KSamplerAdvanced": ("LATENT",),
-    "ModelSamplingDiscrete": ("MODEL",), "LoraLoader": ("MODEL", "CLIP"), "LoraLoaderModelOnly": ("MODEL",), "SaveImage": (), "PreviewImage": (), "LoadImage": ("IMAGE", "MASK"),
+    "ModelSamplingDiscrete": ("MODEL",), "LoraLoader": ("MODEL", "CLIP"), "LoraLoaderModelOnly": ("MODEL",),
+    "SamplerCustom": ("LATENT", "LATENT"), "KSamplerSelect": ("SAMPLER",), "BasicScheduler": ("SIGMAS",), "SaveImage": (), "PreviewImage": (), "LoadImage": ("IMAGE", "MASK"),
 }
 
 

@@ -5,6 +5,7 @@ unchanged. Importing this module is cheap: node modules import torch/diffusers l
 """
 
 from .nodes_conditioning import CLIPSetLastLayer, CLIPTextEncode
+from .nodes_custom_sampling import BasicScheduler, KSamplerSelect, SamplerCustom
 from .nodes_image import LoadImage, PreviewImage, SaveImage
 from .nodes_latent import EmptyLatentImage, VAEDecode, VAEEncode
 from .nodes_loaders import CheckpointLoaderSimple, DiffusersLoader
@@ -26,6 +27,9 @@ NODE_CLASS_MAPPINGS = {
         KSampler,
         KSamplerAdvanced,
         ModelSamplingDiscrete,
+        SamplerCustom,
+        KSamplerSelect,
+        BasicScheduler,
         SaveImage,
         PreviewImage,
         LoadImage,

@@ -167,9 +167,9 @@ def _check_pairs(loras: Sequence[tuple[LoraFile, float]], what: str) -> None:
 
 
 def _dry_run(patcher: LoraPatcher, adapters: Adapters) -> None:
-    """Resolve and check the adapters against the patcher's module without touching a weight.
-    (Uses the patcher's planning step, the same check `apply` does first.)"""
-    patcher._plan(list(adapters), strict=True)
+    """Resolve and check the adapters against the patcher's module without touching a weight
+    (the same check `apply` does first)."""
+    patcher.check(list(adapters), strict=True)
 
 
 # --------------------------------------------------------------------------- MODEL

@@ -1,0 +1,48 @@
+"""The small interface the pack's nodes call, so the same node classes run on every host.
+
+A host supplies the LoRA, schedule and sampling operations on its own MODEL / SIGMAS / SAMPLER /
+LATENT types; the nodes only parse inputs and pass host values through. The LCM math itself lives
+in `lcm_scheduler/`; a host adapts it to its model wrapper (denoiser, sigma table, noise, progress).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+
+class HostNotAvailableError(RuntimeError):
+    """The pack was asked for a host this installation cannot provide."""
+
+
+class LCMHost(Protocol):
+    """What the pack's nodes need from a host (MODEL, SIGMAS, SAMPLER, LATENT are host types)."""
+
+    name: str
+
+    def lora_names(self) -> list[str]:
+        """File names in the loras folder, as the LoRA combos list them."""
+
+    def add_loras(self, model: Any, loras: list[tuple[str, float]], rank: int | None = None) -> Any:
+        """A clone of `model` with the named LoRAs mixed with their weights into one patch
+        (rank None: the full concatenated rank, else SVD re-compression to `rank`)."""
+
+    def set_lcm_sampling(self, model: Any) -> Any:
+        """A clone of `model` whose sampling mode is "lcm" (ComfyUI's ModelSamplingDiscrete lcm)."""
+
+    def lcm_sigmas(self, model: Any, steps: int, original_steps: int, strength: float) -> Any:
+        """The LCM timesteps as sigmas of the model's own training table, with a trailing 0."""
+
+    def lcm_sampler(self, gamma: float) -> Any:
+        """A SAMPLER running LCM multistep (gamma 0) or TCD with that gamma (> 0)."""
+
+    def lcm_ksample(
+        self, model: Any, seed: int, steps: int, cfg: float, positive: Any, negative: Any, latent: Any,
+        original_steps: int, gamma: float, denoise: float,
+    ) -> Any:
+        """LCM (or TCD) sampling in one call; `denoise` < 1 is img2img with LCM strength = denoise."""
+
+
+def running_in_comfyui() -> bool:
+    """True when ComfyUI's own `comfy` package and `folder_paths` module are loaded (the pack was
+    imported by ComfyUI), False for headless use."""
+    return "comfy" in sys.modules and "folder_paths" in sys.modules

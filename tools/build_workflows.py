@@ -1,0 +1,292 @@
+"""Write the example workflows: `workflows/<name>.json` (UI format, drag-and-drop ready) and
+`workflows/api/<name>.json` (the API-format twin ComfyUI's frontend sends for it).
+
+    python tools/build_workflows.py [--check]
+
+Each graph is described once below; widget order, sockets and output types come from the
+nodes' own INPUT_TYPES / RETURN_TYPES (the pack's nodes and the standalone host's core nodes,
+which carry ComfyUI's definitions), so the files always match the nodes. `--check` exits 1
+if the files on disk differ from what would be written (the tests run it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+
+NEGATIVE = "blurry, low quality, deformed"
+
+
+@dataclass(frozen=True)
+class Out:
+    """Output `slot` of node `node_id` (a link source)."""
+
+    node_id: int
+    slot: int
+
+
+@dataclass
+class _Node:
+    id: int
+    class_type: str
+    values: dict[str, Any]
+    links: dict[str, Out] = field(default_factory=dict)
+    title: str | None = None
+
+    def __getitem__(self, slot: int) -> Out:
+        return Out(self.id, slot)
+
+
+class Graph:
+    """A workflow under construction: nodes with widget values and links between them."""
+
+    def __init__(self, registry, note: str):
+        self.registry = registry
+        self.note = note
+        self.nodes: list[_Node] = []
+
+    def add(self, class_type: str, title: str | None = None, **inputs: Any) -> _Node:
+        spec = self.registry.spec(class_type)
+        unknown = set(inputs) - set(spec.inputs)
+        if unknown:
+            raise ValueError(f"{class_type} has no inputs {sorted(unknown)}")
+        node = _Node(len(self.nodes) + 1, class_type, {}, title=title)
+        for name, value in inputs.items():
+            (node.links if isinstance(value, Out) else node.values)[name] = value
+        self.nodes.append(node)
+        return node
+
+    # -- API format -------------------------------------------------------------------------
+    def api(self) -> dict:
+        from lcm_accel.harness.ui_to_api import frontend_default
+
+        prompt = {}
+        for node in self.nodes:
+            spec = self.registry.spec(node.class_type)
+            inputs: dict[str, Any] = {}
+            for widget in spec.widget_inputs():
+                if widget.name not in node.links:
+                    inputs[widget.name] = node.values.get(widget.name, frontend_default(widget))
+            for name, out in node.links.items():
+                inputs[name] = [str(out.node_id), out.slot]
+            ordered = {name: inputs[name] for name in spec.inputs if name in inputs}
+            title = node.title or self.registry.display_name(node.class_type)
+            prompt[str(node.id)] = {"inputs": ordered, "class_type": node.class_type, "_meta": {"title": title}}
+        return prompt
+
+    # -- UI format --------------------------------------------------------------------------
+    def ui(self) -> dict:
+        from lcm_accel.harness.ui_to_api import frontend_default
+
+        links, ui_nodes = [], []
+        outgoing: dict[tuple[int, int], list[int]] = {}
+        incoming: dict[tuple[int, str], int] = {}
+        for node in self.nodes:
+            spec = self.registry.spec(node.class_type)
+            sockets = [s for s in spec.inputs.values() if s.category != "hidden" and not s.is_widget]
+            for name, out in node.links.items():
+                source = self.registry.spec(self.nodes[out.node_id - 1].class_type)
+                slot = [s.name for s in sockets].index(name) if name in [s.name for s in sockets] else None
+                if slot is None:
+                    raise ValueError(f"{node.class_type}.{name} is a widget; this builder links sockets only")
+                link_id = len(links) + 1
+                links.append([link_id, out.node_id, out.slot, node.id, slot, source.return_types[out.slot]])
+                outgoing.setdefault((out.node_id, out.slot), []).append(link_id)
+                incoming[(node.id, name)] = link_id
+        depth = self._depths()
+        rows: dict[int, int] = {}
+        for order, node in enumerate(self.nodes):
+            spec = self.registry.spec(node.class_type)
+            column = depth[node.id]
+            row = rows.get(column, 0)
+            rows[column] = row + 1
+            widgets = []
+            for widget in spec.widget_inputs():
+                widgets.append(node.values.get(widget.name, frontend_default(widget)))
+                if widget.has_control_widget:
+                    widgets.append("fixed")
+            entry = {
+                "id": node.id,
+                "type": node.class_type,
+                "pos": [60 + 360 * column, 80 + 260 * row],
+                "size": [320, 120 + 26 * len(widgets)],
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": [
+                    {"name": s.name, "type": s.type, "link": incoming.get((node.id, s.name))}
+                    for s in spec.inputs.values() if s.category != "hidden" and not s.is_widget
+                ],
+                "outputs": [
+                    {"name": name, "type": kind, "links": outgoing.get((node.id, slot), []), "slot_index": slot}
+                    for slot, (name, kind) in enumerate(zip(spec.return_names, spec.return_types))
+                ],
+                "properties": {"Node name for S&R": node.class_type},
+                "widgets_values": widgets,
+            }
+            if node.title:
+                entry["title"] = node.title
+            ui_nodes.append(entry)
+        note_id = len(self.nodes) + 1
+        ui_nodes.append({
+            "id": note_id, "type": "Note", "pos": [60, -200], "size": [700, 160], "flags": {},
+            "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+            "properties": {"text": ""}, "widgets_values": [self.note],
+        })
+        return {
+            "last_node_id": note_id,
+            "last_link_id": len(links),
+            "nodes": ui_nodes,
+            "links": links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "version": 0.4,
+        }
+
+    def _depths(self) -> dict[int, int]:
+        depth: dict[int, int] = {}
+        for node in self.nodes:  # nodes are added after their sources
+            depth[node.id] = max((depth[o.node_id] + 1 for o in node.links.values()), default=0)
+        return depth
+
+
+def _prompts(g: Graph, clip: Out, positive: str) -> tuple[_Node, _Node]:
+    return (g.add("CLIPTextEncode", "Positive prompt", clip=clip, text=positive),
+            g.add("CLIPTextEncode", "Negative prompt", clip=clip, text=NEGATIVE))
+
+
+def lcm_lora_txt2img(registry) -> Graph:
+    g = Graph(registry, "SD1.5 + LCM-LoRA, text to image in 4 steps at cfg 1.0 (one UNet pass per step).\n"
+              "LCM-LoRA works with any SD1.5 fine-tune: swap the checkpoint. Good settings: 4-8 steps, cfg 1-2.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    pos, neg = _prompts(g, ckpt[1], "a beautiful landscape with a lake and mountains at sunset, detailed")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
+                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_txt2img")
+    return g
+
+
+def lcm_lora_style_mixer(registry) -> Graph:
+    g = Graph(registry, "LCM-LoRA + a style LoRA mixed into ONE low-rank patch (lambda 1.0 / 0.8, as in the LCM-LoRA paper), "
+              "sampled with SamplerCustom + LCMScheduler + LCMSampler.\nrank 0 keeps the full concatenated rank; "
+              "a smaller rank re-compresses the mix by SVD.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    mixed = g.add("LCMAdapterMixer", model=ckpt[0], lora_1="lcm-lora-sdv1-5.safetensors", weight_1=1.0,
+                  lora_2="style-lora-sd15.safetensors", weight_2=0.8, lora_3="None", weight_3=1.0,
+                  lora_4="None", weight_4=1.0, rank=0)
+    pos, neg = _prompts(g, ckpt[1], "a portrait of a cat, oil painting style")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sigmas = g.add("LCMScheduler", model=mixed[0], steps=4, original_inference_steps=50, strength=1.0)
+    sampler = g.add("LCMSampler", gamma=0.0)
+    sampled = g.add("SamplerCustom", model=mixed[0], add_noise=True, noise_seed=42, cfg=1.0, positive=pos[0],
+                    negative=neg[0], sampler=sampler[0], sigmas=sigmas[0], latent_image=latent[0])
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_style_mixer")
+    return g
+
+
+def lcm_lora_sdxl(registry) -> Graph:
+    g = Graph(registry, "SDXL + LCM-LoRA (SDXL), 4 steps at cfg 1.0, 1024x1024.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="sd_xl_base_1.0.safetensors")
+    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdxl.safetensors", strength=1.0)
+    pos, neg = _prompts(g, ckpt[1], "a photo of a red house in a green forest, detailed, best quality")
+    latent = g.add("EmptyLatentImage", width=1024, height=1024, batch_size=1)
+    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
+                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_sdxl")
+    return g
+
+
+def lcm_lora_img2img(registry) -> Graph:
+    g = Graph(registry, "Image to image with LCM-LoRA: denoise 0.6 keeps the composition of input/example.png. "
+              "LCM img2img uses the paper's schedule restricted to the lower 60% of the noise levels.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    pos, neg = _prompts(g, ckpt[1], "a watercolor painting of a flower, detailed")
+    loaded = g.add("LoadImage", image="example.png")
+    encoded = g.add("VAEEncode", pixels=loaded[0], vae=ckpt[2])
+    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
+                    latent_image=encoded[0], original_inference_steps=50, gamma=0.0, denoise=0.6)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_img2img")
+    return g
+
+
+def tcd_txt2img(registry) -> Graph:
+    g = Graph(registry, "TCD (trajectory consistency distillation) sampling: gamma 0.3 re-injects part of the "
+              "noise at every step, which keeps detail at higher step counts. Works with the LCM-LoRA and with "
+              "TCD LoRAs (swap the file). gamma 0 is plain LCM.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    pos, neg = _prompts(g, ckpt[1], "a picture of a small bird on a tree, detailed")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
+                    latent_image=latent[0], original_inference_steps=50, gamma=0.3, denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="tcd_txt2img")
+    return g
+
+
+def baseline_25step_cfg7(registry) -> Graph:
+    g = Graph(registry, "Baseline for comparison: ComfyUI's default graph, 25 Euler steps at cfg 7 "
+              "(50 UNet passes) without LCM-LoRA.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    pos, neg = _prompts(g, ckpt[1], "a beautiful landscape with a lake and mountains at sunset, detailed")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sampled = g.add("KSampler", model=ckpt[0], seed=42, steps=25, cfg=7.0, sampler_name="euler", scheduler="normal",
+                    positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="baseline_25step_cfg7")
+    return g
+
+
+BUILDERS = (lcm_lora_txt2img, lcm_lora_style_mixer, lcm_lora_sdxl, lcm_lora_img2img, tcd_txt2img, baseline_25step_cfg7)
+
+
+def render(registry) -> dict[Path, str]:
+    """File path -> JSON text for every example workflow and its API twin."""
+    files = {}
+    for build in BUILDERS:
+        graph = build(registry)
+        files[WORKFLOWS / f"{build.__name__}.json"] = json.dumps(graph.ui(), indent=2) + "\n"
+        files[WORKFLOWS / "api" / f"{build.__name__}.json"] = json.dumps(graph.api(), indent=2) + "\n"
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report files that are out of date")
+    parser.add_argument("--models", help="models folder whose file lists fill the combos (default: the demo's)")
+    args = parser.parse_args(argv)
+    from lcm_accel.fixtures.demo_models import demo_models_dir
+    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
+    from lcm_accel.harness.registry import default_registry
+
+    root = Path(args.models) if args.models else demo_models_dir()
+    with use_model_paths(ModelPaths(root / "models", input_dir=root / "input")):
+        files = render(default_registry())
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path.relative_to(ROOT)}")
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
