@@ -34,6 +34,13 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None
     return torch.cat([drawn[int(i)] for i in batch_index], dim=0)
 
 
+def start_latent(noise: torch.Tensor, latent: torch.Tensor, sigma0: float, sigma_max: float) -> torch.Tensor:
+    """ComfyUI's noise scaling: a full denoise starts at noise * sqrt(1 + sigma^2) (pure noise in the
+    VP view), a partial one at latent + sigma * noise (the latent noised to sigma0)."""
+    full = math.isclose(sigma_max, sigma0, rel_tol=1e-5) or sigma0 > sigma_max
+    return noise * (math.sqrt(1.0 + sigma0**2) if full else sigma0) + latent
+
+
 def prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """A noise mask resized (bilinear) to the latent and repeated over channels and batch."""
     mask = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float()
@@ -92,9 +99,7 @@ def common_ksampler(
     scale = _latent_scale(model)
     latent_in = samples.to(device) * scale
     noise = noise.to(device)
-    max_denoise = math.isclose(float(table.sigma_max), float(sigmas[0]), rel_tol=1e-5) or float(sigmas[0]) > float(table.sigma_max)
-    sigma0 = float(sigmas[0])
-    x = noise * (math.sqrt(1.0 + sigma0**2) if max_denoise else sigma0) + latent_in
+    x = start_latent(noise, latent_in, float(sigmas[0]), float(table.sigma_max))
     denoiser = guided
     if "noise_mask" in latent:
         mask = prepare_mask(latent["noise_mask"], samples.shape).to(device)

@@ -12,7 +12,6 @@ The LCM math is `lcm_scheduler`'s (sigma view). This module only adapts it to a 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -28,7 +27,7 @@ from ...lcm_scheduler import (
     timestep_from_sigma,
 )
 from .denoiser import GuidedDenoiser, InpaintDenoiser, sigma_table
-from .ksampler import _latent_scale, _progress, prepare_mask, prepare_noise
+from .ksampler import _latent_scale, _progress, prepare_mask, prepare_noise, start_latent
 from .samplers import SAMPLERS, seeded_noise_sampler
 from .types import ModelHost
 
@@ -182,13 +181,6 @@ def activate_model_patches(model: ModelHost) -> None:
     from .lora import activate_patches
 
     activate_patches(model)
-
-
-def start_latent(noise: torch.Tensor, latent: torch.Tensor, sigma0: float, sigma_max: float) -> torch.Tensor:
-    """ComfyUI's noise scaling: a full denoise starts at noise * sqrt(1 + sigma^2) (pure noise in the
-    VP view), a partial one at latent + sigma * noise (the latent noised to sigma0)."""
-    full = math.isclose(sigma_max, sigma0, rel_tol=1e-5) or sigma0 > sigma_max
-    return noise * (math.sqrt(1.0 + sigma0**2) if full else sigma0) + latent
 
 
 def sample_custom(
