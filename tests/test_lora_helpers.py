@@ -60,3 +60,19 @@ def assert_unchanged(module: torch.nn.Module, snap) -> None:
         assert p is obj, name
         assert p.data_ptr() == ptr, name
         assert torch.equal(p.detach().view(torch.uint8), value.view(torch.uint8)), name
+
+
+def diffusers_lora_unet(unet, paths, weights):
+    """The reference: a copy of `unet` with the LoRA files loaded UNmerged by diffusers/peft."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+
+    ref = copy.deepcopy(unet)
+    names = []
+    for n, path in enumerate(paths):
+        sd, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+        StableDiffusionPipeline.load_lora_into_unet(sd, alphas, ref, adapter_name=f"a{n}")
+        names.append(f"a{n}")
+    ref.set_adapters(names, weights=list(weights))
+    return ref

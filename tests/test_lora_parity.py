@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from test_lora_helpers import (
+    diffusers_lora_unet,
     TINY_SD15, TINY_SDXL, TINY_SSD1B, lora_targets, random_factors, tiny_unet, write_kohya, write_peft,
 )
 
@@ -39,23 +40,10 @@ def files(tmp_path_factory):
     return kohya, peft
 
 
-def _diffusers_reference(unet, paths, weights):
-    from diffusers import StableDiffusionPipeline
-
-    ref = copy.deepcopy(unet)
-    names = []
-    for n, path in enumerate(paths):
-        sd, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
-        StableDiffusionPipeline.load_lora_into_unet(sd, alphas, ref, adapter_name=f"a{n}")
-        names.append(f"a{n}")
-    ref.set_adapters(names, weights=list(weights))
-    return ref
-
-
 def test_patched_output_matches_diffusers_unmerged(files):
     unet = tiny_unet()
     base = _forward(unet)
-    ref = _diffusers_reference(unet, files, WEIGHTS)
+    ref = diffusers_lora_unet(unet, files, WEIGHTS)
     expected = _forward(ref)
     assert (expected - base).norm() / base.norm() > 1e-2  # the adapters really change the output
     patcher = LoraPatcher(unet)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_lora_helpers import (
+    diffusers_lora_unet,
     TINY_SD15, TINY_SDXL, assert_unchanged, lora_targets, random_factors, snapshot, tiny_unet, write_kohya, write_peft,
 )
 
@@ -52,19 +53,6 @@ def _forward(unet):
         return unet(x, torch.tensor([10, 500]), c).sample
 
 
-def _diffusers_unet(unet, paths, weights):
-    from diffusers import StableDiffusionPipeline
-
-    ref = copy.deepcopy(unet)
-    names = []
-    for n, path in enumerate(paths):
-        sd, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
-        StableDiffusionPipeline.load_lora_into_unet(sd, alphas, ref, adapter_name=f"a{n}")
-        names.append(f"a{n}")
-    ref.set_adapters(names, weights=list(weights))
-    return ref
-
-
 def _ksample(model, seed=1):
     g = torch.Generator().manual_seed(7)
     cond = [[torch.randn(1, 5, 32, generator=g), {"pooled_output": None}]]
@@ -96,7 +84,7 @@ class _Calls:
 def test_model_only_then_ksampler_matches_diffusers(loras_dir):
     model = _model()
     base = _forward(model.unet)
-    ref = _diffusers_unet(model.unet, [loras_dir / "lcm_peft.safetensors"], [0.7])
+    ref = diffusers_lora_unet(model.unet, [loras_dir / "lcm_peft.safetensors"], [0.7])
     (patched,) = LoraLoaderModelOnly().load_lora_model_only(model, "lcm_peft.safetensors", 0.7)
     assert patched is not model and patched.unet is model.unet and not model.patches
     assert torch.equal(_forward(model.unet), base)  # the node records, it does not patch
@@ -111,7 +99,7 @@ def test_model_only_then_ksampler_matches_diffusers(loras_dir):
 def test_chained_loaders_are_one_combined_patch_equal_to_diffusers(loras_dir, monkeypatch):
     model = _model()
     names = ["style_kohya.safetensors", "lcm_peft.safetensors"]
-    ref = _diffusers_unet(model.unet, [loras_dir / n for n in names], WEIGHTS)
+    ref = diffusers_lora_unet(model.unet, [loras_dir / n for n in names], WEIGHTS)
     clip = None
     m = model
     for name, w in zip(names, WEIGHTS):
@@ -155,7 +143,7 @@ def test_seed_change_does_not_repatch_and_weight_change_reweights(loras_dir, mon
     (stronger,) = LoraLoaderModelOnly().load_lora_model_only(model, "style_kohya.safetensors", -1.2)
     _ksample(stronger, seed=3)
     assert calls.counts == {"apply": 1, "reweight": 1, "restore": 0}
-    ref = _diffusers_unet(tiny_unet(), [loras_dir / "style_kohya.safetensors"], [-1.2])
+    ref = diffusers_lora_unet(tiny_unet(), [loras_dir / "style_kohya.safetensors"], [-1.2])
     assert _rel(_forward(model.unet), _forward(ref)) < 1e-5
     _ksample(model)
     assert calls.counts["restore"] == 1
@@ -168,7 +156,7 @@ def test_same_file_twice_is_one_adapter_with_summed_weight(loras_dir):
     activate_patches(m)
     assert [a.weight for a in patcher_of(model.unet)._report.adapters] == [0.75]
     activate_patches(model)
-    ref = _diffusers_unet(model.unet, [loras_dir / "lcm_peft.safetensors"], [0.75])
+    ref = diffusers_lora_unet(model.unet, [loras_dir / "lcm_peft.safetensors"], [0.75])
     assert _rel(_forward(ref), _forward(model.unet)) > 1e-3
     activate_patches(m)
     assert _rel(_forward(model.unet), _forward(ref)) < 1e-5
