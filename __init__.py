@@ -7,17 +7,22 @@ nodes that cannot run are never registered.
 """
 import logging
 
-from .hosts.interface import running_in_comfyui
-
 __version__ = "0.1.0"
 
-if running_in_comfyui():
-    logging.getLogger(__name__).warning(
-        "LCM Accel: the ComfyUI host is not implemented yet; no nodes registered (headless use works)"
-    )
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+if __package__:
+    from .hosts.interface import running_in_comfyui
+
+    if running_in_comfyui():
+        logging.getLogger(__name__).warning(
+            "LCM Accel: the ComfyUI host is not implemented yet; no nodes registered (headless use works)"
+        )
+    else:
+        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+# else: executed as a plain module rather than a package (pytest does that to the repository root,
+# which holds an __init__.py, when the checkout's folder name is not a valid module name): relative
+# imports cannot work then, and no node is needed.
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
