@@ -32,8 +32,9 @@ TINY_SDXL = dict(
     sample_size=8,
     use_linear_projection=True,
 )
-# SSD-1B: SDXL with fewer transformer blocks on the way up and no mid-block transformer.
-TINY_SSD1B = dict(TINY_SDXL, reverse_transformer_layers_per_block=((2, 1, 1), (1, 1, 1)), mid_block_type=None)
+# SSD-1B: SDXL with other transformer depths on the way up and a middle block of one ResBlock
+# without attention (ComfyUI detects SSD-1B by transformer_depth_middle -1).
+TINY_SSD1B = dict(TINY_SDXL, reverse_transformer_layers_per_block=((2, 1, 1), (1, 1, 1)), mid_block_type="UNetMidBlock2D")
 
 
 def tiny_unet(config: dict = TINY_SD15, seed: int = 0):

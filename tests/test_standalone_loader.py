@@ -20,6 +20,7 @@ CONFIG_FIELDS = (
     "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
     "transformer_layers_per_block", "use_linear_projection", "addition_embed_type",
     "addition_time_embed_dim", "projection_class_embeddings_input_dim", "down_block_types", "up_block_types",
+    "reverse_transformer_layers_per_block", "mid_block_type",
 )
 
 
@@ -39,13 +40,15 @@ def _listify(value):
     return [_listify(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "ssd1b"])
 def test_single_file_round_trip(root, family):
+    """SSD-1B loads as the "sdxl" family (same text encoders, VAE and conditioning) with its own
+    UNet layout: other transformer depths on the way up, a middle block of one ResBlock."""
     reference = tiny_model(family)
     with use_model_paths(ModelPaths(root / "models")):
         assert f"tiny_{family}.safetensors" in NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"].INPUT_TYPES()["required"]["ckpt_name"][0]
         model, clip, vae = NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(f"tiny_{family}.safetensors")
-    assert model.family == clip.family == vae.family == family
+    assert model.family == clip.family == vae.family == {"ssd1b": "sdxl"}.get(family, family)
     for field in CONFIG_FIELDS:
         assert _listify(model.unet.config.get(field)) == _listify(reference.unet.config.get(field)), field
     assert _same_weights(model.unet, reference.unet)

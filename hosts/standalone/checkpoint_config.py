@@ -119,6 +119,8 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
     last = last if isinstance(last, int) else last[-1]
     if len(set(map(str, config["transformer_layers_per_block"]))) == 1 and isinstance(last, int):
         config["transformer_layers_per_block"] = last  # one depth everywhere (SD1.5): diffusers' int form
+    if not mid_depth and not any(k.startswith("middle_block.1.") for k in unet):
+        config["mid_block_type"] = "UNetMidBlock2D"  # one ResBlock, no attention (SSD-1B)
     if mid_depth and mid_depth != last:
         raise CheckpointFormatError(
             f"UNet middle block has {mid_depth} transformer layers but the last level has {last}; "
