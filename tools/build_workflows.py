@@ -162,18 +162,42 @@ def _prompts(g: Graph, clip: Out, positive: str) -> tuple[_Node, _Node]:
             g.add("CLIPTextEncode", "Negative prompt", clip=clip, text=NEGATIVE))
 
 
-def lcm_lora_txt2img(registry) -> Graph:
-    g = Graph(registry, "SD1.5 + LCM-LoRA, text to image in 4 steps at cfg 1.0 (one UNet pass per step).\n"
-              "LCM-LoRA works with any SD1.5 fine-tune: swap the checkpoint. Good settings: 4-8 steps, cfg 1-2.")
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
-    pos, neg = _prompts(g, ckpt[1], "a beautiful landscape with a lake and mountains at sunset, detailed")
-    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+def _lcm_txt2img(registry, note: str, name: str, checkpoint: str, lora: str, prompt: str, size: int,
+                 gamma: float) -> Graph:
+    """Checkpoint -> LCMLoraLoader -> LCMKSampler (4 steps, cfg 1.0) -> VAEDecode -> SaveImage."""
+    g = Graph(registry, note)
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name=lora, strength=1.0)
+    pos, neg = _prompts(g, ckpt[1], prompt)
+    latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
     sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
+                    latent_image=latent[0], original_inference_steps=50, gamma=gamma, denoise=1.0)
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
-    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_txt2img")
+    g.add("SaveImage", images=image[0], filename_prefix=name)
     return g
+
+
+def lcm_lora_txt2img(registry) -> Graph:
+    return _lcm_txt2img(
+        registry, "SD1.5 + LCM-LoRA, text to image in 4 steps at cfg 1.0 (one UNet pass per step).\n"
+        "LCM-LoRA works with any SD1.5 fine-tune: swap the checkpoint. Good settings: 4-8 steps, cfg 1-2.",
+        "lcm_lora_txt2img", "v1-5-pruned-emaonly.safetensors", "lcm-lora-sdv1-5.safetensors",
+        "a beautiful landscape with a lake and mountains at sunset, detailed", 512, 0.0)
+
+
+def lcm_lora_sdxl(registry) -> Graph:
+    return _lcm_txt2img(
+        registry, "SDXL + LCM-LoRA (SDXL), 4 steps at cfg 1.0, 1024x1024.", "lcm_lora_sdxl",
+        "sd_xl_base_1.0.safetensors", "lcm-lora-sdxl.safetensors",
+        "a photo of a red house in a green forest, detailed, best quality", 1024, 0.0)
+
+
+def tcd_txt2img(registry) -> Graph:
+    return _lcm_txt2img(
+        registry, "TCD (trajectory consistency distillation) sampling: gamma 0.3 re-injects part of the "
+        "noise at every step, which keeps detail at higher step counts. Works with the LCM-LoRA and with "
+        "TCD LoRAs (swap the file). gamma 0 is plain LCM.", "tcd_txt2img", "v1-5-pruned-emaonly.safetensors",
+        "lcm-lora-sdv1-5.safetensors", "a picture of a small bird on a tree, detailed", 512, 0.3)
 
 
 def lcm_lora_style_mixer(registry) -> Graph:
@@ -195,19 +219,6 @@ def lcm_lora_style_mixer(registry) -> Graph:
     return g
 
 
-def lcm_lora_sdxl(registry) -> Graph:
-    g = Graph(registry, "SDXL + LCM-LoRA (SDXL), 4 steps at cfg 1.0, 1024x1024.")
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="sd_xl_base_1.0.safetensors")
-    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdxl.safetensors", strength=1.0)
-    pos, neg = _prompts(g, ckpt[1], "a photo of a red house in a green forest, detailed, best quality")
-    latent = g.add("EmptyLatentImage", width=1024, height=1024, batch_size=1)
-    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
-    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
-    g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_sdxl")
-    return g
-
-
 def lcm_lora_img2img(registry) -> Graph:
     g = Graph(registry, "Image to image with LCM-LoRA: denoise 0.6 keeps the composition of input/example.png. "
               "LCM img2img uses the paper's schedule restricted to the lower 60% of the noise levels.")
@@ -220,21 +231,6 @@ def lcm_lora_img2img(registry) -> Graph:
                     latent_image=encoded[0], original_inference_steps=50, gamma=0.0, denoise=0.6)
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_img2img")
-    return g
-
-
-def tcd_txt2img(registry) -> Graph:
-    g = Graph(registry, "TCD (trajectory consistency distillation) sampling: gamma 0.3 re-injects part of the "
-              "noise at every step, which keeps detail at higher step counts. Works with the LCM-LoRA and with "
-              "TCD LoRAs (swap the file). gamma 0 is plain LCM.")
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
-    pos, neg = _prompts(g, ckpt[1], "a picture of a small bird on a tree, detailed")
-    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=0.3, denoise=1.0)
-    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
-    g.add("SaveImage", images=image[0], filename_prefix="tcd_txt2img")
     return g
 
 

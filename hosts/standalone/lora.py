@@ -172,15 +172,20 @@ def _dry_run(patcher: LoraPatcher, adapters: Adapters) -> None:
     patcher.check(list(adapters), strict=True)
 
 
+def _entries(patches: list, kind: type, what: str, adder: str) -> list:
+    """The patch list, refusing anything this host does not know how to apply."""
+    for entry in patches:
+        if not isinstance(entry, kind):
+            raise TypeError(
+                f"{what} patch list holds a {type(entry).__name__}; the standalone host only knows LoRA entries "
+                f"(add them with hosts.standalone.lora.{adder})"
+            )
+    return list(patches)
+
+
 # --------------------------------------------------------------------------- MODEL
 def _model_entries(model: ModelHost) -> list[LoraEntry]:
-    for entry in model.patches:
-        if not isinstance(entry, LoraEntry):
-            raise TypeError(
-                f"MODEL patch list holds a {type(entry).__name__}; the standalone host only knows LoRA entries "
-                "(add them with hosts.standalone.lora.add_loras)"
-            )
-    return list(model.patches)
+    return _entries(model.patches, LoraEntry, "MODEL", "add_loras")
 
 
 def _model_rank(entries: Sequence[LoraEntry]) -> int | None:
@@ -253,13 +258,7 @@ def _encoder_view(lora: LoraFile, component: str, has_level: bool) -> LoraFile:
 
 
 def _clip_entries(clip: ClipHost) -> list[ClipLoraEntry]:
-    for entry in clip.patches:
-        if not isinstance(entry, ClipLoraEntry):
-            raise TypeError(
-                f"CLIP patch list holds a {type(entry).__name__}; the standalone host only knows LoRA entries "
-                "(add them with hosts.standalone.lora.add_clip_loras)"
-            )
-    return list(clip.patches)
+    return _entries(clip.patches, ClipLoraEntry, "CLIP", "add_clip_loras")
 
 
 def add_clip_loras(clip: ClipHost, loras: Sequence[tuple[LoraFile, float]]) -> ClipHost:
