@@ -9,13 +9,12 @@ from .interface import HostNotAvailableError, LCMHost, running_in_comfyui
 
 
 def get_host() -> LCMHost:
-    """The host the nodes run on: the standalone (diffusers) host headless; inside ComfyUI the
-    ComfyUI host, which is not implemented yet, so that case raises HostNotAvailableError."""
+    """The host the nodes run on: ComfyUI's own types inside ComfyUI, the standalone (diffusers)
+    host headless."""
     if running_in_comfyui():
-        raise HostNotAvailableError(
-            "LCM Accel is running inside ComfyUI, but its ComfyUI host is not implemented yet; "
-            "run workflows headless with `python -m lcm_accel run ...` for now"
-        )
+        from .comfyui.host import COMFYUI_HOST
+
+        return COMFYUI_HOST
     from .standalone.lcm import STANDALONE_HOST
 
     return STANDALONE_HOST

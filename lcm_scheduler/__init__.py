@@ -9,12 +9,14 @@ from .boundary import (
     clip_x0,
     consistency_output,
     consistency_scalings,
+    invert_consistency_output,
     predict_x0_and_eps,
     threshold_x0,
 )
 from .denoiser import denoiser_from_vp_model
 from .guidance import guidance_scale_embedding, lcm_guidance_embedding
 from .sampling import (
+    continuing_generator,
     draw_noise,
     make_noise_sampler,
     sample_lcm,
@@ -42,8 +44,10 @@ __all__ = [
     "clip_x0",
     "consistency_output",
     "consistency_scalings",
+    "invert_consistency_output",
     "default_train_sigmas",
     "denoiser_from_vp_model",
+    "continuing_generator",
     "draw_noise",
     "guidance_scale_embedding",
     "lcm_guidance_embedding",

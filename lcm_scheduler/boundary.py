@@ -76,3 +76,18 @@ def consistency_output(
 def per_sample(value: torch.Tensor, ndim: int) -> torch.Tensor:
     """Shape a scalar or per-sample (batch,) coefficient to broadcast over a (batch, ...) tensor."""
     return value.reshape(-1, *([1] * (ndim - 1))) if value.ndim == 1 else value
+
+
+def invert_consistency_output(
+    denoised: torch.Tensor,
+    sample: torch.Tensor,
+    timestep: int | torch.Tensor,
+    timestep_scaling: float = 10.0,
+    sigma_data: float = 0.5,
+) -> torch.Tensor:
+    """The plain x0 behind a consistency output: (denoised - c_skip(t) * sample) / c_out(t). For
+    hosts whose model already applies the boundary condition; undefined at t = 0 (c_out = 0)."""
+    c_skip, c_out = consistency_scalings(timestep, timestep_scaling, sigma_data)
+    if bool((c_out == 0).any()):
+        raise ValueError("the plain x0 cannot be recovered from a consistency output at timestep 0 (c_out = 0)")
+    return (denoised - per_sample(c_skip, denoised.ndim) * sample) / per_sample(c_out, denoised.ndim)

@@ -45,6 +45,15 @@ def make_noise_sampler(
     return lambda sigma, sigma_next: draw_noise(like, generator)
 
 
+def continuing_generator(like: torch.Tensor, seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed` and advanced past one draw of `like`'s shape: per-step noise
+    drawn from it continues where the initial noise (one randn of the whole latent from the same
+    seed, ComfyUI's `prepare_noise`) stopped, the order diffusers' LCM pipelines draw in."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    torch.randn(like.shape, generator=generator, dtype=like.dtype)
+    return generator
+
+
 def _steps(count: int, disable: bool | None) -> range:
     """range(count), with a tqdm progress bar unless `disable` (tqdm is imported only when shown)."""
     if disable:

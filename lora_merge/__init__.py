@@ -9,7 +9,7 @@
 from .formats import LoraFactors, LoraFile, load_lora, parse_lora
 from .keymap import TargetIndex, UNetLayout, family_of_layout, family_of_lora_names
 from .mix import LowRankPatch, compress_svd, mix, mix_cat
-from .patcher import LoraPatcher, LoraPatchError
+from .patcher import LoraPatcher, LoraPatchError, PatchTarget, plan_targets
 from .report import AdapterReport, LoadReport
 from .safetensors_io import LoraFileError, load_tensor_file, read_safetensors_header
 
@@ -22,6 +22,7 @@ __all__ = [
     "LoraPatchError",
     "LoraPatcher",
     "LowRankPatch",
+    "PatchTarget",
     "TargetIndex",
     "UNetLayout",
     "compress_svd",
@@ -32,5 +33,6 @@ __all__ = [
     "mix",
     "mix_cat",
     "parse_lora",
+    "plan_targets",
     "read_safetensors_header",
 ]

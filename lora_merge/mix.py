@@ -54,9 +54,17 @@ def mix_cat(parts: list[tuple[LoraFactors, float]], dtype: torch.dtype = torch.f
                 f"LoRA module '{factors.key}' patches a weight of shape {factors.delta_shape}, another adapter "
                 f"patches the same weight with shape {shape}."
             )
-    downs = [factors.down.to(dtype).flatten(1) * (weight * factors.scale) for factors, weight in parts]
-    ups = [factors.up.to(dtype).flatten(1) for factors, _ in parts]
-    return LowRankPatch(up=torch.cat(ups, dim=1), down=torch.cat(downs, dim=0), shape=shape)
+    total = sum(factors.rank for factors, _ in parts)
+    first = parts[0][0].down
+    up = torch.empty((flat[0], total), dtype=dtype, device=first.device)
+    down = torch.empty((total, flat[1]), dtype=dtype, device=first.device)
+    start = 0
+    for factors, weight in parts:  # cast into the result, then scale there in `dtype`
+        end = start + factors.rank
+        down[start:end].copy_(factors.down.flatten(1)).mul_(weight * factors.scale)
+        up[:, start:end].copy_(factors.up.flatten(1))
+        start = end
+    return LowRankPatch(up=up, down=down, shape=shape)
 
 
 def compress_svd(patch: LowRankPatch, rank: int) -> LowRankPatch:

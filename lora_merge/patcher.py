@@ -36,7 +36,7 @@ class LoraPatchError(ValueError):
 
 
 @dataclass
-class _Target:
+class PatchTarget:
     """One weight to patch and the adapters' factors for it (on the weight's device)."""
 
     param_name: str
@@ -223,7 +223,7 @@ class LoraPatcher:
         self._adapters: list[LoraFile] = []
         self._weights: list[float] = []
         self._rank: int | None = None
-        self._targets: list[_Target] = []
+        self._targets: list[PatchTarget] = []
         self._states: dict[str, _LayerState] = {}
         self._report: LoadReport | None = None
 
@@ -251,68 +251,9 @@ class LoraPatcher:
         return self._plan(adapters, strict)[1]
 
     # ---------------------------------------------------------------- validation
-    def _plan(self, adapters: Sequence[tuple[LoraFile, float]], strict: bool) -> tuple[list[_Target], LoadReport]:
+    def _plan(self, adapters: Sequence[tuple[LoraFile, float]], strict: bool) -> tuple[list[PatchTarget], LoadReport]:
         """Resolve and check everything; touch nothing."""
-        if not adapters:
-            raise LoraPatchError("apply() needs at least one (lora, weight) pair.")
-        targets: dict[str, _Target] = {}
-        reports = []
-        for n, (lora, weight) in enumerate(adapters):
-            if not isinstance(lora, LoraFile):
-                raise LoraPatchError(f"Adapter {n} is a {type(lora).__name__}, expected a LoraFile (use load_lora).")
-            _check_weight(lora, weight)
-            names = list(lora.unet)
-            family = family_of_lora_names(names, self.index.layout.layers_per_block if self.index.layout else 2)
-            report = AdapterReport(lora.name, float(weight), lora.format, family,
-                                   text_encoder_modules={k: len(v) for k, v in lora.text_encoders.items()},
-                                   ignored_keys=list(lora.ignored_keys))
-            offending: list[str] = []  # first problem per kind, in file order
-            mismatched = None
-            for module_name, factors in lora.unet.items():
-                param_name = self.index.resolve(module_name)
-                if param_name is None:
-                    report.unmatched.append(module_name)
-                    offending.append(f"'{module_name}' (no such weight in the target)")
-                elif _shape_problem(factors, self._params[param_name]):
-                    problem = (
-                        f"'{module_name}' -> '{param_name}': LoRA delta shape {factors.delta_shape}, "
-                        f"target weight shape {tuple(self._params[param_name].shape)}"
-                    )
-                    offending.append(problem)
-                    mismatched = mismatched or problem
-                else:
-                    report.matched[module_name] = param_name
-                    targets.setdefault(param_name, _Target(param_name, self._params[param_name], [])).parts.append(
-                        (n, factors)
-                    )
-            if offending and family in FAMILIES and self.index.family in FAMILIES and (
-                family_class(family) != family_class(self.index.family)
-            ):
-                raise LoraPatchError(
-                    f"LoRA '{lora.path}' looks like a {family} LoRA but the target UNet is {self.index.family}: "
-                    f"first offending key {offending[0]}. Nothing was changed."
-                )
-            if mismatched:
-                raise LoraPatchError(f"LoRA '{lora.path}' does not fit the target: {mismatched}. Nothing was changed.")
-            if report.unmatched and strict:
-                raise LoraPatchError(
-                    f"LoRA '{lora.path}': {len(report.unmatched)} UNet module(s) have no matching weight in the "
-                    f"target ({self.index.family}, {self.index.naming} names); first: '{report.unmatched[0]}'. "
-                    "Pass strict=False to apply the rest. Nothing was changed."
-                )
-            if lora.unet and not report.matched:
-                raise LoraPatchError(
-                    f"LoRA '{lora.path}': none of its {len(lora.unet)} UNet modules match the target. Nothing was changed."
-                )
-            reports.append(report)
-        plan = list(targets.values())
-        for target in plan:
-            _check_param(target.param_name, target.param)
-            for _, factors in target.parts:
-                if not (torch.isfinite(factors.down).all() and torch.isfinite(factors.up).all()):
-                    raise LoraPatchError(f"LoRA module '{factors.key}' has NaN or infinite factors. Nothing was changed.")
-        report = LoadReport(self.index.family, self.index.naming, reports, [t.param_name for t in plan])
-        return plan, report
+        return plan_targets(self.index, self._params, adapters, strict)
 
     # ---------------------------------------------------------------- public API
     def apply(
@@ -348,7 +289,7 @@ class LoraPatcher:
             _check_weight(lora, weight)
         old = self._weights
         new = [float(w) for w in weights]
-        done: list[_Target] = []
+        done: list[PatchTarget] = []
         try:
             for n, target in enumerate(self._targets):
                 self._swap(target, new)
@@ -374,7 +315,7 @@ class LoraPatcher:
         self._targets, self._adapters, self._weights, self._report = [], [], [], None
 
     # ---------------------------------------------------------------- internals
-    def _mixed(self, target: _Target, weights: Sequence[float]) -> LowRankPatch:
+    def _mixed(self, target: PatchTarget, weights: Sequence[float]) -> LowRankPatch:
         cdt = _compute_dtype(target.param)
         patch = mix_cat([(f, weights[i]) for i, f in target.parts], dtype=cdt)
         if self._rank is not None and self._rank < patch.rank:
@@ -383,7 +324,7 @@ class LoraPatcher:
                             patch.relative_error)
 
     def _patch_all(self, weights: Sequence[float]) -> None:
-        done: list[_Target] = []
+        done: list[PatchTarget] = []
         try:
             for n, target in enumerate(self._targets):
                 self._states[target.param_name] = patch_weight(target.param.data, self._mixed(target, weights))
@@ -395,7 +336,7 @@ class LoraPatcher:
             self._targets, self._adapters, self._weights = [], [], []
             raise
 
-    def _swap(self, target: _Target, weights: Sequence[float]) -> None:
+    def _swap(self, target: PatchTarget, weights: Sequence[float]) -> None:
         """Restore one weight and patch it with new weights (the weight is never left half-done)."""
         data = target.param.data
         unpatch_weight(data, self._states[target.param_name], target.param_name)
@@ -426,6 +367,84 @@ class LoraPatcher:
         return report
 
 
+def plan_targets(
+    index: TargetIndex, params: dict[str, torch.Tensor], adapters: Sequence[tuple[LoraFile, float]],
+    strict: bool = True, check_dtypes: bool = True,
+) -> tuple[list[PatchTarget], LoadReport]:
+    """Resolve every adapter's UNet modules to the target's parameters and check names, shapes,
+    family and factors, touching nothing: the one validation both the in-place patcher and a host's
+    own patch mechanism (ComfyUI's) use. ``check_dtypes`` False leaves the weight dtype to the host."""
+    if not adapters:
+        raise LoraPatchError("At least one (lora, weight) pair is needed.")
+    targets: dict[str, PatchTarget] = {}
+    reports = []
+    for n, (lora, weight) in enumerate(adapters):
+        if not isinstance(lora, LoraFile):
+            raise LoraPatchError(f"Adapter {n} is a {type(lora).__name__}, expected a LoraFile (use load_lora).")
+        _check_weight(lora, weight)
+        names = list(lora.unet)
+        family = family_of_lora_names(names, index.layout.layers_per_block if index.layout else 2)
+        report = AdapterReport(lora.name, float(weight), lora.format, family,
+                               text_encoder_modules={k: len(v) for k, v in lora.text_encoders.items()},
+                               ignored_keys=list(lora.ignored_keys))
+        offending: list[str] = []  # first problem per kind, in file order
+        mismatched = None
+        for module_name, factors in lora.unet.items():
+            param_name = index.resolve(module_name)
+            if param_name is None:
+                report.unmatched.append(module_name)
+                offending.append(f"'{module_name}' (no such weight in the target)")
+            elif _shape_problem(factors, params[param_name]):
+                problem = (
+                    f"'{module_name}' -> '{param_name}': LoRA delta shape {factors.delta_shape}, "
+                    f"target weight shape {tuple(params[param_name].shape)}"
+                )
+                offending.append(problem)
+                mismatched = mismatched or problem
+            else:
+                report.matched[module_name] = param_name
+                targets.setdefault(param_name, PatchTarget(param_name, params[param_name], [])).parts.append(
+                    (n, factors)
+                )
+        if offending and family in FAMILIES and index.family in FAMILIES and (
+            family_class(family) != family_class(index.family)
+        ):
+            raise LoraPatchError(
+                f"LoRA '{lora.path}' looks like a {family} LoRA but the target UNet is {index.family}: "
+                f"first offending key {offending[0]}. Nothing was changed."
+            )
+        if mismatched:
+            raise LoraPatchError(f"LoRA '{lora.path}' does not fit the target: {mismatched}. Nothing was changed.")
+        if report.unmatched and strict:
+            raise LoraPatchError(
+                f"LoRA '{lora.path}': {len(report.unmatched)} UNet module(s) have no matching weight in the "
+                f"target ({index.family}, {index.naming} names); first: '{report.unmatched[0]}'. "
+                "Pass strict=False to apply the rest. Nothing was changed."
+            )
+        if lora.unet and not report.matched:
+            raise LoraPatchError(
+                f"LoRA '{lora.path}': none of its {len(lora.unet)} UNet modules match the target. Nothing was changed."
+            )
+        reports.append(report)
+    plan = list(targets.values())
+    for target in plan:
+        if check_dtypes:
+            _check_param(target.param_name, target.param)
+        for _, factors in target.parts:
+            if not (_all_finite(factors.down) and _all_finite(factors.up)):
+                raise LoraPatchError(f"LoRA module '{factors.key}' has NaN or infinite factors. Nothing was changed.")
+    report = LoadReport(index.family, index.naming, reports, [t.param_name for t in plan])
+    return plan, report
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN / inf in `t`. A float32 sum propagates both and costs one vectorised pass (an
+    elementwise isfinite over fp16 factors is several times slower on CPU); only a sum that
+    overflows is looked at element by element."""
+    total = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
+
+
 def _check_weight(lora: LoraFile, weight: float) -> None:
     if not isinstance(weight, (int, float)) or not math.isfinite(weight):
         raise LoraPatchError(f"Weight for LoRA '{lora.path}' must be a finite number, got {weight!r}.")
@@ -449,7 +468,7 @@ def _shape_problem(factors: LoraFactors, param: torch.Tensor) -> str | None:
     return "the shapes differ"
 
 
-def _move_factors(plan: list[_Target]) -> list[_Target]:
+def _move_factors(plan: list[PatchTarget]) -> list[PatchTarget]:
     """Factors on each weight's device (done before any weight is touched; each tensor moved once)."""
     moved: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -465,5 +484,5 @@ def _move_factors(plan: list[_Target]) -> list[_Target]:
         parts = [
             (i, LoraFactors(f.key, to(f.down, dev), to(f.up, dev), f.alpha)) for i, f in target.parts
         ]
-        out.append(_Target(target.param_name, target.param, parts))
+        out.append(PatchTarget(target.param_name, target.param, parts))
     return out

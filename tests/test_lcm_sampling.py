@@ -315,3 +315,16 @@ def test_full_lcm_pipelines_with_guidance_embedding_match():
     x = add_noise(image_latent, torch.randn(SHAPE, generator=generator), timesteps[0], ACP)
     ours = sample_lcm_vp(model, x, timesteps, ACP, generator=generator, disable=True)
     torch.testing.assert_close(ours, reference, **TOL)
+
+
+def test_invert_consistency_output_recovers_x0_and_refuses_timestep_zero():
+    from lcm_accel.lcm_scheduler import consistency_output, invert_consistency_output
+
+    g = torch.Generator().manual_seed(3)
+    x0, sample = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g) * 5
+    t = torch.tensor([1, 999])  # per-sample timesteps: c_skip from ~0.2 down to ~6e-9
+    denoised = consistency_output(x0, sample, t)
+    assert not torch.allclose(denoised[0], x0[0], atol=1e-3)  # the boundary really moved sample 0
+    torch.testing.assert_close(invert_consistency_output(denoised, sample, t), x0, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="timestep 0"):
+        invert_consistency_output(denoised, sample, torch.tensor([0, 999]))

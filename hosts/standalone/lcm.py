@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...lcm_scheduler import (
+    continuing_generator,
     lcm_guidance_embedding,
     lcm_sigmas,
     make_alphas_cumprod,
@@ -166,14 +167,6 @@ class LCMTCDSampler:
         else:
             out = sample_lcm(denoiser, job.x, job.sigmas, **common)
         return out, last.get("denoised", out)
-
-
-def continuing_generator(x: torch.Tensor, seed: int) -> torch.Generator:
-    """A CPU generator seeded with `seed` and advanced past one draw of x's shape: it continues
-    where the initial noise (`prepare_noise` of the whole batch) stopped."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return generator
 
 
 def activate_model_patches(model: ModelHost) -> None:

@@ -21,18 +21,16 @@ so it can have only one rank). Entries without a rank follow the one that is set
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from ...lora_merge import LoraFile, LoraPatcher, LoraPatchError, load_lora
+from ...lora_merge import LoraFile, LoraPatcher, LoraPatchError
+from ..lora_files import load_lora_cached, merge_duplicate_files
 from .types import ClipHost, ModelHost
 
-MAX_CACHED_LORA_FILES = 16  # parsed files kept in memory (least recently used dropped first)
 TEXT_ENCODER_COMPONENTS = ("te1", "te2")  # LoraFile.text_encoders keys, in ClipHost.text_encoders order
 _STATE_ATTRIBUTE = "_lcm_accel_lora_state"
 
@@ -57,32 +55,12 @@ class ClipLoraEntry:
 
 
 # --------------------------------------------------------------------------- files
-_file_cache: OrderedDict[str, tuple[int, int, LoraFile]] = OrderedDict()
-
-
 def load_lora_file(name: str) -> LoraFile:
     """A file from the models dir's `loras` folder (harness ModelPaths), read once and cached by
     (path, mtime): the same file gives the same LoraFile object, so an unchanged graph re-patches nothing."""
     from ...harness.model_paths import get_model_paths
 
-    path = get_model_paths().get_full_path("loras", name)
-    stat = os.stat(path)
-    key = str(path)
-    cached = _file_cache.get(key)
-    if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
-        _file_cache.move_to_end(key)
-        return cached[2]
-    lora = load_lora(path)
-    _file_cache[key] = (stat.st_mtime_ns, stat.st_size, lora)
-    _file_cache.move_to_end(key)
-    while len(_file_cache) > MAX_CACHED_LORA_FILES:
-        _file_cache.popitem(last=False)
-    return lora
-
-
-def clear_lora_file_cache() -> None:
-    """Forget every cached LoRA file (patch lists that hold one keep it alive)."""
-    _file_cache.clear()
+    return load_lora_cached(get_model_paths().get_full_path("loras", name))
 
 
 # --------------------------------------------------------------------------- per-module state
@@ -144,18 +122,6 @@ def _bring_in_line(
             state.forget()
         raise
     state.sources, state.weights, state.rank = sources, weights, rank
-
-
-def _merge_duplicates(pairs: Sequence[tuple[LoraFile, float]]) -> tuple[tuple[LoraFile, ...], tuple[float, ...]]:
-    """The same file twice is one adapter with the summed weight (same delta, half the rank)."""
-    order: list[LoraFile] = []
-    total: dict[int, float] = {}
-    for lora, weight in pairs:
-        if id(lora) not in total:
-            order.append(lora)
-            total[id(lora)] = 0.0
-        total[id(lora)] += float(weight)
-    return tuple(order), tuple(total[id(lora)] for lora in order)
 
 
 def _check_pairs(loras: Sequence[tuple[LoraFile, float]], what: str) -> None:
@@ -231,7 +197,7 @@ def activate_patches(model: ModelHost) -> None:
     A failed apply (bad file, wrong family) raises naming the file and leaves the weights as they were."""
     entries = _model_entries(model)
     rank = _model_rank(entries)
-    sources, weights = _merge_duplicates([(e.lora, e.weight) for e in entries])
+    sources, weights = merge_duplicate_files([(e.lora, e.weight) for e in entries])
     _bring_in_line(model.unet, sources, weights, rank, lambda: list(zip(sources, weights)))
 
 
@@ -294,7 +260,7 @@ def activate_clip_patches(clip: ClipHost) -> None:
     for index, encoder in enumerate(clip.text_encoders):
         component = TEXT_ENCODER_COMPONENTS[index]
         pairs = [(e.lora, e.weight) for e in entries if component in e.lora.text_encoders]
-        sources, weights = _merge_duplicates(pairs)
+        sources, weights = merge_duplicate_files(pairs)
         _bring_in_line(encoder, sources, weights, None, partial(_encoder_adapters, encoder, component, sources, weights))
 
 

@@ -1,0 +1,36 @@
+"""`hosts.interface.LCMHost` on ComfyUI's own types."""
+from __future__ import annotations
+
+import folder_paths
+
+from ..lora_files import load_lora_cached
+from . import lora, model_sampling, sampling
+
+
+class ComfyUILCMHost:
+    """The pack's node operations inside ComfyUI."""
+
+    name = "comfyui"
+
+    def lora_names(self) -> list[str]:
+        return folder_paths.get_filename_list("loras")
+
+    def add_loras(self, model, loras: list[tuple[str, float]], rank: int | None = None):
+        files = [(load_lora_cached(folder_paths.get_full_path_or_raise("loras", name)), float(weight))
+                 for name, weight in loras]
+        return lora.add_loras(model, files, rank)
+
+    def set_lcm_sampling(self, model):
+        return model_sampling.set_lcm_sampling(model)
+
+    def lcm_sigmas(self, model, steps: int, original_steps: int, strength: float):
+        return sampling.model_lcm_sigmas(model, steps, original_steps, strength)
+
+    def lcm_sampler(self, gamma: float):
+        return sampling.lcm_sampler(gamma)
+
+    def lcm_ksample(self, model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise):
+        return sampling.lcm_ksample(model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise)
+
+
+COMFYUI_HOST = ComfyUILCMHost()
