@@ -1,0 +1,26 @@
+"""DeepCache-style feature caching: reuse a UNet's deep features across sampling steps.
+
+`schedule` and `branch` are host-free (which step is full, which layers a partial step skips);
+`deepcache` applies them to a diffusers `UNet2DConditionModel`; `flops` measures what is skipped.
+"""
+
+from .branch import CachePoint, cache_point, down_layer_skipped, up_layer_skipped
+from .deepcache import DeepCacheUNet, skipped_modules, unet_cache_point
+from .flops import count_macs, example_inputs, skipped_fraction
+from .schedule import full_steps, quad_center_steps, window_steps
+
+__all__ = [
+    "CachePoint",
+    "DeepCacheUNet",
+    "cache_point",
+    "count_macs",
+    "down_layer_skipped",
+    "example_inputs",
+    "full_steps",
+    "quad_center_steps",
+    "skipped_fraction",
+    "skipped_modules",
+    "unet_cache_point",
+    "up_layer_skipped",
+    "window_steps",
+]
