@@ -16,10 +16,12 @@ from .boundary import (
 from .denoiser import denoiser_from_vp_model
 from .guidance import guidance_scale_embedding, lcm_guidance_embedding
 from .sampling import (
+    check_gamma,
     continuing_generator,
     draw_noise,
     make_noise_sampler,
     sample_lcm,
+    sample_lcm_or_tcd,
     sample_lcm_vp,
     sample_tcd,
     sample_tcd_vp,
@@ -27,6 +29,7 @@ from .sampling import (
 from .schedule import BETA_SCHEDULES, add_noise, lcm_timesteps, make_alphas_cumprod, make_betas, tcd_timesteps
 from .sigmas import (
     default_train_sigmas,
+    make_train_sigmas,
     lcm_sigmas,
     sigmas_for_timesteps,
     sigmas_from_alphas_cumprod,
@@ -46,7 +49,9 @@ __all__ = [
     "consistency_scalings",
     "invert_consistency_output",
     "default_train_sigmas",
+    "make_train_sigmas",
     "denoiser_from_vp_model",
+    "check_gamma",
     "continuing_generator",
     "draw_noise",
     "guidance_scale_embedding",
@@ -58,6 +63,7 @@ __all__ = [
     "make_noise_sampler",
     "predict_x0_and_eps",
     "sample_lcm",
+    "sample_lcm_or_tcd",
     "sample_lcm_vp",
     "sample_tcd",
     "sample_tcd_vp",

@@ -138,7 +138,8 @@ def sample_lcm(
     return x
 
 
-def _check_gamma(gamma: float) -> None:
+def check_gamma(gamma: float) -> None:
+    """Refuse a TCD gamma outside [0, 1] (0 is plain LCM multistep)."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"`gamma` (diffusers' `eta`) must be in [0, 1], got {gamma!r}.")
 
@@ -160,7 +161,7 @@ def sample_tcd_vp(
     """TCD sampling (Zheng et al. 2024), diffusers' `TCDScheduler` step for step: jump to x0, re-noise
     deterministically to s = floor((1 - gamma) * t_next), then add fresh noise from s up to t_next.
     gamma = 0 is deterministic; the last step targets timestep 0, as diffusers does."""
-    _check_gamma(gamma)
+    check_gamma(gamma)
     check_prediction_type(prediction_type)
     extra_args = {} if extra_args is None else extra_args
     acp = alphas_cumprod.to(x.device)
@@ -198,7 +199,7 @@ def sample_tcd(
     """TCD sampling in the sigma view (ComfyUI SAMPLER signature), equal to `sample_tcd_vp`. Sigmas
     should come from the model's table (`tcd_sigmas`): s is found through timesteps. As in
     diffusers, the step into sigma 0 ends at training timestep 0, not at the clean latent."""
-    _check_gamma(gamma)
+    check_gamma(gamma)
     extra_args = {} if extra_args is None else extra_args
     table = (default_train_sigmas() if train_sigmas is None else train_sigmas).to(sigmas.device)
     noise = make_noise_sampler(x, generator, noise_sampler)
@@ -216,3 +217,14 @@ def sample_tcd(
         elif gamma > 0:
             x = x + (sigma_next**2 - sigma_s**2).clamp(min=0).sqrt() * noise(sigma_s, sigma_next)
     return x
+
+
+def sample_lcm_or_tcd(
+    model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, gamma: float = 0.0, **kwargs
+) -> torch.Tensor:
+    """The LCMSampler node's sampler in either host: `sample_lcm` at gamma 0, `sample_tcd` with that
+    gamma above 0 (keyword arguments go to the sampler)."""
+    check_gamma(gamma)
+    if gamma > 0:
+        return sample_tcd(model, x, sigmas, gamma=float(gamma), **kwargs)
+    return sample_lcm(model, x, sigmas, **kwargs)

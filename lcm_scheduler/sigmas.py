@@ -18,9 +18,19 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
+def make_train_sigmas(
+    beta_schedule: str = "scaled_linear",
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    num_train_timesteps: int = 1000,
+) -> torch.Tensor:
+    """A model's training sigma table in float32, computed as diffusers' schedulers compute it."""
+    return sigmas_from_alphas_cumprod(make_alphas_cumprod(beta_schedule, beta_start, beta_end, num_train_timesteps))
+
+
 def default_train_sigmas() -> torch.Tensor:
     """Stable Diffusion's table: scaled_linear betas 0.00085..0.012 over 1000 steps."""
-    return sigmas_from_alphas_cumprod(make_alphas_cumprod())
+    return make_train_sigmas()
 
 
 def vp_from_ve(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

@@ -22,8 +22,7 @@ from comfy_extras.nodes_model_advanced import ModelSamplingDiscreteDistilled
 from ...lcm_scheduler import (
     consistency_output,
     invert_consistency_output,
-    make_alphas_cumprod,
-    sigmas_from_alphas_cumprod,
+    make_train_sigmas,
     vp_from_ve,
 )
 from ...lcm_scheduler.boundary import per_sample
@@ -78,9 +77,8 @@ def train_sigmas(model_sampling, model_config) -> torch.Tensor:
     if schedule not in BETA_SCHEDULES:
         raise ValueError(f"LCM sampling supports the beta schedules {sorted(BETA_SCHEDULES)}; this model's "
                          f"is {schedule!r}")
-    acp = make_alphas_cumprod(BETA_SCHEDULES[schedule], model_sampling.linear_start, model_sampling.linear_end,
-                              model_sampling.num_timesteps)
-    return sigmas_from_alphas_cumprod(acp)
+    return make_train_sigmas(BETA_SCHEDULES[schedule], model_sampling.linear_start, model_sampling.linear_end,
+                             model_sampling.num_timesteps)
 
 
 def model_train_sigmas(model) -> torch.Tensor:

@@ -15,7 +15,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ...lcm_scheduler import continuing_generator, lcm_sigmas, sample_lcm, sample_tcd
+from ...lcm_scheduler import check_gamma, continuing_generator, lcm_sigmas, sample_lcm_or_tcd
 from .model_sampling import model_train_sigmas, plain_x0_model, train_sigmas
 
 
@@ -28,17 +28,13 @@ def sample_lcm_tcd(model, x, sigmas, extra_args=None, callback=None, disable=Non
     table = train_sigmas(model_sampling, base_model.model_config).to(x.device)
     seed = extra_args.get("seed")
     generator = None if seed is None else continuing_generator(x, seed)
-    denoiser = plain_x0_model(model, model_sampling)
-    common = dict(extra_args=extra_args, callback=callback, disable=disable, generator=generator, train_sigmas=table)
-    if gamma > 0:
-        return sample_tcd(denoiser, x, sigmas, gamma=float(gamma), **common)
-    return sample_lcm(denoiser, x, sigmas, **common)
+    return sample_lcm_or_tcd(plain_x0_model(model, model_sampling), x, sigmas, gamma, extra_args=extra_args,
+                             callback=callback, disable=disable, generator=generator, train_sigmas=table)
 
 
 def lcm_sampler(gamma: float = 0.0) -> comfy.samplers.KSAMPLER:
     """The SAMPLER of LCMSampler."""
-    if not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"LCM sampler gamma must be in [0, 1], got {gamma!r}")
+    check_gamma(float(gamma))
     return comfy.samplers.KSAMPLER(sample_lcm_tcd, extra_options={"gamma": float(gamma)})
 
 

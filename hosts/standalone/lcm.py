@@ -18,13 +18,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...lcm_scheduler import (
+    check_gamma,
     continuing_generator,
     lcm_guidance_embedding,
     lcm_sigmas,
-    make_alphas_cumprod,
-    sample_lcm,
-    sample_tcd,
-    sigmas_from_alphas_cumprod,
+    make_train_sigmas,
+    sample_lcm_or_tcd,
     timestep_from_sigma,
 )
 from .denoiser import GuidedDenoiser, InpaintDenoiser, sigma_table
@@ -44,11 +43,8 @@ def lcm_train_sigmas(model: ModelHost) -> torch.Tensor:
         raise NotImplementedError("LCM sampling of a zero-terminal-SNR (zsnr) MODEL is not supported: "
                                   "set zsnr to false in ModelSamplingDiscrete")
     schedule = model.noise_schedule
-    acp = make_alphas_cumprod(
-        schedule.get("beta_schedule", "scaled_linear"), schedule["beta_start"], schedule["beta_end"],
-        schedule["num_train_timesteps"],
-    )
-    return sigmas_from_alphas_cumprod(acp)
+    return make_train_sigmas(schedule.get("beta_schedule", "scaled_linear"), schedule["beta_start"],
+                             schedule["beta_end"], schedule["num_train_timesteps"])
 
 
 def model_lcm_sigmas(model: ModelHost, steps: int, original_steps: int = 50, strength: float = 1.0) -> torch.Tensor:
@@ -147,8 +143,7 @@ class LCMTCDSampler:
     gamma: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= float(self.gamma) <= 1.0:
-            raise ValueError(f"LCM sampler gamma must be in [0, 1], got {self.gamma!r}")
+        check_gamma(float(self.gamma))
 
     def sample(self, job: SamplingJob) -> tuple[torch.Tensor, torch.Tensor]:
         """(final latent, last denoised prediction), both scaled."""
@@ -160,12 +155,8 @@ class LCMTCDSampler:
             last["denoised"] = info["denoised"]
             job.step(info["i"])
 
-        common = dict(callback=callback, disable=True, generator=generator,
-                      train_sigmas=lcm_train_sigmas(job.model).to(job.x.device))
-        if self.gamma > 0:
-            out = sample_tcd(denoiser, job.x, job.sigmas, gamma=float(self.gamma), **common)
-        else:
-            out = sample_lcm(denoiser, job.x, job.sigmas, **common)
+        out = sample_lcm_or_tcd(denoiser, job.x, job.sigmas, float(self.gamma), callback=callback, disable=True,
+                                generator=generator, train_sigmas=lcm_train_sigmas(job.model).to(job.x.device))
         return out, last.get("denoised", out)
 
 
