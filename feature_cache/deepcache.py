@@ -16,13 +16,14 @@ correct images; such steps are counted in `stats["forced_full"]`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .branch import CachePoint, cache_point, down_layer_skipped, up_layer_skipped
+from .run import CachedCall, FeatureStreams
 
 _ABSENT = object()
 
@@ -84,15 +85,6 @@ def _sample_of(args: tuple, kwargs: dict) -> torch.Tensor:
     return sample
 
 
-@dataclass
-class _ChunkState:
-    """What one chunk (one stream of UNet calls) carries between its steps."""
-
-    step: int = 0
-    signature: tuple | None = None
-    features: dict[str, Any] = field(default_factory=dict)
-
-
 class DeepCacheUNet:
     """Context manager that makes a diffusers UNet reuse its deep features on partial steps.
 
@@ -100,22 +92,27 @@ class DeepCacheUNet:
     the UNet as usual (chunk key None), or through this object with `chunk=` when the host calls
     the UNet separately for cond and uncond: each chunk keeps its own step counter and features.
     Pass `step=` where the host knows the step index (e.g. samplers with several calls per step).
+    `calling(chunk, step)` does the same for a UNet reached through a wrapper module.
     """
 
     def __init__(self, unet: torch.nn.Module, branch: int, full_step_flags: Sequence[bool]):
-        if not full_step_flags:
-            raise ValueError("full_step_flags is empty: give one flag per sampling step")
         self.unet = unet
         self.branch = branch
-        self.full_step_flags = [bool(flag) for flag in full_step_flags]
+        self.streams = FeatureStreams(full_step_flags)
         self.skipped = skipped_modules(unet, branch)  # validates the branch against the UNet
         self._saved: dict[torch.nn.Module, Any] = {}
-        self._chunks: dict[Hashable, _ChunkState] = {}
         self._chunk: Hashable = None
         self._step: int | None = None
-        self._state: _ChunkState | None = None
-        self._partial = False
-        self.stats = {"full": 0, "partial": 0, "forced_full": 0}
+        self._call: CachedCall | None = None
+
+    @property
+    def full_step_flags(self) -> list[bool]:
+        return self.streams.full_step_flags
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Calls run full, partial, and full because the input changed (`forced_full`)."""
+        return self.streams.stats
 
     # --- activation -------------------------------------------------------------------------
     def __enter__(self) -> "DeepCacheUNet":
@@ -142,59 +139,49 @@ class DeepCacheUNet:
 
     def reset(self) -> None:
         """Forget every chunk's step counter and features (a new sampling run starts)."""
-        self._chunks.clear()
-        self.stats = {"full": 0, "partial": 0, "forced_full": 0}
+        self.streams = FeatureStreams(self.streams.full_step_flags)
 
     # --- calls ------------------------------------------------------------------------------
-    def __call__(self, *args, chunk: Hashable = None, step: int | None = None, **kwargs):
-        """Call the UNet for `chunk` (its own features and step counter), optionally at step `step`."""
+    @contextmanager
+    def calling(self, chunk: Hashable = None, step: int | None = None) -> Iterator[None]:
+        """UNet calls inside this block belong to `chunk` (at `step`, if given)."""
         if not self._saved:
             raise RuntimeError("DeepCacheUNet is not active: use it as `with DeepCacheUNet(...) as cached:`")
         self._chunk, self._step = chunk, step
         try:
-            return self.unet(*args, **kwargs)
+            yield
         finally:
             self._chunk, self._step = None, None
 
+    def __call__(self, *args, chunk: Hashable = None, step: int | None = None, **kwargs):
+        """Call the UNet for `chunk` (its own features and step counter), optionally at step `step`."""
+        with self.calling(chunk, step):
+            return self.unet(*args, **kwargs)
+
     def _wrap_unet(self, forward):
         def deepcache_unet_forward(*args, **kwargs):
-            state = self._chunks.setdefault(self._chunk, _ChunkState())
-            step = state.step if self._step is None else self._step
-            if not 0 <= step < len(self.full_step_flags):
-                raise RuntimeError(
-                    f"DeepCacheUNet: call at step {step} of chunk {self._chunk!r}, but full_step_flags has "
-                    f"{len(self.full_step_flags)} steps; give one flag per UNet call of a chunk, or pass step="
-                )
             sample = _sample_of(args, kwargs)
             signature = (tuple(sample.shape), sample.dtype, sample.device)
-            partial = not self.full_step_flags[step]
-            if partial and signature != state.signature:
-                partial = False
-                self.stats["forced_full"] += 1
-            self.stats["partial" if partial else "full"] += 1
-            if not partial:  # features become valid only once a full call has completed
-                state.signature, state.features = None, {}
-            self._state, self._partial = state, partial
+            call = self.streams.begin(self._chunk, signature, self._step)
+            self._call = call
             try:
                 output = forward(*args, **kwargs)
-                if not partial:
-                    state.signature = signature
+                self.streams.complete(call)
                 return output
             finally:
-                self._state, self._partial = None, False
-                state.step = step + 1
+                self._call = None
 
         return deepcache_unet_forward
 
     def _wrap_skipped(self, name: str, forward):
         def deepcache_skipped_forward(*args, **kwargs):
-            state = self._state
-            if state is None:  # called outside a UNet call (e.g. a module probed on its own)
+            call = self._call
+            if call is None:  # called outside a UNet call (e.g. a module probed on its own)
                 return forward(*args, **kwargs)
-            if self._partial:
-                return state.features[name]
+            if call.partial:
+                return call.features[name]
             output = forward(*args, **kwargs)
-            state.features[name] = output
+            call.features[name] = output
             return output
 
         return deepcache_skipped_forward

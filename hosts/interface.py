@@ -41,6 +41,10 @@ class LCMHost(Protocol):
     ) -> Any:
         """LCM (or TCD) sampling in one call; `denoise` < 1 is img2img with LCM strength = denoise."""
 
+    def deepcache(self, model: Any, settings: Any) -> Any:
+        """A clone of `model` whose sampling runs reuse deep UNet features (`feature_cache.DeepCacheSettings`);
+        refuses a branch the model's UNet does not have."""
+
 
 def running_in_comfyui() -> bool:
     """True when ComfyUI's own `comfy` package and `folder_paths` module are loaded (the pack was

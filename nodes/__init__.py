@@ -2,6 +2,7 @@
 (`hosts.get_host()`). Importing this package is cheap: no torch until a node runs."""
 from __future__ import annotations
 
+from .deepcache_node import DeepCache
 from .lora_nodes import LCMAdapterMixer, LCMLoraLoader
 from .sampling_nodes import LCMKSampler, LCMSampler, LCMScheduler
 
@@ -11,6 +12,7 @@ NODE_CLASS_MAPPINGS = {
     "LCMScheduler": LCMScheduler,
     "LCMSampler": LCMSampler,
     "LCMKSampler": LCMKSampler,
+    "DeepCache": DeepCache,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,6 +21,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LCMScheduler": "LCM Scheduler",
     "LCMSampler": "LCM Sampler",
     "LCMKSampler": "LCM KSampler",
+    "DeepCache": "DeepCache",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -9,32 +9,18 @@ is printed on a line starting with "CHECK "; the pytest side asserts on them.
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import sys
-import traceback
 
-
-def report(name: str, **values) -> None:
-    print("CHECK " + json.dumps({"name": name, **values}), flush=True)
+from comfyui_inprocess import report, run_check, start_comfyui
 
 
 def main(comfyui: str, base: str) -> None:
-    sys.argv = ["main.py", "--cpu", "--force-fp32", "--base-directory", base]
-    sys.path.insert(0, comfyui)
-    os.chdir(comfyui)
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
+    node = start_comfyui(comfyui, base)
     import comfy.model_management as mm
     import comfy.utils
-    import nodes
     import torch
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True))
-    node = {name: cls() for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
-    report("registered", nodes=sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n.startswith("LCM")))
+    report("registered", nodes=sorted(name for name, obj in node.items() if getattr(obj, "CATEGORY", "") == "LCM Accel"))
 
     model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
     g = torch.Generator().manual_seed(0)
@@ -52,12 +38,6 @@ def main(comfyui: str, base: str) -> None:
 
     def changed(a, base_weights):
         return sum(not torch.equal(a[k], base_weights[k]) for k in a)
-
-    def run(name, fn):
-        try:
-            fn()
-        except Exception:
-            report(name, error=traceback.format_exc())
 
     def lora_mix():
         base = weights(model)
@@ -123,7 +103,7 @@ def main(comfyui: str, base: str) -> None:
             comfy.utils.set_progress_bar_global_hook(None)
 
     for name, fn in (("lora_mix", lora_mix), ("bad_lora", bad_lora), ("sampling", sampling), ("interrupt", interrupt)):
-        run(name, fn)
+        run_check(name, fn)
 
 
 if __name__ == "__main__":

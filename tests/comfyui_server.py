@@ -51,6 +51,23 @@ def comfyui_python(checkout: Path) -> str:
     return sys.executable
 
 
+def run_checks(checkout: Path, script: Path, base: Path, timeout: float = 900) -> dict[str, dict]:
+    """Run a check script (tests/comfyui_*_checks.py) in ComfyUI's interpreter on `base`; its
+    "CHECK {json}" lines as {name: values}. Fails (AssertionError with the output) if the script
+    fails, reports nothing, or any check reports an error."""
+    done = subprocess.run([comfyui_python(checkout), str(script), str(checkout), str(base)],
+                          capture_output=True, text=True, timeout=timeout)
+    found = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("CHECK "):
+            item = json.loads(line[len("CHECK "):])
+            found[item.pop("name")] = item
+    assert done.returncode == 0 and found, f"the ComfyUI-side checks failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    for name, item in found.items():
+        assert "error" not in item, f"{name}:\n{item['error']}"
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from lcm_accel.feature_cache import DeepCacheUNet, count_macs, example_inputs, full_steps, skipped_fraction, skipped_modules
+from lcm_accel.feature_cache import (
+    DeepCacheSettings,
+    DeepCacheUNet,
+    FeatureStreams,
+    SigmaSteps,
+    count_macs,
+    example_inputs,
+    full_steps,
+    skipped_fraction,
+    skipped_modules,
+    step_of_sigma,
+)
 
 NUM_STEPS = 10
 
@@ -198,7 +209,7 @@ def test_batch_or_resolution_change_never_reuses_stale_features(unet):
             assert cached.stats == {"full": 3, "partial": 0, "forced_full": 2}
             unet(x_big, t, encoder_hidden_states=context[:1])  # same shape again: reuses
             assert cached.stats["partial"] == 1
-            with pytest.raises(RuntimeError, match="full_step_flags has 4 steps"):
+            with pytest.raises(RuntimeError, match="the schedule has 4 steps"):
                 unet(x_big, t, encoder_hidden_states=context[:1])
     assert torch.equal(got_1, expected_1) and torch.equal(got_big, expected_big)
 
@@ -290,3 +301,56 @@ def test_explicit_step_for_several_calls_per_step(unet):
     assert torch.equal(full[0], full[1]) and torch.equal(partial[0], partial[1])
     with pytest.raises(RuntimeError, match="not active"):
         cached(latents, t, encoder_hidden_states=context)
+
+
+# --- the per-run state shared by both hosts ------------------------------------------------------
+def test_step_of_sigma_places_every_call_of_a_sampler():
+    sigmas = [14.6, 6.0, 2.5, 0.9, 0.0]
+    assert [step_of_sigma(s, sigmas) for s in sigmas[:-1]] == [0, 1, 2, 3]
+    assert step_of_sigma(6.0 * (1 + 1e-7), sigmas) == 1  # float noise of a host's sigma tensor
+    assert step_of_sigma((6.0 * 2.5) ** 0.5, sigmas) == 1  # a DPM2-style midpoint lies inside step 1
+    assert step_of_sigma(0.0, sigmas) == 3 and step_of_sigma(20.0, sigmas) == 0
+    with pytest.raises(ValueError, match="at least 2 sigmas"):
+        step_of_sigma(1.0, [1.0])
+
+
+def test_sigma_steps_give_repeated_calls_their_own_stream():
+    """Heun evaluates at sigma[i+1] at the end of step i and again at the start of step i+1: the two
+    calls are different streams (each continues its own chain of features)."""
+    steps = SigmaSteps([10.0, 5.0, 2.0, 0.0])
+    heun = [(10.0, 0), (5.0, 1), (5.0, 1), (2.0, 2), (2.0, 2)]
+    located = [steps.locate("cond", sigma) for sigma, _ in heun]
+    assert [step for _, step in located] == [expected for _, expected in heun]
+    assert [stream for stream, _ in located] == [("cond", 0), ("cond", 0), ("cond", 1), ("cond", 0), ("cond", 1)]
+    assert steps.locate("uncond", 10.0) == (("uncond", 0), 0)
+
+
+def test_feature_streams_reuse_only_a_completed_full_call_of_the_same_input():
+    streams = FeatureStreams([True, False, False, True])
+    signature = ((1, 4, 8, 8), torch.float32, torch.device("cpu"))
+    first = streams.begin("a", signature)
+    assert not first.partial
+    first.features["deep"] = 1
+    streams.complete(first)
+    second = streams.begin("a", signature)
+    assert second.partial and second.features == {"deep": 1} and second.step == 1
+    assert not streams.begin("b", signature, step=1).partial  # another stream has nothing cached yet
+    other_size = ((1, 4, 16, 16), torch.float32, torch.device("cpu"))
+    assert not streams.begin("a", other_size, step=2).partial
+    assert streams.stats == {"full": 3, "partial": 1, "forced_full": 2}
+    failed = FeatureStreams([True, False])
+    failed.begin("a", signature)  # a full call that raised: never completed
+    assert not failed.begin("a", signature).partial
+    with pytest.raises(RuntimeError, match="step 4 of stream 'a', but the schedule has 4 steps"):
+        streams.begin("a", signature, step=4)
+
+
+def test_settings_are_checked_and_give_the_schedule():
+    settings = DeepCacheSettings(interval=3, branch=2, start_percent=0.25, end_percent=1.0)
+    assert settings.full_step_flags(8) == full_steps(8, 3, 0.25, 1.0)
+    assert DeepCacheSettings(2, schedule="non-uniform").full_step_flags(25) == full_steps(25, 2, uniform=False)
+    for bad, name in [(dict(interval=0), "cache_interval"), (dict(branch=-1), "cache_depth"),
+                      (dict(start_percent=0.6, end_percent=0.5), "start_percent"),
+                      (dict(end_percent=1.5), "end_percent"), (dict(schedule="linear"), "schedule")]:
+        with pytest.raises(ValueError, match=name):
+            DeepCacheSettings(**bad)

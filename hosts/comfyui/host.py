@@ -4,7 +4,7 @@ from __future__ import annotations
 import folder_paths
 
 from ..lora_files import load_lora_cached
-from . import lora, model_sampling, sampling
+from . import deepcache, lora, model_sampling, sampling
 
 
 class ComfyUILCMHost:
@@ -31,6 +31,9 @@ class ComfyUILCMHost:
 
     def lcm_ksample(self, model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise):
         return sampling.lcm_ksample(model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise)
+
+    def deepcache(self, model, settings):
+        return deepcache.apply_deepcache(model, settings)
 
 
 COMFYUI_HOST = ComfyUILCMHost()

@@ -9,9 +9,11 @@ predictions: D = D_uncond + cfg * (D_cond - D_uncond); cfg == 1 skips the negati
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import torch
 
+from .deepcache import unet_call_context
 from .names import SAMPLING_TYPES
 from .noise_schedule import DiscreteSigmas, DistilledSigmas
 from .types import ModelHost
@@ -74,7 +76,8 @@ class GuidedDenoiser:
                 if unsupported:
                     raise NotImplementedError(f"{name} conditioning uses {unsupported}, which the standalone host does not support")
 
-    def _unet(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list) -> torch.Tensor:
+    def _unet(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list, stream: Hashable,
+              sigma: torch.Tensor) -> torch.Tensor:
         unet = self.model.unet
         param = next(unet.parameters())
         context = cond[0].to(device=param.device, dtype=param.dtype)
@@ -85,20 +88,22 @@ class GuidedDenoiser:
         if getattr(unet.config, "addition_embed_type", None) == "text_time":
             h, w = x_in.shape[2] * 8, x_in.shape[3] * 8
             kwargs["added_cond_kwargs"] = sdxl_added_conds(cond[1], batch, h, w, param.device, param.dtype)
-        out = unet(x_in.to(param.dtype), timestep.to(param.device).float(), encoder_hidden_states=context, **kwargs)
+        with unet_call_context(self.model, stream, sigma):
+            out = unet(x_in.to(param.dtype), timestep.to(param.device).float(), encoder_hidden_states=context, **kwargs)
         return out.sample.float()
 
     @torch.no_grad()
-    def denoise_one(self, x: torch.Tensor, sigma: torch.Tensor, conds: list) -> torch.Tensor:
-        """Strength-weighted average of D over the conditioning entries (ComfyUI's mixing)."""
+    def denoise_one(self, x: torch.Tensor, sigma: torch.Tensor, conds: list, name: str) -> torch.Tensor:
+        """Strength-weighted average of D over the conditioning entries (ComfyUI's mixing);
+        `name` ("positive" / "negative") keeps each pass's DeepCache features apart."""
         shape = (-1,) + (1,) * (x.ndim - 1)
         s = sigma.reshape(shape).float()
         timestep = self.table.model_timestep(sigma.float())
         x_in = x / (s**2 + 1.0) ** 0.5
         total, weight = 0.0, 0.0
-        for cond in conds:
+        for index, cond in enumerate(conds):
             strength = float(cond[1].get("strength", 1.0))
-            out = self._unet(x_in, timestep, cond)
+            out = self._unet(x_in, timestep, cond, (name, index), sigma)
             total = total + denoised_from_output(self.kind, x, out, s, timestep.reshape(shape).float()) * strength
             weight += strength
         if weight == 0:
@@ -106,10 +111,10 @@ class GuidedDenoiser:
         return total / weight
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        cond = self.denoise_one(x, sigma, self.positive)
+        cond = self.denoise_one(x, sigma, self.positive, "positive")
         if math.isclose(self.cfg, 1.0):
             return cond
-        uncond = self.denoise_one(x, sigma, self.negative)
+        uncond = self.denoise_one(x, sigma, self.negative, "negative")
         return uncond + (cond - uncond) * self.cfg
 
 

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .denoiser import GuidedDenoiser, InpaintDenoiser
+from .deepcache import deepcache_run
+from .denoiser import GuidedDenoiser, InpaintDenoiser, sigma_table
 from .lora import activate_patches
 from .noise_schedule import ksampler_sigmas
 from .samplers import SAMPLERS, seeded_noise_sampler
@@ -80,8 +81,7 @@ def common_ksampler(
         noise = prepare_noise(samples, seed, latent.get("batch_index"))
 
     activate_patches(model)
-    guided = GuidedDenoiser(model, positive, negative, cfg)
-    table = guided.table
+    table = sigma_table(model)
     sigmas = ksampler_sigmas(table, scheduler, steps, denoise)
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[: last_step + 1].clone()
@@ -100,14 +100,15 @@ def common_ksampler(
     latent_in = samples.to(device) * scale
     noise = noise.to(device)
     x = start_latent(noise, latent_in, float(sigmas[0]), float(table.sigma_max))
-    denoiser = guided
-    if "noise_mask" in latent:
-        mask = prepare_mask(latent["noise_mask"], samples.shape).to(device)
-        denoiser = InpaintDenoiser(guided, latent_in, noise, mask)
     noise_sampler = seeded_noise_sampler(x, seed)
     step, bar = _progress(len(sigmas) - 1)
     try:
-        out = SAMPLERS[sampler_name](denoiser, x, sigmas.to(device), step, noise_sampler)
+        with deepcache_run(model, sigmas) as run_model:
+            denoiser = GuidedDenoiser(run_model, positive, negative, cfg)
+            if "noise_mask" in latent:
+                mask = prepare_mask(latent["noise_mask"], samples.shape).to(device)
+                denoiser = InpaintDenoiser(denoiser, latent_in, noise, mask)
+            out = SAMPLERS[sampler_name](denoiser, x, sigmas.to(device), step, noise_sampler)
     finally:
         bar.close()
     return ({**latent, "samples": (out / scale).cpu()},)

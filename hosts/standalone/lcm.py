@@ -26,6 +26,7 @@ from ...lcm_scheduler import (
     sample_lcm_or_tcd,
     timestep_from_sigma,
 )
+from .deepcache import apply_deepcache, deepcache_run
 from .denoiser import GuidedDenoiser, InpaintDenoiser, sigma_table
 from .ksampler import _latent_scale, _progress, prepare_mask, prepare_noise, start_latent
 from .samplers import SAMPLERS, seeded_noise_sampler
@@ -189,9 +190,10 @@ def sample_custom(
         mask = prepare_mask(latent["noise_mask"], samples.shape).to(device)
         wrap = lambda denoiser: InpaintDenoiser(denoiser, latent_in, noise, mask)  # noqa: E731
     step, bar = _progress(len(sigmas) - 1)
-    job = SamplingJob(model, positive, negative, float(cfg), x, sigmas.to(device), int(seed), step, wrap)
     try:
-        out, denoised = sampler.sample(job)
+        with deepcache_run(model, sigmas) as run_model:
+            job = SamplingJob(run_model, positive, negative, float(cfg), x, sigmas.to(device), int(seed), step, wrap)
+            out, denoised = sampler.sample(job)
     finally:
         bar.close()
     return ({**latent, "samples": (out / scale).cpu()}, {**latent, "samples": (denoised / scale).cpu()})
@@ -239,6 +241,9 @@ class StandaloneLCMHost:
 
     def lcm_ksample(self, model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise) -> dict:
         return lcm_ksample(model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise)
+
+    def deepcache(self, model: ModelHost, settings) -> ModelHost:
+        return apply_deepcache(model, settings)
 
 
 STANDALONE_HOST = StandaloneLCMHost()

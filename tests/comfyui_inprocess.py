@@ -1,0 +1,42 @@
+"""What the ComfyUI-side check scripts share: start ComfyUI in-process, report checks as JSON lines.
+
+The scripts (tests/comfyui_*_checks.py) run in ComfyUI's interpreter, import ComfyUI from its
+checkout with the given base directory, load the custom nodes there as ComfyUI does, and print one
+line "CHECK {json}" per check; `comfyui_server.run_checks` runs them and reads those lines back.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def report(name: str, **values) -> None:
+    """Print one check's results for the pytest side."""
+    print("CHECK " + json.dumps({"name": name, **values}), flush=True)
+
+
+def run_check(name: str, fn: Callable[[], None]) -> None:
+    """Run one check; an exception becomes that check's `error` (the other checks still run)."""
+    try:
+        fn()
+    except Exception:
+        report(name, error=traceback.format_exc())
+
+
+def start_comfyui(comfyui: str, base: str) -> dict:
+    """Import ComfyUI (CPU, fp32) with `base` as its base directory, load its and the custom nodes;
+    returns an instance of every registered node class by name."""
+    sys.argv = ["main.py", "--cpu", "--force-fp32", "--base-directory", base]
+    sys.path.insert(0, comfyui)
+    os.chdir(comfyui)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True))
+    return {name: cls() for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
