@@ -17,7 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="output", help="folder for the PNG (default: output)")
     demo.add_argument("--workflow", default=None, help="another workflow file to run instead")
     add_harness_commands(sub)
+    from .training.cli import add_train_command, run_train_command
+
+    add_train_command(sub)
+    from .hosts.standalone.quantize_cli import add_quantize_command, run_quantize_command
+
+    add_quantize_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "quantize":
+        return run_quantize_command(args)
+    if args.command == "train":
+        return run_train_command(args)
     if args.command == "demo":
         from .demo import demo_run_arguments
 

@@ -7,6 +7,7 @@ workflow or the command line is wrong, 1: a node failed while running, 130: inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -36,7 +37,23 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--models", default="models", help="models folder in ComfyUI's layout (default: ./models)")
     common.add_argument("--input", default=None, help="input folder (default: 'input' beside the models folder)")
     common.add_argument("--out", default="output", help="output folder (default: ./output)")
-    sub.add_parser("run", parents=[common, workflow], help="run a ComfyUI workflow headless")
+    run = sub.add_parser("run", parents=[common, workflow], help="run a ComfyUI workflow headless")
+    run.add_argument("--fast", action="store_true",
+                     help="fast mode for every MODEL / CLIP / VAE of the workflow: captured UNet steps, text encodes "
+                          "and VAE decodes on CUDA; says once why where it cannot (then runs eager)")
+    run.add_argument("--fast-backend", choices=("cuda_graph", "torch_compile"), default="cuda_graph",
+                     help="how --fast captures the forwards (default: cuda_graph)")
+    precisions = ("fp32", "fp16", "bf16")
+    run.add_argument("--device", default="auto",
+                     help="where the standalone host's models run: auto (default: CUDA when available, else CPU), "
+                          "cpu, cuda or cuda:N")
+    run.add_argument("--dtype", choices=precisions, default=None,
+                     help="UNet and text encoder precision (default: fp16 on CUDA, fp32 on CPU)")
+    run.add_argument("--text-encoder-dtype", choices=precisions, default=None,
+                     help="text encoder precision, if not that of --dtype")
+    run.add_argument("--vae-dtype", choices=precisions, default=None,
+                     help="VAE precision (default: bf16 on CUDA GPUs that have it, else fp32; fp16 overflows in "
+                          "SD1.5's VAE)")
     sub.add_parser("validate", parents=[common, workflow], help="check a workflow without running it")
     sub.add_parser("nodes", parents=[common], help="list the registered nodes")
 
@@ -86,7 +103,8 @@ def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
     prompt, extra = _prepare(args, registry)
     paths = get_model_paths()
     start = time.perf_counter()
-    result = Executor(registry, paths).run(prompt, extra_pnginfo=extra)
+    with _placement(args), _fast_mode(args.fast_backend if getattr(args, "fast", False) else None):
+        result = Executor(registry, paths).run(prompt, extra_pnginfo=extra)
     elapsed = time.perf_counter() - start
     for node_id, ui in result.ui.items():
         for item in ui.get("images", []) if isinstance(ui, dict) else []:
@@ -94,6 +112,27 @@ def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
                 print(f"saved {paths.output_dir / item.get('subfolder', '') / item['filename']}")
     print(f"ran {len(result.executed)} node(s) in {elapsed:.2f} s")
     return 0
+
+
+def _fast_mode(backend: str | None):
+    """`run --fast`: fast mode as the default of every model the workflow loads (standalone host)."""
+    if backend is None:
+        return contextlib.nullcontext()
+    from ..hosts.standalone.fast_mode import FastModeSettings, fast_mode_default
+
+    return fast_mode_default(FastModeSettings(True, backend))
+
+
+def _placement(args: argparse.Namespace):
+    """`run --device/--dtype/...`: where the standalone host loads checkpoints for this run; a device
+    or dtype this machine lacks is refused here, before any node runs."""
+    from ..hosts.standalone.devices import DeviceError, DeviceSettings, device_default, resolve
+
+    try:
+        placement = resolve(DeviceSettings(args.device, args.dtype, args.text_encoder_dtype, args.vae_dtype))
+    except DeviceError as error:
+        raise HarnessError(str(error)) from error
+    return device_default(placement)
 
 
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "nodes": _cmd_nodes}

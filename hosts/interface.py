@@ -45,6 +45,16 @@ class LCMHost(Protocol):
         """A clone of `model` whose sampling runs reuse deep UNet features (`feature_cache.DeepCacheSettings`);
         refuses a branch the model's UNet does not have."""
 
+    def fast_mode(self, model: Any, clip: Any, vae: Any, enable: bool, backend: str) -> tuple[Any, Any, Any]:
+        """(MODEL, CLIP, VAE) clones whose UNet steps, text encodes and VAE decodes replay captured
+        forwards (`backend`: "cuda_graph" or "torch_compile"); clip / vae may be None (returned as None).
+        Where the host or device cannot, it says so once and the values run as before."""
+
+    def quantize_unet(self, model: Any, fmt: str, keep: str, group_size: int, keep_source: bool) -> Any:
+        """A clone of `model` whose UNet holds its LoRA-merged weights quantized to `fmt` ("int8",
+        "fp8_e4m3", "int4"; `quantize.quantize_unet`), the layers matching `keep` (comma-separated
+        globs, "default" = first/last conv + time embedding) left in high precision."""
+
 
 def running_in_comfyui() -> bool:
     """True when ComfyUI's own `comfy` package and `folder_paths` module are loaded (the pack was

@@ -12,8 +12,10 @@ from .mix import LowRankPatch, compress_svd, mix, mix_cat
 from .patcher import LoraPatcher, LoraPatchError, PatchTarget, plan_targets
 from .report import AdapterReport, LoadReport
 from .safetensors_io import LoraFileError, load_tensor_file, read_safetensors_header
+from .writer import LORA_FORMATS, write_kohya, write_lora, write_peft
 
 __all__ = [
+    "LORA_FORMATS",
     "AdapterReport",
     "LoadReport",
     "LoraFactors",
@@ -35,4 +37,7 @@ __all__ = [
     "parse_lora",
     "plan_targets",
     "read_safetensors_header",
+    "write_kohya",
+    "write_lora",
+    "write_peft",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .deepcache_node import DeepCache
+from .fast_mode_node import LCMFastMode
 from .lora_nodes import LCMAdapterMixer, LCMLoraLoader
+from .quantize_node import LCMQuantizeUNet
 from .sampling_nodes import LCMKSampler, LCMSampler, LCMScheduler
 
 NODE_CLASS_MAPPINGS = {
@@ -13,6 +15,8 @@ NODE_CLASS_MAPPINGS = {
     "LCMSampler": LCMSampler,
     "LCMKSampler": LCMKSampler,
     "DeepCache": DeepCache,
+    "LCMFastMode": LCMFastMode,
+    "LCMQuantizeUNet": LCMQuantizeUNet,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -22,6 +26,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LCMSampler": "LCM Sampler",
     "LCMKSampler": "LCM KSampler",
     "DeepCache": "DeepCache",
+    "LCMFastMode": "LCM Fast Mode (CUDA)",
+    "LCMQuantizeUNet": "LCM Quantize UNet",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -63,7 +63,8 @@ def _node_id(prompt: dict, class_type: str) -> str:
 def test_there_are_the_seven_example_workflows():
     names = {p.stem for p in WORKFLOWS}
     assert {"lcm_lora_txt2img", "lcm_lora_style_mixer", "lcm_lora_sdxl", "lcm_lora_img2img", "tcd_txt2img",
-            "baseline_25step_cfg7", "lcm_lora_deepcache"} <= names
+            "baseline_25step_cfg7", "lcm_lora_deepcache",
+            "lcm_lora_quantized"} <= names
     assert {p.stem for p in (ROOT / "workflows" / "api").glob("*.json")} == names
 
 

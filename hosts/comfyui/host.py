@@ -4,7 +4,8 @@ from __future__ import annotations
 import folder_paths
 
 from ..lora_files import load_lora_cached
-from . import deepcache, lora, model_sampling, sampling
+from . import quantize as quantize_host
+from . import deepcache, fast_mode, lora, model_sampling, sampling
 
 
 class ComfyUILCMHost:
@@ -16,6 +17,7 @@ class ComfyUILCMHost:
         return folder_paths.get_filename_list("loras")
 
     def add_loras(self, model, loras: list[tuple[str, float]], rank: int | None = None):
+        quantize_host.refuse_lora_on_quantized(model)
         files = [(load_lora_cached(folder_paths.get_full_path_or_raise("loras", name)), float(weight))
                  for name, weight in loras]
         return lora.add_loras(model, files, rank)
@@ -34,6 +36,12 @@ class ComfyUILCMHost:
 
     def deepcache(self, model, settings):
         return deepcache.apply_deepcache(model, settings)
+
+    def quantize_unet(self, model, fmt: str, keep: str, group_size: int, keep_source: bool):
+        return quantize_host.quantize_model(model, fmt, keep, group_size, keep_source)
+
+    def fast_mode(self, model, clip, vae, enable: bool, backend: str):
+        return fast_mode.fast_mode(model, clip, vae, enable, backend)
 
 
 COMFYUI_HOST = ComfyUILCMHost()

@@ -81,6 +81,9 @@ def common_ksampler(
         noise = prepare_noise(samples, seed, latent.get("batch_index"))
 
     activate_patches(model)
+    from .fast_sampling import note_eager_sampler
+
+    note_eager_sampler(model, sampler_name)
     table = sigma_table(model)
     sigmas = ksampler_sigmas(table, scheduler, steps, denoise)
     if last_step is not None and last_step < len(sigmas) - 1:

@@ -130,6 +130,9 @@ class KDiffusionSampler:
 
     def sample(self, job: SamplingJob) -> tuple[torch.Tensor, torch.Tensor]:
         """(final latent, last denoised prediction), both scaled."""
+        from .fast_sampling import note_eager_sampler
+
+        note_eager_sampler(job.model, self.name)
         denoiser = _Recorder(job.wrap(GuidedDenoiser(job.model, job.positive, job.negative, job.cfg)))
         out = SAMPLERS[self.name](denoiser, job.x, job.sigmas, job.step, seeded_noise_sampler(job.x, job.seed))
         return out, (out if denoiser.last is None else denoiser.last)
@@ -148,6 +151,11 @@ class LCMTCDSampler:
 
     def sample(self, job: SamplingJob) -> tuple[torch.Tensor, torch.Tensor]:
         """(final latent, last denoised prediction), both scaled."""
+        from .fast_sampling import fast_lcm_sample
+
+        fast = fast_lcm_sample(job, float(self.gamma))
+        if fast is not None:
+            return fast
         denoiser = job.wrap(PlainX0Denoiser(job.model, job.positive, job.negative, job.cfg))
         generator = continuing_generator(job.x, job.seed)
         last: dict = {}
@@ -244,6 +252,17 @@ class StandaloneLCMHost:
 
     def deepcache(self, model: ModelHost, settings) -> ModelHost:
         return apply_deepcache(model, settings)
+
+    def fast_mode(self, model: ModelHost, clip, vae, enable: bool, backend: str) -> tuple:
+        from .fast_mode import FastModeSettings, with_fast_mode
+
+        settings = FastModeSettings(bool(enable), backend)
+        return tuple(None if value is None else with_fast_mode(value, settings) for value in (model, clip, vae))
+
+    def quantize_unet(self, model: ModelHost, fmt: str, keep: str, group_size: int, keep_source: bool) -> ModelHost:
+        from .quantize import quantize_model
+
+        return quantize_model(model, fmt, keep, group_size, keep_source)
 
 
 STANDALONE_HOST = StandaloneLCMHost()

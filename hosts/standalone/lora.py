@@ -176,6 +176,9 @@ def add_loras(model: ModelHost, loras: Sequence[tuple[LoraFile, float]], rank: i
     if not isinstance(model, ModelHost):
         raise TypeError(f"add_loras needs a MODEL (ModelHost), got {type(model).__name__}")
     _check_pairs(loras, "add_loras")
+    from .quantize import check_lora_allowed
+
+    check_lora_allowed(model)
     if rank is not None and (not isinstance(rank, int) or rank < 1):
         raise LoraPatchError(f"add_loras: rank must be a positive integer or None, got {rank!r}")
     new = [LoraEntry(lora, float(weight), rank) for lora, weight in loras if lora.unet]

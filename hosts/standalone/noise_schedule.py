@@ -58,8 +58,8 @@ class DiscreteSigmas:
         return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The nearest table index to `sigma` (in log space)."""
-        distances = sigma.float().log().reshape(1, -1) - self.log_sigmas[:, None]
+        """The nearest table index to `sigma` (in log space), on `sigma`'s device."""
+        distances = sigma.float().log().reshape(1, -1) - self.log_sigmas.to(sigma.device)[:, None]
         return distances.abs().argmin(dim=0).reshape(sigma.shape)
 
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,15 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def seeded_noise_sampler(x: torch.Tensor, seed: int | None) -> Callable[[], torch.Tensor]:
-    """Fresh normal noise like x from a generator seeded with `seed` (ComfyUI's default_noise_sampler)."""
-    generator = torch.Generator(device=x.device)
+    """Fresh normal noise like x from a CPU generator seeded with `seed`, moved to x's device
+    (ComfyUI's default_noise_sampler, except that ComfyUI draws on x's device: drawing on the CPU
+    gives a seed the same image on every device, as the initial noise does)."""
+    generator = torch.Generator(device="cpu")
     if seed is not None:
         generator.manual_seed(seed)
     else:
         generator.seed()
-    return lambda: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
+    return lambda: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, generator=generator).to(x.device)
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

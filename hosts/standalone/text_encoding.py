@@ -10,9 +10,11 @@ layer of both encoders without it; CLIPSetLastLayer picks another (`-2` = one be
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
+from .fast_mode import fast_or_eager, settings_of
 from .prompt_weights import empty_tokens, tokenize_weighted
 from .lora import activate_clip_patches
 from .types import ClipHost
@@ -40,7 +42,8 @@ def _final_norm(encoder: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def run_encoder(encoder, token_ids: torch.Tensor, layer: int | None, normalize_hidden: bool, projected: bool):
-    """(hidden states (n, tokens, dim), pooled (n, dim)) for a batch of token-id rows."""
+    """(hidden states (n, tokens, dim), pooled (n, dim)) in float32 on the encoder's device, for a batch of
+    token-id rows on that device."""
     out = encoder(input_ids=token_ids, output_hidden_states=layer is not None)
     if layer is None:
         z = out.last_hidden_state
@@ -54,8 +57,9 @@ def run_encoder(encoder, token_ids: torch.Tensor, layer: int | None, normalize_h
     return z.float(), pooled.float()
 
 
-def encode_weighted(clip_encoder, tokenizer, text: str, rule: EncoderRule, layer_idx: int | None):
-    """One encoder's (cond (1, 77*chunks, dim), pooled (1, dim)) for a prompt."""
+def encode_weighted(clip_encoder, tokenizer, text: str, rule: EncoderRule, layer_idx: int | None, fast=None):
+    """One encoder's (cond (1, 77*chunks, dim), pooled (1, dim)) for a prompt, on the CPU; `fast`
+    (FastModeSettings) replays the encoder's capture for this token shape."""
     pad = tokenizer.eos_token_id if rule.pad_with_end else 0
     chunks = tokenize_weighted(text, tokenizer, pad)
     ids = torch.tensor([[t for t, _ in chunk] for chunk in chunks], dtype=torch.long)
@@ -66,7 +70,11 @@ def encode_weighted(clip_encoder, tokenizer, text: str, rule: EncoderRule, layer
     layer = rule.default_layer if layer_idx is None else layer_idx
     if layer_idx is not None and abs(layer_idx) > clip_encoder.config.num_hidden_layers:
         layer = None  # ComfyUI: a clip skip deeper than the encoder means "last layer"
-    z, pooled = run_encoder(clip_encoder, ids, layer, rule.normalize_hidden, rule.projected_pooled)
+    choice = dict(layer=layer, normalize_hidden=rule.normalize_hidden, projected=rule.projected_pooled)
+    ids = ids.to(next(clip_encoder.parameters()).device)
+    run = partial(run_encoder, clip_encoder, **choice)
+    z, pooled = (t.cpu() for t in fast_or_eager(fast, "text_encoder", clip_encoder, run, (ids,),
+                                                extra=tuple(choice.values())))
     if has_weights:
         empty, z = z[-1:], z[:-1]
         w = weights[..., None]
@@ -81,7 +89,7 @@ def encode_prompt(clip: ClipHost, text: str) -> tuple[torch.Tensor, torch.Tensor
     rules = FAMILY_RULES[clip.family]
     activate_clip_patches(clip)
     outputs = [
-        encode_weighted(encoder, clip.tokenizer, text, rule, clip.layer_idx)
+        encode_weighted(encoder, clip.tokenizer, text, rule, clip.layer_idx, settings_of(clip))
         for encoder, rule in zip(clip.text_encoders, rules)
     ]
     if len(outputs) == 1:

@@ -64,6 +64,7 @@ class ClipHost:
     family: str
     layer_idx: int | None = None
     patches: list[Any] = field(default_factory=list)
+    fast: Any = None  # fast_mode.FastModeSettings set by LCMFastMode (None: the run's default)
 
     def clone(self) -> "ClipHost":
         """A new CLIP sharing the encoder weights, with its own layer setting and patch list."""
@@ -77,6 +78,7 @@ class VaeHost:
     vae: torch.nn.Module
     scaling_factor: float
     family: str = "sd15"
+    fast: Any = None  # fast_mode.FastModeSettings set by LCMFastMode (None: the run's default)
 
 
 Conditioning = list  # [[tensor, {"pooled_output": ...}], ...]

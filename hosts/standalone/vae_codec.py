@@ -7,8 +7,11 @@ as ComfyUI's latent formats do). Encoding takes the posterior mean, so it is det
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from .fast_mode import fast_or_eager, settings_of
 from .types import VaeHost
 
 DOWNSCALE = 8
@@ -25,13 +28,18 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int = DOWNSCALE) -> torch.T
     return pixels[:, top:top + height, left:left + width, :]
 
 
+def _decode_forward(module: torch.nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor]:
+    return (module.decode(latents).sample,)
+
+
 @torch.no_grad()
 def decode(vae: VaeHost, latents: torch.Tensor) -> torch.Tensor:
     """IMAGE (B, H, W, 3) in 0..1 from unscaled latents (B, 4, h, w)."""
     module = vae.vae
     dtype = next(module.parameters()).dtype
     device = next(module.parameters()).device
-    out = module.decode(latents.to(device=device, dtype=dtype)).sample
+    (out,) = fast_or_eager(settings_of(vae), "vae_decode", module, partial(_decode_forward, module),
+                           (latents.to(device=device, dtype=dtype),))
     return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
 
 

@@ -1,0 +1,111 @@
+"""LCMQuantizeUNet on ComfyUI: the LoRA-merged UNet layers replaced by quantized ones (object patches).
+
+ComfyUI's ModelPatcher keeps LoRAs as patches and adds them into the weights only when it loads the
+model for sampling, so quantizing the stored weights would miss them. Here the merge happens at the
+node: for every layer to quantize, the weight is computed as ComfyUI itself would patch it
+(`comfy.lora.calculate_weight` over the clone's own patches for that key, on the unpatched base
+weight), quantized, and the layer is replaced on the clone by a `QuantLinear` / `QuantConv2d` through
+`add_object_patch`; the weight and bias patches of those layers are removed from the clone (they are
+in the quantized weights). What this saves: the replaced layers' float weights are no longer part of
+the model ComfyUI moves to the GPU, so VRAM holds only the quantized weights; the float base model
+stays in system RAM where ComfyUI keeps it (shared with the other clones). Quantized layers
+dequantize on the fly (`quantize.modules`; fp8 uses `torch._scaled_mm` on GPUs that have it).
+
+LoRAs added AFTER the node cannot reach the quantized weights: our loaders refuse them, and a load
+callback refuses ComfyUI's own loaders' patches on quantized layers, naming the way out (load LoRAs
+before LCMQuantizeUNet). keep_source is refused here: ComfyUI's lazy patching has no in-place float
+source to re-quantize from.
+"""
+from __future__ import annotations
+
+import uuid
+
+import comfy.lora
+import comfy.model_management
+import comfy.patcher_extension
+import torch
+
+from ...quantize import QuantizeError, normalize_format, quantize_layer, split_layers
+from ...quantize.modules import QUANT_MODULES
+
+PREFIX = "diffusion_model."
+QUANT_OPTION = "lcm_accel_quantized"
+CALLBACK_KEY = "lcm_accel_quantize"
+
+
+def _base_weight(model, key: str, current: torch.Tensor) -> torch.Tensor:
+    """The unpatched weight: the backup of whichever loaded clone patched it, else the stored one."""
+    for loaded in comfy.model_management.current_loaded_models:
+        patcher = loaded.model
+        if patcher is not None and patcher.model is model.model and key in patcher.backup:
+            return patcher.backup[key].weight
+    return current
+
+
+def _merged(model, key: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """`tensor` with the clone's patches for `key` applied as ComfyUI applies them (float32)."""
+    if tensor is None:
+        return None
+    weight = _base_weight(model, key, tensor).detach().to(torch.float32, copy=True)
+    if key in model.patches:
+        weight = comfy.lora.calculate_weight(model.patches[key], weight, key)
+    return weight
+
+
+def _merged_layer(model, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    """A plain Linear / Conv2d with the layer's geometry holding its merged float weight and bias."""
+    weight = _merged(model, f"{PREFIX}{name}.weight", module.weight)
+    bias = _merged(model, f"{PREFIX}{name}.bias", module.bias)
+    if isinstance(module, torch.nn.Linear):
+        layer = torch.nn.Linear(module.in_features, module.out_features, bias=bias is not None, device="meta")
+    else:
+        layer = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                                module.padding, module.dilation, module.groups, bias=bias is not None, device="meta")
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias.to(module.bias.dtype), requires_grad=False)
+    return layer
+
+
+def _refuse_late_patches(quantized_keys: frozenset[str]):
+    def check(patcher, *args, **kwargs) -> None:
+        late = sorted(k for k in patcher.patches if k in quantized_keys)
+        if late:
+            raise QuantizeError(
+                f"LCMQuantizeUNet: {len(late)} LoRA patches (e.g. {late[0]!r}) were added after the UNet was "
+                "quantized and cannot reach the quantized weights; load LoRAs before LCMQuantizeUNet.")
+    return check
+
+
+def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source: bool = False):
+    """A clone of the ModelPatcher whose UNet layers are quantized from the LoRA-merged weights."""
+    if keep_source:
+        raise QuantizeError("keep_source is not available in ComfyUI (ComfyUI patches LoRAs lazily; there is no "
+                            "float source to re-quantize): load the LoRAs before LCMQuantizeUNet instead")
+    if model.model_options.get(QUANT_OPTION):
+        raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
+    fmt = normalize_format(fmt)
+    diffusion_model = model.get_model_object("diffusion_model")
+    todo, kept, _ = split_layers(diffusion_model, keep)
+    todo = [(n, m) for n, m in todo if not isinstance(m, QUANT_MODULES)]
+    clone = model.clone()
+    quantized_keys = set()
+    for name, module in todo:
+        layer = quantize_layer(_merged_layer(model, name, module), fmt, group_size)
+        clone.add_object_patch(f"{PREFIX}{name}", layer)
+        quantized_keys.update({f"{PREFIX}{name}.weight", f"{PREFIX}{name}.bias"})
+    for key in quantized_keys:
+        clone.patches.pop(key, None)
+    clone.patches_uuid = uuid.uuid4()
+    clone.model_options[QUANT_OPTION] = {"format": fmt, "group_size": group_size, "kept": kept,
+                                         "quantized": [n for n, _ in todo]}
+    clone.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, CALLBACK_KEY,
+                                _refuse_late_patches(frozenset(quantized_keys)))
+    return clone
+
+
+def refuse_lora_on_quantized(model) -> None:
+    """Our LoRA loaders on a quantized MODEL: refused with the way out."""
+    if model.model_options.get(QUANT_OPTION):
+        raise QuantizeError("cannot apply a LoRA to a quantized UNet: its layers were quantized from the merged "
+                            "weights. Load the LoRAs before LCMQuantizeUNet (merge-then-quantize).")

@@ -1,0 +1,58 @@
+"""The LCMQuantizeUNet node: merge-then-quantize the model's UNet to int8 / fp8 / int4 weights."""
+from __future__ import annotations
+
+from ..hosts import get_host
+from .inputs import check_int
+
+CATEGORY = "LCM Accel"
+FORMATS = ["int8", "fp8_e4m3", "int4"]
+GROUP_SIZES = (2, 1024)
+
+
+class LCMQuantizeUNet:
+    """Quantize the UNet's Linear / Conv2d weights after the LoRAs loaded before this node are merged
+    into them (merge-then-quantize). Layers named in `keep` stay in high precision."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model to quantize; LoRAs loaded before this node are merged "
+                                               "first, then quantized with the weights."}),
+                "format": (FORMATS, {"default": "int8", "tooltip":
+                                     "int8: per output channel (about 1/4 of fp32). fp8_e4m3: per-channel scaled "
+                                     "fp8 (fast matmul on Ada/Hopper GPUs). int4: group-wise (about 1/7 of fp32, "
+                                     "least exact)."}),
+                "keep": ("STRING", {"default": "default", "tooltip":
+                                    "Comma-separated layer-name patterns (globs) kept in high precision. "
+                                    "'default' = first/last conv and the time embedding (conv_in, conv_out, "
+                                    "time_embedding / input_blocks.0.0, out.2, time_embed)."}),
+                "group_size": ("INT", {"default": 64, "min": GROUP_SIZES[0], "max": GROUP_SIZES[1], "step": 2,
+                                       "tooltip": "int4 only: weights per scale (even; 64 or 128 are usual)."}),
+                "keep_source": ("BOOLEAN", {"default": False, "tooltip":
+                                            "Keep the merged float weights too, so LoRAs can be added or "
+                                            "re-weighted after this node (re-quantized on change). Costs the "
+                                            "float model's memory: no saving."}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with a quantized UNet.",)
+    FUNCTION = "quantize"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Low-bit UNet: merge the loaded LoRAs, then quantize the weights to int8, fp8 e4m3 or int4 "
+                   "(dequantized on the fly).")
+
+    def quantize(self, model, format: str, keep: str = "default", group_size: int = 64, keep_source: bool = False):
+        node = "LCMQuantizeUNet"
+        if format not in FORMATS:
+            raise ValueError(f"{node}: format must be one of {', '.join(FORMATS)}, got {format!r}")
+        check_int(node, "group_size", group_size, *GROUP_SIZES)
+        if group_size % 2:
+            raise ValueError(f"{node}: group_size must be even (two 4-bit values share a byte), got {group_size}")
+        if not isinstance(keep, str):
+            raise ValueError(f"{node}: keep must be a comma-separated string of layer-name patterns, got {keep!r}")
+        try:
+            return (get_host().quantize_unet(model, format, keep, int(group_size), bool(keep_source)),)
+        except ValueError as error:
+            raise ValueError(f"{node}: {error}") from error
