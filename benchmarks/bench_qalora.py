@@ -9,7 +9,8 @@ max-abs step sizes, no LoRA) and the QALoRA-fine-tuned one, both exported WEIGHT
 fp32: what a `train qalora` checkpoint gives), sample 4-step LCM on fixed seeds and prompts; PSNR of
 the decoded images (tiny VAE, [0, 1]) and of the final latents against the fp32 model's, plus the
 held-out distillation MSE. The fine-tune runs the trainer's loop (`QALoRATask`, act_bits=None to match
-the weight-only export) on other seeds and prompts. PASS when every format's image PSNR rises.
+the weight-only export) on other seeds and prompts. PASS when every format's image PSNR rises by at least
+MIN_GAIN_DB (0.25 dB: our threshold for "measurably"; the seed-to-seed spread has not been measured).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ TRAIN_PROMPTS = ["a photo of a dog", "a car on a road", "a house in the woods", 
                  "a man reading", "a bowl of soup"]
 EVAL_PROMPTS = ["a red house", "a blue bird", "a green tree", "a cat on a sofa"]
 STEPS, SIDE = 4, 8
+MIN_GAIN_DB = 0.25  # our threshold for "measurably" (seed-to-seed spread not measured yet)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> float:
@@ -102,11 +104,11 @@ def main() -> int:
             train(task, batches, LoopConfig(steps=steps, work_dir=work, lr=lrs["lr"], device="cpu", progress=False))
         seconds = time.perf_counter() - start
         after = measure(export_qalora(student))
-        ok &= after[0] > before[0]
+        ok &= after[0] >= before[0] + MIN_GAIN_DB
         print(f"{fmt:7} {lrs['lr']:7.0e} {lrs['step_lr']:8.0e} | {before[0]:15.2f} {after[0]:7.2f} | {before[1]:15.2f} "
               f"{after[1]:7.2f} | {before[2]:14.3e} {after[2]:9.3e} | {seconds:7.1f}")
-    print("PASS: the QALoRA fine-tune raises image PSNR for every format" if ok
-          else "FAIL: the fine-tune did not raise image PSNR for every format")
+    print(f"PASS: the QALoRA fine-tune raises image PSNR by >= {MIN_GAIN_DB} dB for every format" if ok
+          else f"FAIL: the fine-tune did not raise image PSNR by >= {MIN_GAIN_DB} dB for every format")
     print("(timings are noisy: other engineers share this machine's 2 cores)")
     return 0 if ok else 1
 

@@ -37,12 +37,13 @@ from lcm_accel.harness.model_paths import ModelPaths  # noqa: E402
 from lcm_accel.harness.registry import default_registry  # noqa: E402
 from lcm_accel.harness.runner import apply_overrides  # noqa: E402
 from lcm_accel.hosts.standalone.checkpoint_loader import clear_cache as clear_checkpoint_cache  # noqa: E402
+from lcm_accel.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 PACK_FOLDER = "ComfyUI-LCM-Accel"  # any name but the package's own
-PACK_NODES = ("LCMLoraLoader", "LCMAdapterMixer", "LCMScheduler", "LCMSampler", "LCMKSampler")
+PACK_NODES = tuple(NODE_CLASS_MAPPINGS)  # every node the pack registers
 CATEGORY = "LCM Accel"
 # which model families to write and test; SDXL (~1.7B random parameters) adds minutes and ~8 GiB
 FAMILIES = tuple(os.environ.get("LCM_ACCEL_COMFYUI_FAMILIES", "sd15,sdxl").split(","))
@@ -156,18 +157,21 @@ def standalone_images(base_dir, tmp_path_factory):
     executor = Executor(registry, ModelPaths(base_dir / "models", input_dir=base_dir / "input", output_dir=out))
     done: dict[str, tuple[np.ndarray, dict]] = {}
 
-    def run(path: Path, assignments: list[str]) -> tuple[np.ndarray, dict]:
-        if path.stem not in done:
-            prompt = json.loads(path.read_text())
+    def run(path: Path, assignments: list[str], prompt: dict | None = None,
+            name: str | None = None) -> tuple[np.ndarray, dict]:
+        """The workflow at `path` (or the given `prompt`, memoised under `name`) with `assignments`."""
+        name = name or path.stem
+        if name not in done:
+            prompt = copy.deepcopy(prompt) if prompt is not None else json.loads(path.read_text())
             apply_overrides(prompt, assignments, registry)
             before = set(out.glob("*.png"))
             executor.run(prompt)
             (png,) = set(out.glob("*.png")) - before
-            done[path.stem] = (_pixels(png), prompt)
+            done[name] = (_pixels(png), prompt)
             # let go of this host's models before ComfyUI loads its own copy (lowers peak memory)
             executor.clear_cache()
             clear_checkpoint_cache()
-        return done[path.stem]
+        return done[name]
 
     return run
 
@@ -257,7 +261,50 @@ def test_workflow_gives_the_same_image_in_both_hosts(path, base_dir, object_info
     assert value >= MIN_PSNR_DB, f"{path.stem}: {value:.2f} dB < {MIN_PSNR_DB} dB"
 
 
-# -- (3) ComfyUI's built-in LCM route beside ours ---------------------------------------------
+# -- (3) every workflow on a quantized UNet: the two hosts agree -------------------------------
+
+QUANTIZE_BEFORE = ("KSampler", "KSamplerAdvanced", "LCMKSampler", "SamplerCustom", "DeepCache")
+
+
+def with_quantized_unet(prompt: dict, fmt: str) -> dict:
+    """`prompt` with an LCMQuantizeUNet on the MODEL input of each sampler (or DeepCache) node: after
+    every LoRA loader, as merge-then-quantize needs (ComfyUI refuses LoRAs added after it)."""
+    prompt = copy.deepcopy(prompt)
+    for node in list(prompt.values()):
+        source = node["inputs"].get("model")
+        if node["class_type"] not in QUANTIZE_BEFORE or not isinstance(source, list):
+            continue
+        if prompt[source[0]]["class_type"] in ("DeepCache", "LCMQuantizeUNet"):
+            continue  # DeepCache's own input gets the quantizer
+        new = str(max(int(i) for i in prompt) + 1)
+        prompt[new] = {"class_type": "LCMQuantizeUNet", "inputs": {
+            "model": source, "format": fmt, "keep": "default", "group_size": 64, "keep_source": False}}
+        node["inputs"]["model"] = [new, 0]
+    return prompt
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(path, base_dir, object_info, comfy_images,
+                                                                         standalone_images):
+    """Each workflow with its UNet quantized to int8 after its LoRAs: ComfyUI's LCMQuantizeUNet merges
+    with ComfyUI's own LoRA arithmetic, ours with our patcher; both quantize the same merged weights."""
+    prompt = _load(path)
+    _needs_models(prompt, base_dir)
+    if any(n["class_type"] == "LCMQuantizeUNet" for n in prompt.values()):
+        pytest.skip("this workflow quantizes already (compared above)")
+    quantized = with_quantized_unet(with_overrides(prompt, size_overrides(prompt)), "int8")
+    assert any(n["class_type"] == "LCMQuantizeUNet" for n in quantized.values())
+    _needs_pack_nodes(quantized, object_info)
+    name = f"{path.stem}_int8"
+    ours, _ = standalone_images(path, [], quantized, name)
+    theirs = comfy_images(name, quantized)
+    value = psnr(ours, theirs)
+    print(f"\nPSNR {name}: ComfyUI vs standalone = {value:.2f} dB")
+    assert ours.std() > 0
+    assert value >= MIN_PSNR_DB, f"{name}: {value:.2f} dB < {MIN_PSNR_DB} dB"
+
+
+# -- (4) ComfyUI's built-in LCM route beside ours ---------------------------------------------
 
 
 def builtin_lcm_prompt(ours: dict) -> dict:

@@ -61,6 +61,14 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     add_qalora_command(methods)  # `train qalora`: QALoRA fine-tune of a low-bit UNet
 
 
+def report_interrupted(accelerator, result, work_dir: Path) -> int:
+    """Say (once, on the main process) how to continue an interrupted run; the exit status."""
+    if accelerator.is_main_process:
+        print(f"interrupted after step {result.steps_done}; checkpoint saved. Continue with: --resume {work_dir}",
+              file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     """Run `train lcm-lora`; one `error: ...` line on stderr for a bad argument or file."""
     try:
@@ -151,10 +159,7 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     batches = ShuffledBatches(dataset, args.batch, args.seed, accelerator.process_index, accelerator.num_processes)
     result = train(task, batches, config, accelerator)
     if result.interrupted:
-        if accelerator.is_main_process:
-            print(f"interrupted after step {result.steps_done}; checkpoint saved. Continue with: --resume {work_dir}",
-                  file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_interrupted(accelerator, result, work_dir)
     if accelerator.is_main_process:
         path = export_lora(accelerator.unwrap_model(unet), args.out, settings, model.family, result.steps_done,
                            args.base, args.format)

@@ -12,7 +12,6 @@ Exit status as `train lcm-lora`: 0 written, 2 bad arguments or files, 130 interr
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_qalora_command(methods: argparse._SubParsersAction) -> None:
@@ -67,12 +66,11 @@ def run_qalora(args: argparse.Namespace) -> int:
 
     from ..hosts.standalone.checkpoint_loader import load_checkpoint
     from ..hosts.standalone.lora import activate_patches, add_loras
-    from ..hosts.lora_files import load_lora_cached
-    from ..hosts.standalone.quantize import QUANT_OPTION, _private_copy, write_quantized_checkpoint
-    from ..hosts.standalone.quantize_cli import _lora_arg
+    from ..hosts.standalone.quantize import QUANT_OPTION, private_unet_copy, write_quantized_checkpoint
+    from ..hosts.standalone.quantize_cli import load_lora_args
     from ..quantize import is_quantized
     from ..quantize.qalora import build_qalora_student, export_qalora
-    from .cli import EXIT_INTERRUPTED, _work_dir
+    from .cli import _work_dir, report_interrupted
     from .conditioning import SDBatchPreparer
     from .loop import LoopConfig, make_accelerator, train
     from .qalora_task import OnDevice, QALoRATask, TrajectoryBatches, quantized_model_host, read_prompts
@@ -88,16 +86,11 @@ def run_qalora(args: argparse.Namespace) -> int:
     if model.prediction_type != "epsilon":
         raise ValueError(f"--base {args.base}: QALoRA's teacher trajectories assume an epsilon model, "
                          f"this one predicts {model.prediction_type}")
-    loras = []
-    for text in args.lora:
-        path, weight = _lora_arg(text)
-        if not path.is_file():
-            raise FileNotFoundError(f"--lora {text}: no such file {path}")
-        loras.append((load_lora_cached(path), weight))
+    loras = load_lora_args(args.lora)
     if loras:
         model = add_loras(model, loras)
     activate_patches(model)  # the LoRAs merged into the (shared) float UNet
-    teacher = _private_copy(model.unet, []).float().eval().requires_grad_(False)
+    teacher = private_unet_copy(model.unet, []).float().eval().requires_grad_(False)
     torch.manual_seed(args.seed)  # the LoRA A factors
     student = build_qalora_student(teacher, args.format, args.rank, args.lcm_steps, args.act_bits or None,
                                    args.keep, args.group_size)
@@ -116,10 +109,7 @@ def run_qalora(args: argparse.Namespace) -> int:
     task = QALoRATask(student, teacher, calibration=batches.trajectory(0), step_lr=args.step_lr)
     result = train(task, batches, config, accelerator)
     if result.interrupted:
-        if accelerator.is_main_process:
-            print(f"interrupted after step {result.steps_done}; checkpoint saved. Continue with: --resume {work_dir}",
-                  file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_interrupted(accelerator, result, work_dir)
     if accelerator.is_main_process:
         exported = export_qalora(task.student.cpu())
         host = quantized_model_host(model, exported, args.format, args.group_size, args.keep, teacher.cpu())

@@ -37,7 +37,7 @@ QUANT_OPTION = "lcm_accel_quantized"  # model_options entry: the QuantizeReport
 _LORA_STATE = "_lcm_accel_lora_state"
 
 
-def _private_copy(unet: torch.nn.Module, shared: list[torch.nn.Module]) -> torch.nn.Module:
+def private_unet_copy(unet: torch.nn.Module, shared: list[torch.nn.Module]) -> torch.nn.Module:
     """A deep copy of the module tree in which the weights of `shared` layers are the same tensors
     (not copied) and the shared UNet's LoRA patcher state is left out."""
     memo: dict[int, object] = {}
@@ -65,7 +65,7 @@ def quantize_model(model: ModelHost, fmt: str, keep: str | list[str] | None = "d
     from .lora import activate_patches
 
     activate_patches(model)
-    unet = _private_copy(model.unet, [] if keep_source else [m for _, m in todo])
+    unet = private_unet_copy(model.unet, [] if keep_source else [m for _, m in todo])
     report = quantize_unet(unet, fmt, keep, keep_source=keep_source, group_size=group_size)
     clone = replace(model.clone(), unet=unet, patches=[])
     clone.model_options[QUANT_OPTION] = report

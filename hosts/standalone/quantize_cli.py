@@ -37,22 +37,29 @@ def _lora_arg(text: str) -> tuple[Path, float]:
         return Path(text), 1.0  # a path with a colon and no weight
 
 
+def load_lora_args(texts: list[str]) -> list:
+    """The `--lora FILE[:WEIGHT]` arguments as (LoraFile, weight) pairs; a missing file is refused."""
+    from ..lora_files import load_lora_cached
+
+    loras = []
+    for text in texts:
+        path, weight = _lora_arg(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"--lora {text}: no such file {path}")
+        loras.append((load_lora_cached(path), weight))
+    return loras
+
+
 def run_quantize_command(args: argparse.Namespace) -> int:
     import sys
 
-    from ..lora_files import load_lora_cached
     from .checkpoint_loader import load_checkpoint
     from .lora import add_loras
     from .quantize import QUANT_OPTION, quantize_model, write_quantized_checkpoint
 
     try:
         model, _, _ = load_checkpoint(args.base)
-        loras = []
-        for text in args.lora:
-            path, weight = _lora_arg(text)
-            if not path.is_file():
-                raise FileNotFoundError(f"--lora {text}: no such file {path}")
-            loras.append((load_lora_cached(path), weight))
+        loras = load_lora_args(args.lora)
         if loras:
             model = add_loras(model, loras)
         quantized = quantize_model(model, args.format, args.keep, args.group_size)
