@@ -85,14 +85,18 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
-def quantizable_layers(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, module) of every Linear and Conv2d (zeros padding) in the UNet, in module order."""
-    return [(name, m) for name, m in unet.named_modules()
+def quantizable_layers(
+    unet: torch.nn.Module | Sequence[tuple[str, torch.nn.Module]],
+) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every Linear and Conv2d (zeros padding) in the UNet, in module order (`unet`
+    may also be the (name, module) list of a host's view of the UNet)."""
+    modules = unet.named_modules() if isinstance(unet, torch.nn.Module) else unet
+    return [(name, m) for name, m in modules
             if isinstance(m, torch.nn.Linear) or isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros"]
 
 
 def split_layers(
-    unet: torch.nn.Module, keep: str | Sequence[str] | None = None,
+    unet: torch.nn.Module | Sequence[tuple[str, torch.nn.Module]], keep: str | Sequence[str] | None = None,
 ) -> tuple[list[tuple[str, torch.nn.Module]], list[str], list[str]]:
     """(layers to quantize, names kept, patterns) after checking that every user pattern matches a layer."""
     patterns = parse_keep(keep)

@@ -18,6 +18,7 @@ from comfy.weight_adapter.base import WeightAdapterBase
 
 from ...lora_merge import LoraFile, LoraPatchError, LowRankPatch, TargetIndex, mix, plan_targets
 from ..lora_files import merge_duplicate_files
+from .unpatched import unpatched_parameters
 
 MODEL_KEY_PREFIX = "diffusion_model."  # ModelPatcher keys are the BaseModel's state-dict names
 
@@ -57,8 +58,7 @@ def _is_identity(function, like: torch.Tensor) -> bool:
 def combined_patches(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | None = None) -> dict:
     """{ModelPatcher key: CombinedLoraPatch} for the adapters on `model`'s diffusion model, after the
     same checks as the in-place patcher (names, shapes, family, finite factors). Touches no weight."""
-    diffusion_model = model.model.diffusion_model
-    params = dict(diffusion_model.named_parameters())
+    params = unpatched_parameters(model)  # a quantized clone still loaded must not hide the float layers
     files, weights = merge_duplicate_files(adapters)
     plan, _ = plan_targets(TargetIndex(list(params)), params, list(zip(files, weights)), strict=True,
                            check_dtypes=False)

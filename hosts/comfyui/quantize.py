@@ -26,7 +26,7 @@ import comfy.patcher_extension
 import torch
 
 from ...quantize import QuantizeError, normalize_format, quantize_layer, split_layers
-from ...quantize.modules import QUANT_MODULES
+from .unpatched import unpatched_named_modules
 
 PREFIX = "diffusion_model."
 QUANT_OPTION = "lcm_accel_quantized"
@@ -85,9 +85,7 @@ def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source
     if model.model_options.get(QUANT_OPTION):
         raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
     fmt = normalize_format(fmt)
-    diffusion_model = model.get_model_object("diffusion_model")
-    todo, kept, _ = split_layers(diffusion_model, keep)
-    todo = [(n, m) for n, m in todo if not isinstance(m, QUANT_MODULES)]
+    todo, kept, _ = split_layers(unpatched_named_modules(model), keep)
     clone = model.clone()
     quantized_keys = set()
     for name, module in todo:
