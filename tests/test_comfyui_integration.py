@@ -283,12 +283,6 @@ def with_quantized_unet(prompt: dict, fmt: str) -> dict:
     return prompt
 
 
-@pytest.mark.xfail(reason=(
-    "known defect (issue 11, open): LCMQuantizeUNet swaps layers by object patches on ComfyUI's shared model, and "
-    "ComfyUI keeps that clone loaded after the prompt; ModelPatcher.add_patches then checks keys against the live "
-    "state dict, so a LoRA loader on another clone of the same checkpoint (ours or ComfyUI's) misses the swapped "
-    "layers until the quantized clone is unloaded. Workflows after a quantized one with a LoRA loader fail here."),
-    strict=False)
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(path, base_dir, object_info, comfy_images,
                                                                          standalone_images):

@@ -1,15 +1,16 @@
-"""LCMQuantizeUNet on ComfyUI: the LoRA-merged UNet layers replaced by quantized ones (object patches).
+"""LCMQuantizeUNet on ComfyUI: a clone on its own UNet whose LoRA-merged layers are quantized.
 
 ComfyUI's ModelPatcher keeps LoRAs as patches and adds them into the weights only when it loads the
 model for sampling, so quantizing the stored weights would miss them. Here the merge happens at the
 node: for every layer to quantize, the weight is computed as ComfyUI itself would patch it
 (`comfy.lora.calculate_weight` over the clone's own patches for that key, on the unpatched base
-weight), quantized, and the layer is replaced on the clone by a `QuantLinear` / `QuantConv2d` through
-`add_object_patch`; the weight and bias patches of those layers are removed from the clone (they are
-in the quantized weights). What this saves: the replaced layers' float weights are no longer part of
-the model ComfyUI moves to the GPU, so VRAM holds only the quantized weights; the float base model
-stays in system RAM where ComfyUI keeps it (shared with the other clones). Quantized layers
-dequantize on the fly (`quantize.modules`; fp8 uses `torch._scaled_mm` on GPUs that have it).
+weight) and quantized; the clone gets its OWN BaseModel (`_own_model_clone`): the quantized layers in
+place of the float ones, every other tensor copied unpatched, and the weight patches of the quantized
+layers removed (they are in the quantized weights). Nothing is swapped into the shared model, so other
+clones of the checkpoint and their LoRA loaders are unaffected. What this saves: the model ComfyUI
+moves to the GPU holds the quantized weights (plus the few % of tensors outside them); the float base
+stays in system RAM where ComfyUI keeps it for its other clones. Quantized layers dequantize on the fly
+(`quantize.modules`; fp8 uses `torch._scaled_mm` on GPUs that have it).
 
 LoRAs added AFTER the node cannot reach the quantized weights: our loaders refuse them, and a load
 callback refuses ComfyUI's own loaders' patches on quantized layers, naming the way out (load LoRAs
@@ -18,6 +19,7 @@ source to re-quantize from.
 """
 from __future__ import annotations
 
+import copy
 import uuid
 
 import comfy.lora
@@ -26,7 +28,7 @@ import comfy.patcher_extension
 import torch
 
 from ...quantize import QuantizeError, normalize_format, quantize_layer, split_layers
-from .unpatched import unpatched_named_modules
+from .unpatched import replaced_modules, unpatched_named_modules
 
 PREFIX = "diffusion_model."
 QUANT_OPTION = "lcm_accel_quantized"
@@ -77,6 +79,42 @@ def _refuse_late_patches(quantized_keys: frozenset[str]):
     return check
 
 
+def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
+    """A clone of the ModelPatcher on its OWN BaseModel: the quantized layers in place of the float ones, every
+    other tensor copied as ComfyUI stores it (unpatched). Nothing is swapped into the shared model, so other
+    clones of the checkpoint (and their LoRA loaders) never see the quantized layers; the copy costs only the
+    tensors outside the quantized layers (norms, biases, kept layers: a few % of the UNet)."""
+    base = model.model
+    live = dict(base.diffusion_model.named_modules())
+    originals = replaced_modules(model)
+    memo: dict[int, object] = {}
+    for name, module in live.items():
+        if name in quantized:
+            memo[id(module)] = quantized[name]
+        elif name in originals:  # another loaded clone's quantized layer: back to the float original
+            memo[id(module)] = copy.deepcopy(originals[name])
+    own = copy.deepcopy(base, memo)
+    own_state = own.state_dict(keep_vars=True)
+    for backup in _weight_backups(model):  # weights a loaded clone has LoRA-patched in place: the stored values
+        for key, saved in backup.items():
+            if key in own_state and key[len(PREFIX):].rsplit(".", 1)[0] not in quantized:
+                own_state[key].data.copy_(saved.weight)
+    own.model_loaded_weight_memory, own.current_weight_patches_uuid = 0, None
+    own.model_lowvram, own.lowvram_patch_counter = False, 0
+    own.device = model.offload_device
+    clone = model.clone()
+    clone.model, clone.parent = own, None
+    clone.backup, clone.object_patches_backup = {}, {}
+    clone.size = 0
+    clone.model_size()
+    return clone
+
+
+def _weight_backups(model) -> list[dict]:
+    return [loaded.model.backup for loaded in comfy.model_management.current_loaded_models
+            if loaded.model is not None and loaded.model.model is model.model]
+
+
 def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source: bool = False):
     """A clone of the ModelPatcher whose UNet layers are quantized from the LoRA-merged weights."""
     if keep_source:
@@ -86,12 +124,9 @@ def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source
         raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
     fmt = normalize_format(fmt)
     todo, kept, _ = split_layers(unpatched_named_modules(model), keep)
-    clone = model.clone()
-    quantized_keys = set()
-    for name, module in todo:
-        layer = quantize_layer(_merged_layer(model, name, module), fmt, group_size)
-        clone.add_object_patch(f"{PREFIX}{name}", layer)
-        quantized_keys.update({f"{PREFIX}{name}.weight", f"{PREFIX}{name}.bias"})
+    quantized = {name: quantize_layer(_merged_layer(model, name, module), fmt, group_size) for name, module in todo}
+    clone = _own_model_clone(model, quantized)
+    quantized_keys = {f"{PREFIX}{name}.{part}" for name in quantized for part in ("weight", "bias")}
     for key in quantized_keys:
         clone.patches.pop(key, None)
     clone.patches_uuid = uuid.uuid4()
