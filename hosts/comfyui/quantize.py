@@ -25,10 +25,11 @@ import uuid
 import comfy.lora
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.utils
 import torch
 
 from ...quantize import QuantizeError, normalize_format, quantize_layer, split_layers
-from .unpatched import replaced_modules, unpatched_named_modules
+from .unpatched import unpatched_named_modules
 
 PREFIX = "diffusion_model."
 QUANT_OPTION = "lcm_accel_quantized"
@@ -85,14 +86,12 @@ def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
     clones of the checkpoint (and their LoRA loaders) never see the quantized layers; the copy costs only the
     tensors outside the quantized layers (norms, biases, kept layers: a few % of the UNet)."""
     base = model.model
-    live = dict(base.diffusion_model.named_modules())
-    originals = replaced_modules(model)
     memo: dict[int, object] = {}
-    for name, module in live.items():
+    for key, original in _object_patch_backups(model).items():  # e.g. a loaded clone's LCM model_sampling
+        memo[id(comfy.utils.get_attr(base, key))] = copy.deepcopy(original)
+    for name, module in base.diffusion_model.named_modules():
         if name in quantized:
             memo[id(module)] = quantized[name]
-        elif name in originals:  # another loaded clone's quantized layer: back to the float original
-            memo[id(module)] = copy.deepcopy(originals[name])
     own = copy.deepcopy(base, memo)
     own_state = own.state_dict(keep_vars=True)
     for backup in _weight_backups(model):  # weights a loaded clone has LoRA-patched in place: the stored values
@@ -108,6 +107,15 @@ def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
     clone.size = 0
     clone.model_size()
     return clone
+
+
+def _object_patch_backups(model) -> dict[str, object]:
+    """{attribute path: original object} for every object patch now applied to `model`'s shared BaseModel."""
+    backups = {}
+    for patcher in [model] + [loaded.model for loaded in comfy.model_management.current_loaded_models
+                              if loaded.model is not None and loaded.model.model is model.model]:
+        backups.update(patcher.object_patches_backup)
+    return backups
 
 
 def _weight_backups(model) -> list[dict]:
