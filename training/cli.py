@@ -50,15 +50,20 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    add_run_options(p)
+    from .qalora_cli import add_qalora_command
+
+    add_qalora_command(methods)  # `train qalora`: QALoRA fine-tune of a low-bit UNet
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options every training method shares: work dir, resume, device, progress, tracebacks."""
     p.add_argument("--work-dir", default=None, help="checkpoints and loss log (default: OUT.work)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the run whose work dir is DIR")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: accelerate's choice (the GPU of each process under accelerate launch)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    from .qalora_cli import add_qalora_command
-
-    add_qalora_command(methods)  # `train qalora`: QALoRA fine-tune of a low-bit UNet
 
 
 def report_interrupted(accelerator, result, work_dir: Path) -> int:

@@ -39,12 +39,9 @@ def add_qalora_command(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
-    p.add_argument("--work-dir", default=None, help="checkpoints and loss log (default: OUT.work)")
-    p.add_argument("--resume", metavar="DIR", default=None, help="continue the run whose work dir is DIR")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: accelerate's choice (the GPU of each process under accelerate launch)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    from .cli import add_run_options
+
+    add_run_options(p)
 
 
 def _check(args: argparse.Namespace) -> None:
