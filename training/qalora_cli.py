@@ -23,8 +23,9 @@ def add_qalora_command(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE:WEIGHT",
                    help="LoRA file and weight merged into the UNet first (repeatable; weight defaults to 1.0)")
     p.add_argument("--format", required=True, choices=("int8", "int4", "fp8", "fp8_e4m3"))
-    p.add_argument("--act-bits", type=int, default=8,
-                   help="activation fake-quantization bits during the fine-tune (0: none); not exported")
+    p.add_argument("--act-bits", type=int, default=0,
+                   help="activation fake-quantization bits during the fine-tune (default 0: none, i.e. exactly the "
+                        "weight-only model that is exported); activation step sizes are not exported")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--keep", default="default", help="layer-name globs kept in high precision (as `quantize`)")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="int4 group size")
