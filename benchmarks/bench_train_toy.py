@@ -1,11 +1,14 @@
 """Toy reproduction of the LCM-LoRA, guidance-distillation and RG-LCD claims on CPU (minutes).
 
 What is trained: a tiny class-conditional eps-prediction teacher UNet on 4x8x8 "latents" made in
-code (channels 0-2: RGB in [-1, 1], channel 3: the shape's mask). Each of the 4 classes is ONE
-shape with ONE colour (red disc, green square, blue ring, yellow diamond) at one of 4 places
-(PLACES: +-1.5 px from the centre in x and y; 4 modes per class, so the probability-flow ODE bends
-where the sample picks its mode and few-step DDIM is no longer nearly exact), with a little jitter:
-sub-pixel position (+-0.5 px), colour gain (0.85-1) and background level (+-0.05).
+code (channels 0-2: RGB, channel 3: the shape's mask). Each of the 4 classes is ONE shape with ONE
+colour (red disc, green square, blue ring, yellow diamond) at the centre, with continuous, roughly
+Gaussian variation in global directions: colour gain (0.75 +- 0.2), background level (-0.5 +- 0.25)
+and a background gradient in x and y (+-0.3). Few-step DDIM shrinks such variation (the x0
+prediction moves along the trajectory), so the ODE is not solved by 4 DDIM steps, while its
+50-step solution is converged (the "reference 50 vs 100 steps" row). An earlier version used 4
+places per class: its w = 2 reference changed by 26 dB between 50 and 100 steps (samples near a
+mode boundary), too unstable to judge a sampler at that level.
 Then LoRAs (rank 16) are distilled from it with `lcm_accel.training` (LCD on a 10-point skipping
 grid, k = 100, `--grid`; guidance distillation; RG-LCD with the colourfulness reward, directly and
 through the latent proxy reward model), all at the same guidance scale w (ours: eps_u + w (eps_c - eps_u)).
@@ -41,12 +44,14 @@ import copy
 import math
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 from lcm_accel.lcm_scheduler import lcm_timesteps, make_alphas_cumprod, sample_lcm_vp, sample_tcd_vp
 from lcm_accel.training.distill import DistillSettings, LCMDistillTask, unet_fn
-from lcm_accel.training.lcd import LCDSettings
+from lcm_accel.lcm_scheduler.schedule import add_noise
+from lcm_accel.training.lcd import LCDSettings, consistency_function, ddim_solver_grid, guided_ddim_step
 from lcm_accel.training.loop import LoopConfig, train
 from lcm_accel.training.rewards import colorfulness
 from lcm_accel.training.sampling import ddim_sample
@@ -56,14 +61,16 @@ SIZE, CROSS = 8, 8
 COLOURS = torch.tensor([[1.0, -0.6, -0.6], [-0.6, 1.0, -0.6], [-0.6, -0.6, 1.0], [1.0, 1.0, -0.6]])
 SHAPES = ("disc", "square", "ring", "diamond")
 CLASSES = len(COLOURS)
-# the modes of each class: the shape's centre offset (x, y) in pixels from the latent's centre
-PLACES = torch.tensor([[-1.5, -1.5], [1.5, -1.5], [-1.5, 1.5], [1.5, 1.5]])
 ACP = make_alphas_cumprod()
 DDIM_GRID = 10  # LCD's skipping-step grid = the LCM sampler's original_inference_steps (k = 1000 / grid)
 REF_POOL = 128  # teacher reference samples (other noises) for the distribution-level "nearest ref" PSNR
 MARGIN_DB = 3.0  # "clearly better": at least this many dB above the comparison
 PSNR_BOUND_DB = 3.0  # RG-LCD may cost at most this much PSNR against plain LCD
-LR = 3e-3  # LoRA learning rate of every distillation
+GUIDANCE = dict(lr=3e-3, batch=16, ema_rate=None)  # guidance distillation: a plain regression
+# LCD and RG-LCD: a bootstrapped target. At lr 3e-3 without EMA the student's consistency error at LOW
+# timesteps (already right at the start) grew while the high ones improved; lr 1e-3, an EMA target
+# (0.95, LCM's rate) and batch 32 improved every timestep (see the probe table).
+LCD = dict(lr=1e-3, batch=32, ema_rate=0.95)
 
 
 def _mask(shape: str, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -81,18 +88,18 @@ def _mask(shape: str, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
 
 
 def shapes(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One latent per label: the class's shape and colour at one of PLACES, jittered a little."""
+    """One latent per label: the class's shape and colour at the centre, with Gaussian global variation."""
     n = len(labels)
     y, x = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
-    place = PLACES[torch.randint(0, len(PLACES), (n,), generator=g)]
-    shift = torch.rand(n, 2, generator=g) - 0.5 + place
-    gain = 0.85 + 0.15 * torch.rand(n, generator=g)
-    background = -0.8 + 0.1 * (torch.rand(n, generator=g) - 0.5)
+    gain = 0.75 + 0.2 * torch.randn(n, generator=g)
+    level = -0.5 + 0.25 * torch.randn(n, generator=g)
+    slope = 0.3 * torch.randn(n, 2, generator=g)
     out = torch.empty(n, 4, SIZE, SIZE)
     for i, k in enumerate(labels.tolist()):
-        mask = _mask(SHAPES[k], x - 3.5 - shift[i, 0], y - 3.5 - shift[i, 1])
+        mask = _mask(SHAPES[k], x - 3.5, y - 3.5)
+        background = level[i] + slope[i, 0] * (x - 3.5) / 3.5 + slope[i, 1] * (y - 3.5) / 3.5
         colour = (COLOURS[k] * gain[i])[:, None, None]
-        out[i, :3] = background[i] + mask * (colour - background[i])
+        out[i, :3] = background + mask * (colour - background)
         out[i, 3] = mask * 2 - 1
     return out
 
@@ -158,11 +165,12 @@ class ToyData:
 
 
 def distill(teacher, settings: DistillSettings, steps: int, lr: float, batch: int = 16, rank: int = 16,
-            seed: int = 0):
+            seed: int = 0, ema_rate: float | None = None):
     """A copy of the teacher + a fresh LoRA, trained with `lcm_accel.training` for `steps` steps."""
     unet = copy.deepcopy(teacher)
     torch.manual_seed(1 + seed)
     params = add_lora(unet, rank)
+    settings = replace(settings, ema_rate=ema_rate)
     task = LCMDistillTask(unet, params, ACP, settings, reward=colorfulness if settings.reward_scale else None,
                           decode=to_rgb)
     with tempfile.TemporaryDirectory() as work:
@@ -219,10 +227,33 @@ def cfg_lcm_sample(unet, noise: torch.Tensor, cond: dict, uncond: dict, w: float
                          generator=torch.Generator().manual_seed(seed))
 
 
+def consistency_probe(teacher, w: float, n: int = 64, seed: int = 4321):
+    """Inputs x_t at every LCD grid timestep (noised data) and their ideal consistency targets: the guided
+    teacher's DDIM chain down the grid to 0, i.e. what a perfectly distilled LoRA would output there."""
+    grid, g = ddim_solver_grid(len(ACP), DDIM_GRID), torch.Generator().manual_seed(seed)
+    x0, labels = random_batch(n, g)
+    cond, uncond, ws, teach = embed(labels), null(n), torch.full((n,), w), unet_fn(teacher)
+    probes = []
+    for t in grid.timesteps.tolist():
+        x_t = add_noise(x0, torch.randn(x0.shape, generator=g), torch.full((n,), t), ACP)
+        x, now = x_t, torch.full((n,), t)
+        while int(now[0]) > 0:
+            x, now = guided_ddim_step(teach, x, now, grid.end_timesteps(now), cond, uncond, ws, ACP, "epsilon"), \
+                grid.end_timesteps(now)
+        probes.append((t, x_t, x))
+
+    def measure(unet) -> list[float]:
+        fn, settings = unet_fn(unet), LCDSettings(w=w)
+        with torch.no_grad():
+            return [psnr(consistency_function(fn, x_t, torch.full((n,), t), cond, ACP, settings), ideal)
+                    for t, x_t, ideal in probes]
+    return [t for t, _, _ in probes], measure
+
+
 def main() -> None:
     global DDIM_GRID
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter training (about 5 minutes on one thread)")
+    parser.add_argument("--quick", action="store_true", help="shorter training (about 10 minutes on one thread)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--w", type=float, default=2.0, help="guidance scale (ours: eps_u + w (eps_c - eps_u))")
     parser.add_argument("--grid", type=int, default=DDIM_GRID,
@@ -232,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     DDIM_GRID = args.grid
-    teacher_steps, distill_steps = (1000, 300) if args.quick else (2500, 1000)
+    teacher_steps, guidance_steps, lcd_steps = (1000, 300, 400) if args.quick else (2500, 1000, 1500)
     w, n = args.w, args.samples
     start = time.time()
     seed = args.seed
@@ -258,21 +289,27 @@ def main() -> None:
         return rows[-1][1]
 
     floor = add("two reference draws of one class (other noises)", other)
+    add("reference 50 vs 100 DDIM steps (is the reference converged?)", ddim_sample(teach, noise, cond, uncond, w, ACP, 100))
     add("training data of the same classes (not a sampler)", data)
     base = {f"DDIM {k}": add(f"(b) base, {k}-step DDIM + CFG ({2 * k} passes)", ddim_sample(teach, noise, cond, uncond, w, ACP, k))
             for k in (1, 4)}
     base["LCM 4"] = add("(b) base, 4-step LCM sampler + CFG (8 passes)", cfg_lcm_sample(teacher, noise, cond, uncond, w, 4, 7))
+    probe_timesteps, probe = consistency_probe(teacher, w)
+    probe_rows = [("base (x0 prediction)", probe(teacher))]
     t0 = time.time()
-    lcd = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID)), distill_steps, LR, seed=seed)
+    lcd = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID)), lcd_steps, LCD["lr"],
+                  LCD["batch"], seed=seed, ema_rate=LCD["ema_rate"])
     t_lcd = time.time() - t0
     print(f"LCD done ({t_lcd:.0f}s)", flush=True)
+    probe_rows.append(("LCM-LoRA", probe(lcd)))
     ours = {"LCM 1": add("(a) LCM-LoRA, 1-step LCM (1 pass)", lcm_sample(lcd, noise, cond, 1, 7))}
     lcd4 = lcm_sample(lcd, noise, cond, 4, 7)
     ours["LCM 4"] = add("(a) LCM-LoRA, 4-step LCM (4 passes)", lcd4)
     ours["TCD 4"] = add("(a) LCM-LoRA, 4-step TCD gamma 0 (4 passes)", tcd_sample(lcd, noise, cond, 4))
 
     t0 = time.time()
-    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), distill_steps, LR, seed=seed)
+    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), guidance_steps, GUIDANCE["lr"],
+                 GUIDANCE["batch"], seed=seed, ema_rate=GUIDANCE["ema_rate"])
     t_gd = time.time() - t0
     print(f"guidance distillation done ({t_gd:.0f}s)", flush=True)
     g0 = add("(g0) base, 50-step DDIM, one pass (no CFG)", ddim_sample(teach, noise, cond, uncond, 1.0, ACP, 50))
@@ -282,18 +319,25 @@ def main() -> None:
     rg = {}
     for name, proxy in (("(r) RG-LCD, colourfulness reward", False), ("(rp) RG-LCD, latent proxy reward", True)):
         model = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID), reward_scale=0.5,
-                                                 latent_proxy=proxy), distill_steps, LR, seed=seed)
+                                                 latent_proxy=proxy), lcd_steps, LCD["lr"], LCD["batch"], seed=seed,
+                        ema_rate=LCD["ema_rate"])
         sample = lcm_sample(model, noise, cond, 4, 7)
         rg[name] = (add(f"{name}, 4-step LCM", sample), reward(sample))
     t_rg = time.time() - t0
 
-    print(f"\nteacher {teacher_steps} steps ({t_teacher:.0f}s); distillations {distill_steps} steps each, batch 16, "
-          f"LoRA rank 16, lr {LR}, grid {DDIM_GRID} (LCD {t_lcd:.0f}s, guidance {t_gd:.0f}s, 2x RG-LCD {t_rg:.0f}s); w = {w}; {n} fixed seeds; "
-          f"threads {args.threads}; seed {seed}")
+    print(f"\nteacher {teacher_steps} steps ({t_teacher:.0f}s); LoRA rank 16; LCD and RG-LCD {lcd_steps} steps each, "
+          f"batch {LCD['batch']}, lr {LCD['lr']}, EMA target {LCD['ema_rate']}, grid {DDIM_GRID} (LCD {t_lcd:.0f}s, "
+          f"2x RG-LCD {t_rg:.0f}s); guidance {guidance_steps} steps, batch {GUIDANCE['batch']}, lr {GUIDANCE['lr']} "
+          f"({t_gd:.0f}s); w = {w}; {n} fixed seeds; threads {args.threads}; seed {seed}")
     print(f"reference: teacher 50-step DDIM + CFG (100 passes), colourfulness {reward(reference):.3f}\n")
     print(f"{'sampler':60s} {'latent PSNR dB':>15s} {'nearest ref dB':>15s} {'colourfulness':>14s}")
     for name, value, near, score in rows:
         print(f"{name:60s} {value:15.2f} {near:15.2f} {score:14.3f}")
+    print("\nconsistency error by LCD grid timestep: PSNR (dB) of f(x_t, t) against the guided teacher's DDIM chain "
+          "down the grid from x_t (noised data), i.e. against a perfectly distilled student")
+    print(f"{'model':24s} " + " ".join(f"{t:>6d}" for t in probe_timesteps))
+    for name, values in probe_rows:
+        print(f"{name:24s} " + " ".join(f"{v:6.1f}" for v in values))
 
     best_base = max(base.values())
     claims = [(f"(a) 1-step LCM {ours['LCM 1']:.2f} >= base 1-step DDIM ({base['DDIM 1']:.2f}) + {MARGIN_DB} dB",
