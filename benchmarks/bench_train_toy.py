@@ -17,7 +17,7 @@ what a PERFECT LCM-LoRA reaches with 4-step TCD (27.5 dB, the "(o) bound" row), 
 be "clearly better" there; at w = 5 the gap is 18.2 -> 23.8 dB.
 
 What is measured, on the same fixed initial noises and labels: latent PSNR = 10 log10(2^2 / MSE)
-(latents span [-1, 1]) against the reference = the teacher's 50-step DDIM with CFG at w (two UNet
+(peak-to-peak 2: the data mostly spans [-1, 1]) against the reference = the teacher's 50-step DDIM with CFG at w (two UNet
 passes per step): the deterministic probability-flow-ODE map that LCD distils.
 
 Why it is fair:
