@@ -14,7 +14,9 @@ grid, k = 100, `--grid`; guidance distillation; RG-LCD with the colourfulness re
 through the latent proxy reward model), all at the same guidance scale w (ours: eps_u + w (eps_c - eps_u)),
 5 by default (the LCM-LoRA report used 7.5). At w = 2, 4-step DDIM + CFG (24.2 dB) is within 3.3 dB of
 what a PERFECT LCM-LoRA reaches with 4-step TCD (27.5 dB, the "(o) bound" row), so no distillation can
-be "clearly better" there; at w = 5 the gap is 18.2 -> 23.8 dB.
+be "clearly better" there; at w = 5 the gap is 18.2 -> 23.8 dB with --quick's teacher (1000 steps), but
+only 23.2 -> 24.1 dB with the full run's better teacher (2500 steps): the 4-step claim's headroom shrinks
+as the teacher improves, so it FAILS by construction here (1-step, guidance and reward claims pass).
 
 What is measured, on the same fixed initial noises and labels: latent PSNR = 10 log10(2^2 / MSE)
 (peak-to-peak 2: the data mostly spans [-1, 1]) against the reference = the teacher's 50-step DDIM with CFG at w (two UNet
