@@ -49,7 +49,6 @@ import copy
 import math
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 
@@ -71,11 +70,11 @@ DDIM_GRID = 10  # LCD's skipping-step grid = the LCM sampler's original_inferenc
 REF_POOL = 128  # teacher reference samples (other noises) for the distribution-level "nearest ref" PSNR
 MARGIN_DB = 3.0  # "clearly better": at least this many dB above the comparison
 PSNR_BOUND_DB = 3.0  # RG-LCD may cost at most this much PSNR against plain LCD
-GUIDANCE = dict(lr=3e-3, batch=16, ema_rate=None)  # guidance distillation: a plain regression
+GUIDANCE = dict(lr=3e-3, batch=16)  # guidance distillation: a plain regression
 # LCD and RG-LCD: a bootstrapped target. At lr 3e-3 without EMA the student's consistency error at LOW
 # timesteps (already right at the start) grew while the high ones improved; lr 1e-3, an EMA target
 # (0.95, LCM's rate) and batch 32 improved every timestep (see the probe table).
-LCD = dict(lr=1e-3, batch=32, ema_rate=0.95)
+LCD, LCD_EMA = dict(lr=1e-3, batch=32), 0.95
 
 
 def _mask(shape: str, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -170,12 +169,11 @@ class ToyData:
 
 
 def distill(teacher, settings: DistillSettings, steps: int, lr: float, batch: int = 16, rank: int = 16,
-            seed: int = 0, ema_rate: float | None = None):
+            seed: int = 0):
     """A copy of the teacher + a fresh LoRA, trained with `lcm_accel.training` for `steps` steps."""
     unet = copy.deepcopy(teacher)
     torch.manual_seed(1 + seed)
     params = add_lora(unet, rank)
-    settings = replace(settings, ema_rate=ema_rate)
     task = LCMDistillTask(unet, params, ACP, settings, reward=colorfulness if settings.reward_scale else None,
                           decode=to_rgb)
     with tempfile.TemporaryDirectory() as work:
@@ -321,8 +319,8 @@ def main() -> None:
     probe_timesteps, probe = consistency_probe(teacher, w)
     probe_rows = [("base (x0 prediction)", probe(teacher))]
     t0 = time.time()
-    lcd = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID)), lcd_steps, LCD["lr"],
-                  LCD["batch"], seed=seed, ema_rate=LCD["ema_rate"])
+    lcd = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID), ema_rate=LCD_EMA),
+                  lcd_steps, **LCD, seed=seed)
     t_lcd = time.time() - t0
     print(f"LCD done ({t_lcd:.0f}s)", flush=True)
     probe_rows.append(("LCM-LoRA", probe(lcd)))
@@ -332,8 +330,8 @@ def main() -> None:
     ours["TCD 4"] = add("(a) LCM-LoRA, 4-step TCD gamma 0 (4 passes)", tcd_sample(lcd, noise, cond, 4))
 
     t0 = time.time()
-    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), guidance_steps, GUIDANCE["lr"],
-                 GUIDANCE["batch"], seed=seed, ema_rate=GUIDANCE["ema_rate"])
+    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), guidance_steps, **GUIDANCE,
+                 seed=seed)
     t_gd = time.time() - t0
     print(f"guidance distillation done ({t_gd:.0f}s)", flush=True)
     g0 = add("(g0) base, 50-step DDIM, one pass (no CFG)", ddim_sample(teach, noise, cond, uncond, 1.0, ACP, 50))
@@ -343,14 +341,13 @@ def main() -> None:
     rg = {}
     for name, proxy in (("(r) RG-LCD, colourfulness reward", False), ("(rp) RG-LCD, latent proxy reward", True)):
         model = distill(teacher, DistillSettings(lcd=LCDSettings(w=w, num_ddim_steps=DDIM_GRID), reward_scale=0.5,
-                                                 latent_proxy=proxy), lcd_steps, LCD["lr"], LCD["batch"], seed=seed,
-                        ema_rate=LCD["ema_rate"])
+                                                 latent_proxy=proxy, ema_rate=LCD_EMA), lcd_steps, **LCD, seed=seed)
         sample = lcm_sample(model, noise, cond, 4, 7)
         rg[name] = (add(f"{name}, 4-step LCM", sample), reward(sample))
     t_rg = time.time() - t0
 
     print(f"\nteacher {teacher_steps} steps ({t_teacher:.0f}s); LoRA rank 16; LCD and RG-LCD {lcd_steps} steps each, "
-          f"batch {LCD['batch']}, lr {LCD['lr']}, EMA target {LCD['ema_rate']}, grid {DDIM_GRID} (LCD {t_lcd:.0f}s, "
+          f"batch {LCD['batch']}, lr {LCD['lr']}, EMA target {LCD_EMA}, grid {DDIM_GRID} (LCD {t_lcd:.0f}s, "
           f"2x RG-LCD {t_rg:.0f}s); guidance {guidance_steps} steps, batch {GUIDANCE['batch']}, lr {GUIDANCE['lr']} "
           f"({t_gd:.0f}s); w = {w}; {n} fixed seeds; threads {args.threads}; seed {seed}")
     print(f"reference: teacher 50-step DDIM + CFG (100 passes), colourfulness {reward(reference):.3f}\n")
