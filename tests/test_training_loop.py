@@ -108,3 +108,68 @@ def test_loop_refuses_bad_settings(tmp_path):
         LoopConfig(steps=0, work_dir=tmp_path)
     with pytest.raises(ValueError, match="mixed-precision"):
         LoopConfig(steps=1, work_dir=tmp_path, mixed_precision="fp8")
+
+
+def test_full_model_distillation_with_an_explicit_teacher(tmp_path):
+    """All UNet parameters trainable, a separate frozen teacher, an EMA of the whole student: the
+    loss is the one of that teacher, and a step moves the student and its EMA, never the teacher."""
+    import copy
+
+    from lcm_accel.training.lcd import draw_lcd_inputs
+
+    student = micro_unet(0).requires_grad_(True)
+    teacher_unet = copy.deepcopy(student).requires_grad_(False)
+    with torch.no_grad():
+        for p in student.parameters():  # student != teacher, so a teacher taken from the student would show
+            p.add_(torch.randn_like(p) * 0.01)
+    params = list(student.named_parameters())
+    settings = DistillSettings(lcd=LCDSettings(w=3.0), ema_rate=0.9)
+    task = LCMDistillTask(student, params, ACP, settings, teacher=unet_fn(teacher_unet))
+
+    batch = ToyBatches(batch=2).next_batch()
+    ctx = type("Ctx", (), {"generator": torch.Generator().manual_seed(5)})()
+    with torch.no_grad():
+        loss, _ = task.compute_loss(student, batch, ctx)
+        draw = draw_lcd_inputs(batch["latents"], task.grid, settings.lcd, torch.Generator().manual_seed(5))
+        ref = lcd_loss(unet_fn(student), unet_fn(teacher_unet), unet_fn(student), batch["latents"], batch["cond"],
+                       batch["uncond"], ACP, task.grid, draw, settings.lcd)  # EMA == student before any step
+    assert torch.equal(loss, ref.loss)
+
+    teacher_before = {k: v.clone() for k, v in teacher_unet.state_dict().items()}
+    student_before = {n: p.detach().clone() for n, p in params}
+    train(task, ToyBatches(batch=2), LoopConfig(steps=2, work_dir=tmp_path, lr=1e-3, device="cpu", progress=False))
+    for k, v in teacher_unet.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    changed = [n for n, p in params if not torch.equal(p.detach(), student_before[n])]
+    assert len(changed) > 0.9 * len(params), (len(changed), len(params))
+    assert any(not torch.equal(task.ema.shadow[n], student_before[n]) for n in changed)
+    assert all(p.requires_grad for _, p in params) and not any(p.requires_grad for p in teacher_unet.parameters())
+
+
+def test_ema_target_under_autocast_leaves_the_student_on_its_live_weights():
+    """autocast caches the low-precision cast of a trainable weight by parameter; after the EMA target
+    pass, the student pass in the same autocast region must not reuse the casts of the EMA weights."""
+    from lcm_accel.training.student import LoraEMA
+
+    unet = micro_unet(0)
+    torch.manual_seed(0)
+    params = add_lora(unet, 4)
+    with torch.no_grad():
+        for _, p in params:
+            p.normal_(0, 0.2)
+    ema = LoraEMA(params, 0.5)
+    with torch.no_grad():
+        for shadow in ema.shadow.values():
+            shadow.normal_(0, 0.2)  # the EMA differs from the live LoRA
+    live = {n: p.detach().clone() for n, p in params}
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    cond = {"encoder_hidden_states": torch.randn(2, 3, 16)}
+    model = unet_fn(unet)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), ema.swapped_in():
+            target = model(x, t, cond)
+        student = model(x, t, cond)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = model(x, t, cond)
+    assert torch.equal(student, fresh) and not torch.equal(student, target)
+    assert all(torch.equal(p.detach(), live[n]) for n, p in params)

@@ -7,6 +7,8 @@ optional reward term (RG-LCD), on a diffusers UNet carrying a peft LoRA (`studen
     loss -= reward_scale * mean R(decode(f_student(x_t, t)))     (RG-LCD; lcd modes only)
 With `latent_proxy`, R(decode(.)) in the student's loss is replaced by a small latent reward
 model regressed online (its own Adam) onto R(decode(x0)) of the detached one-step samples.
+Full-model distillation (benchmarks/bench_train_memory.py): all of the UNet's parameters as the
+trainable ones and an explicit `teacher` (a separate frozen copy) instead of the LoRA switched off.
 """
 from __future__ import annotations
 
@@ -65,16 +67,20 @@ def identity_prepare(batch: dict, ctx: Any, teacher: ModelFn) -> dict:
 
 
 class LCMDistillTask:
-    """`loop.TrainTask` for LCM-LoRA distillation (see the module docstring)."""
+    """`loop.TrainTask` for LCM-LoRA distillation (see the module docstring). `lora_params` are the
+    trainable parameters (and what an EMA target averages); `teacher`, when given, is the frozen
+    teacher (e.g. `unet_fn(frozen_copy)`; the objectives call it under no_grad), else the UNet with
+    its LoRA switched off (`teacher_fn`)."""
 
     def __init__(self, unet: torch.nn.Module, lora_params: list[tuple[str, torch.nn.Parameter]],
                  alphas_cumprod: torch.Tensor, settings: DistillSettings, prepare: Prepare = identity_prepare,
                  reward: Reward | None = None, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 latent_channels: int = 4):
+                 latent_channels: int = 4, teacher: ModelFn | None = None):
         if settings.reward_scale and reward is None:
             raise ValueError("reward_scale is set but no reward was given")
         self.model = unet
         self.params = lora_params
+        self.teacher = teacher
         self.acp = alphas_cumprod
         self.settings = settings
         self.prepare = prepare
@@ -102,7 +108,7 @@ class LCMDistillTask:
         return run
 
     def compute_loss(self, model: torch.nn.Module, batch: Any, ctx: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        teacher = teacher_fn(self.model)
+        teacher = self.teacher if self.teacher is not None else teacher_fn(self.model)
         data = self.prepare(batch, ctx, teacher)
         latents, cond, uncond = data["latents"], data["cond"], data["uncond"]
         acp = self.acp.to(latents.device)

@@ -85,7 +85,9 @@ def lora_factors(unet: torch.nn.Module) -> tuple[dict[str, tuple[torch.Tensor, t
 
 
 class LoraEMA:
-    """An exponential moving average of the LoRA weights, for the LCD target network."""
+    """An exponential moving average of the LoRA weights, for the LCD target network. Works for any
+    list of (name, parameter): with all of a UNet's parameters it is full-model distillation's EMA
+    target (one more copy of the student, as a separate target UNet would be)."""
 
     def __init__(self, params: list[tuple[str, torch.nn.Parameter]], rate: float):
         if not 0.0 < rate < 1.0:
@@ -101,17 +103,24 @@ class LoraEMA:
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
-        """The EMA weights in the LoRA parameters' storage inside the block, the live ones after."""
-        live = {n: p.detach().clone() for n, p in self.params}
-        with torch.no_grad():
-            for name, p in self.params:
-                p.copy_(self.shadow[name])
+        """The EMA weights in the parameters inside the block, the live ones after. The two storages
+        are exchanged (no copy: a full-model EMA costs no transient extra copy of the weights) and
+        the parameters' version counters bumped (autograd still refuses a backward through a
+        forward that ran before a swap). autocast's cache of low-precision weight casts is dropped
+        on both sides: it is keyed by the parameter, so a student pass after the target pass in one
+        autocast region would otherwise run on the cached casts of the EMA weights."""
+        self._exchange()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, p in self.params:
-                    p.copy_(live[name])
+            self._exchange()
+
+    @torch.no_grad()
+    def _exchange(self) -> None:
+        for name, p in self.params:
+            p.data, self.shadow[name] = self.shadow[name], p.data
+            torch.autograd.graph.increment_version(p)
+        torch.clear_autocast_cache()
 
     def state_dict(self) -> dict:
         return {"rate": self.rate, "shadow": {n: t.cpu() for n, t in self.shadow.items()}}
