@@ -74,7 +74,7 @@ def sd15_lora_count(rank: int) -> tuple[int, int, int]:
     unet = build_unet(SD15, torch.device("meta"))
     with torch.device("meta"):
         params = add_lora(unet, rank)
-    base = sum(p.numel() for n, p in unet.named_parameters() if ".lora_" not in n)
+    base = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for _, p in params)
     return sum(p.numel() for _, p in params), len(params) // 2, base
 
 
@@ -130,7 +130,7 @@ def run_config(mode: str, variant: str, args, device: torch.device, unet_config:
     from lcm_accel.training.distill import DistillSettings, LCMDistillTask, unet_fn
     from lcm_accel.training.lcd import LCDSettings
     from lcm_accel.training.loop import LoopConfig, _one_step, make_accelerator
-    from lcm_accel.training.student import add_lora
+    from lcm_accel.training.student import add_lora, store_base_in
 
     on_cuda = device.type == "cuda"
     if on_cuda:
@@ -151,9 +151,7 @@ def run_config(mode: str, variant: str, args, device: torch.device, unet_config:
         torch.manual_seed(0)
         params = add_lora(unet, args.rank)
         if half is not None:
-            for name, p in unet.named_parameters():
-                if ".lora_" not in name:
-                    p.data = p.data.to(half)
+            store_base_in(unet, half)
         modules, teacher = [unet], None
     else:
         teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()

@@ -66,7 +66,7 @@ from lcm_accel.training.lcd import LCDSettings, consistency_function, ddim_solve
 from lcm_accel.training.loop import LoopConfig, train
 from lcm_accel.training.rewards import colorfulness
 from lcm_accel.training.sampling import ddim_sample
-from lcm_accel.training.student import add_lora
+from lcm_accel.training.student import add_lora, lora_parameters
 
 SIZE, CROSS = 8, 8
 COLOURS = torch.tensor([[1.0, -0.6, -0.6], [-0.6, 1.0, -0.6], [-0.6, -0.6, 1.0], [1.0, 1.0, -0.6]])
@@ -188,7 +188,7 @@ def continue_distill(student, settings: DistillSettings, steps: int, lr: float, 
     """A copy of a distilled student whose LoRA trains `steps` more steps under `settings` (the
     teacher is still the base: the UNet with the LoRA off)."""
     unet = copy.deepcopy(student)
-    params = [(name, p) for name, p in unet.named_parameters() if ".lora_" in name]
+    params = lora_parameters(unet)
     for _, p in params:
         p.requires_grad_(True)
     return _train(unet, params, settings, steps, lr, batch, seed + 100)

@@ -128,7 +128,7 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     from .export import export_lora
     from .loop import LoopConfig, make_accelerator, train
     from .rewards import load_reward
-    from .student import add_lora
+    from .student import add_lora, store_base_in
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out}: the LoRA file name must end with .safetensors")
@@ -148,10 +148,7 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     lora_params = add_lora(unet, args.rank)
     if args.mixed_precision != "no" and device.type == "cuda":
-        dtype = torch.float16 if args.mixed_precision == "fp16" else torch.bfloat16
-        for name, p in unet.named_parameters():
-            if ".lora_" not in name:
-                p.data = p.data.to(dtype)  # the frozen base in half precision, the LoRA in float32
+        store_base_in(unet, torch.float16 if args.mixed_precision == "fp16" else torch.bfloat16)
     unet.to(device)
     for encoder in clip.text_encoders:
         encoder.to(device)

@@ -47,12 +47,24 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None,
     unet.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=float(alpha or rank), target_modules=list(targets), init_lora_weights=True)
     unet.add_adapter(config, adapter_name=ADAPTER)
-    params = [(n, p) for n, p in unet.named_parameters() if ".lora_" in n]
+    params = lora_parameters(unet)
     if not params:
         raise ValueError(f"no module of the UNet matches the LoRA targets {targets}")
     for _, p in params:
         p.requires_grad_(True)
     return params
+
+
+def lora_parameters(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The LoRA factors of a UNet carrying our peft adapter, by name (e.g. to train a distilled LoRA further)."""
+    return [(n, p) for n, p in unet.named_parameters() if ".lora_" in n]
+
+
+def store_base_in(unet: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The frozen base weights in `dtype` (half precision under mixed precision), the LoRA left in float32."""
+    for name, p in unet.named_parameters():
+        if ".lora_" not in name:
+            p.data = p.data.to(dtype)
 
 
 @contextmanager
