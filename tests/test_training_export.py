@@ -99,8 +99,13 @@ def test_reward_registry_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_reward("imagereward", str(tmp_path / "missing.pt"))
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(NotImplementedError, match="not ship"):
+    with pytest.raises(ValueError, match="--reward-tokenizer"):   # no tokenizer files beside the weights
         load_reward("hpsv2", str(tmp_path / "w.pt"))
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ValueError, match=r"cannot read it \(imagereward weights"):
+        load_reward("imagereward", str(tmp_path / "w.pt"))
+    with pytest.raises(ValueError, match="takes no --reward-model"):
+        load_reward("colorfulness", str(tmp_path / "w.pt"))
     with pytest.raises(ValueError, match="unknown"):
         load_reward("nope")
     images = torch.rand(2, 3, 8, 8, requires_grad=True)

@@ -173,3 +173,42 @@ def test_ema_target_under_autocast_leaves_the_student_on_its_live_weights():
         fresh = model(x, t, cond)
     assert torch.equal(student, fresh) and not torch.equal(student, target)
     assert all(torch.equal(p.detach(), live[n]) for n, p in params)
+
+
+class _PromptRecordingReward:
+    """A prompt-conditioned reward: images score higher when their mean matches a per-prompt level."""
+
+    prompt_conditioned = True
+    levels = {"dark": 0.2, "bright": 0.8}
+
+    def __init__(self):
+        self.seen: list[list[str]] = []
+
+    def __call__(self, images, prompts):
+        self.seen.append(list(prompts))
+        target = images.new_tensor([self.levels[p] for p in prompts])
+        return -(images.flatten(1).mean(dim=1) - target) ** 2
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_prompt_conditioned_rewards_get_each_sample_its_own_prompt(proxy):
+    from types import SimpleNamespace
+
+    reward = _PromptRecordingReward()
+    task = _task(DistillSettings(lcd=LCDSettings(w=3.0), reward_scale=0.1, latent_proxy=proxy), reward=reward)
+    batch = ToyBatches(batch=2).next_batch()
+    ctx = SimpleNamespace(generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="no 'prompts'"):
+        task.compute_loss(task.model, batch, ctx)
+    prompts = ["dark", "bright"]
+    loss, metrics = task.compute_loss(task.model, {**batch, "prompts": prompts}, ctx)
+    assert reward.seen[-1] == prompts and torch.isfinite(loss) and "reward" in metrics
+    if proxy:
+        # the proxy is conditioned on the prompt's text embedding (FiLM, starting at identity) and has
+        # learnt from it after its first regression step
+        assert task.proxy.text is not None and task.proxy.text.weight.abs().sum() > 0
+        text = batch["cond"]["encoder_hidden_states"].mean(dim=1)
+        latents = torch.randn(2, 4, 8, 8)
+        assert not torch.allclose(task.proxy(latents, text), task.proxy(latents, text.flip(0)))
+    else:
+        assert task.proxy is None

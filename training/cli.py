@@ -39,7 +39,11 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("lcd", "guidance", "lcd+guidance"), default="lcd")
     p.add_argument("--guidance-weight", type=float, default=1.0, help="weight of the guidance loss in lcd+guidance")
     p.add_argument("--reward", default=None, help="reward name (colorfulness, saturation, hpsv2, imagereward)")
-    p.add_argument("--reward-model", default=None, help="weights file of a model-backed reward")
+    p.add_argument("--reward-model", default=None, metavar="FILE",
+                   help="weights of a model-backed reward (HPS_v2_compressed.pt, ImageReward.pt)")
+    p.add_argument("--reward-tokenizer", default=None, metavar="DIR",
+                   help="the reward model's tokenizer files (hpsv2: CLIP vocab.json + merges.txt; imagereward: "
+                        "bert-base-uncased vocab.txt); default: the folder of --reward-model")
     p.add_argument("--reward-scale", type=float, default=0.0, help="beta in L_LCD - beta * R")
     p.add_argument("--latent-proxy", action="store_true", help="train and use a latent proxy reward model")
     p.add_argument("--ema", type=float, default=None, metavar="RATE", help="EMA target network with this rate")
@@ -137,7 +141,9 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
                         mixed_precision=args.mixed_precision, device=args.device, seed=args.seed,
                         checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
                         progress=not args.no_progress)
-    reward = load_reward(args.reward, args.reward_model) if args.reward else None
+    if args.reward is None and (args.reward_model or args.reward_tokenizer):
+        raise ValueError("--reward-model / --reward-tokenizer need --reward NAME")
+    reward = load_reward(args.reward, args.reward_model, args.reward_tokenizer) if args.reward else None
     dataset = ImageCaptionFolder(args.data, args.resolution) if args.data else PromptList(args.synthetic_prompts)
     model, clip, vae = load_checkpoint(args.base)
     settings = _settings(args, model.prediction_type)
@@ -153,6 +159,8 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     for encoder in clip.text_encoders:
         encoder.to(device)
     vae.vae.to(device)
+    if isinstance(reward, torch.nn.Module):
+        reward.to(device)
     acp = make_alphas_cumprod(**{k: model.noise_schedule[k] for k in
                                  ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")})
     preparer = SDBatchPreparer(clip, vae, acp, args.resolution, device, args.synthetic_w, args.synthetic_steps,

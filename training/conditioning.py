@@ -73,4 +73,4 @@ class SDBatchPreparer:
             noise = torch.randn((len(prompts), 4, side, side), generator=ctx.generator).to(self.device)
             latents = ddim_sample(teacher, noise, cond, uncond, self.synthetic_w, self.acp, self.synthetic_steps,
                                   self.prediction_type)
-        return {"latents": latents, "cond": cond, "uncond": uncond}
+        return {"latents": latents, "cond": cond, "uncond": uncond, "prompts": prompts}

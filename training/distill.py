@@ -4,9 +4,11 @@ optional reward term (RG-LCD), on a diffusers UNet carrying a peft LoRA (`studen
     loss = L_LCD                                        mode "lcd"
          = L_guid                                       mode "guidance" (fixed w)
          = L_LCD + guidance_weight * L_guid             mode "lcd+guidance" (fixed w)
-    loss -= reward_scale * mean R(decode(f_student(x_t, t)))     (RG-LCD; lcd modes only)
+    loss -= reward_scale * mean R(decode(f_student(x_t, t)), prompts)     (RG-LCD; lcd modes only)
 With `latent_proxy`, R(decode(.)) in the student's loss is replaced by a small latent reward
-model regressed online (its own Adam) onto R(decode(x0)) of the detached one-step samples.
+model regressed online (its own Adam) onto R(decode(x0)) of the detached one-step samples; for
+a prompt-conditioned reward (HPSv2, ImageReward) the proxy also sees the prompt's text embedding.
+The prompts come from the prepared batch ("prompts"; `SDBatchPreparer` passes them on).
 Full-model distillation (benchmarks/bench_train_memory.py): all of the UNet's parameters as the
 trainable ones and an explicit `teacher` (a separate frozen copy) instead of the LoRA switched off.
 """
@@ -20,7 +22,7 @@ import torch
 
 from .guidance import ModelFn, guidance_distillation_loss
 from .lcd import LCDSettings, ddim_solver_grid, draw_lcd_inputs, lcd_loss
-from .rewards import LatentProxyReward, Reward
+from .rewards import LatentProxyReward, Reward, is_prompt_conditioned
 from .student import LoraEMA, adapters_disabled
 
 MODES = ("lcd", "guidance", "lcd+guidance")
@@ -91,7 +93,12 @@ class LCMDistillTask:
         self.proxy = self.proxy_optimizer = None
         if settings.reward_scale and settings.latent_proxy:
             device = lora_params[0][1].device
-            self.proxy = LatentProxyReward(latent_channels).to(device)
+            text_dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None) \
+                if is_prompt_conditioned(reward) else None
+            if is_prompt_conditioned(reward) and not isinstance(text_dim, int):
+                raise ValueError("--latent-proxy with a prompt-conditioned reward needs a UNet with one "
+                                 f"cross_attention_dim, got {text_dim!r}")
+            self.proxy = LatentProxyReward(latent_channels, text_dim=text_dim).to(device)
             self.proxy_optimizer = torch.optim.Adam(self.proxy.parameters(), lr=settings.proxy_lr)
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -119,7 +126,7 @@ class LCMDistillTask:
             loss = loss + out.loss
             metrics["lcd"] = float(out.loss.detach())
             if s.reward_scale:
-                reward = self._reward_term(out.student_denoised, metrics)
+                reward = self._reward_term(out.student_denoised, data, metrics)
                 loss = loss - s.reward_scale * reward
         if s.mode in ("guidance", "lcd+guidance"):
             t = torch.randint(0, len(acp), (latents.shape[0],), generator=ctx.generator).to(latents.device)
@@ -129,24 +136,29 @@ class LCMDistillTask:
             metrics["guidance"] = float(g_loss.detach())
         return loss, metrics
 
-    def _reward_term(self, x0: torch.Tensor, metrics: dict) -> torch.Tensor:
+    def _reward_term(self, x0: torch.Tensor, data: dict, metrics: dict) -> torch.Tensor:
         """Mean reward of the one-step samples, through the decoder or the latent proxy."""
+        prompts = data.get("prompts")
+        if is_prompt_conditioned(self.reward) and prompts is None:
+            raise ValueError("this reward scores each image against its prompt, but the batches carry no "
+                             "'prompts' (a prepare function must pass them on)")
         if self.proxy is None:
-            reward = self.reward(self.decode(x0.float())).mean()
+            reward = self.reward(self.decode(x0.float()), prompts).mean()
             metrics["reward"] = float(reward.detach())
             return reward
+        text = data["cond"]["encoder_hidden_states"].detach().float().mean(dim=1) if self.proxy.text is not None else None
         with torch.no_grad():
-            true_reward = self.reward(self.decode(x0.detach().float()))
+            true_reward = self.reward(self.decode(x0.detach().float()), prompts)
         with torch.enable_grad():
             self.proxy.requires_grad_(True)
             self.proxy_optimizer.zero_grad(set_to_none=True)
-            proxy_loss = torch.mean((self.proxy(x0.detach().float()) - true_reward) ** 2)
+            proxy_loss = torch.mean((self.proxy(x0.detach().float(), text) - true_reward) ** 2)
             proxy_loss.backward()
             self.proxy_optimizer.step()
         self.proxy.requires_grad_(False)
         metrics["reward"] = float(true_reward.mean())
         metrics["proxy_mse"] = float(proxy_loss.detach())
-        return self.proxy(x0.float()).mean()
+        return self.proxy(x0.float(), text).mean()
 
     def after_step(self, ctx: Any) -> None:
         if self.ema is not None:
