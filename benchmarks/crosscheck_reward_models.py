@@ -150,18 +150,14 @@ def pil_resized_like_imagereward(path: str):
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def write_clip_bpe_files(folder: Path) -> None:
+def write_clip_bpe_files_from_open_clip(folder: Path) -> None:
     """open_clip's BPE file as CLIPTokenizer's vocab.json + merges.txt (the same vocabulary)."""
     import gzip
 
-    from lcm_accel.fixtures.tokenizer import bytes_to_unicode
+    from lcm_accel.fixtures.tokenizer import write_clip_bpe_files
 
     lines = gzip.open(folder / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    write_clip_bpe_files(folder, lines[1:49152 - 256 - 2 + 1])
 
 
 def run_ours(out: Path) -> None:
@@ -176,7 +172,7 @@ def run_ours(out: Path) -> None:
     for name, per_image in recorded["scores"].items():
         folder = out / name
         if name == "hpsv2":
-            write_clip_bpe_files(folder)
+            write_clip_bpe_files_from_open_clip(folder)
         model_file = folder / ("ImageReward.pt" if name == "imagereward" else "HPS_v2_compressed.pt")
         reward = load_reward(name, str(model_file), str(folder))
         worst = worst_pil = 0.0

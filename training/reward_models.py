@@ -63,22 +63,19 @@ def preprocess_images(images: torch.Tensor, size: int, fit: str = "crop") -> tor
 
 
 def load_checkpoint_state(model_file: str | Path, name: str) -> dict[str, torch.Tensor]:
-    """The tensors of a reward checkpoint (.pt / .pth / .ckpt / .bin or .safetensors), without
-    a "state_dict" wrapper or DataParallel's "module." prefix."""
+    """The tensors of a reward checkpoint (.safetensors, or pickled: read weights-only), without a
+    "state_dict" wrapper or DataParallel's "module." prefix."""
+    from ..hosts.standalone.checkpoint_config import CheckpointFormatError
+    from ..hosts.standalone.checkpoint_loader import read_state_dict
+
     path = Path(model_file)
     if not path.is_file():
         raise FileNotFoundError(f"--reward-model {path}: no such file (the {name} weights)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing
-            raise ValueError(f"--reward-model {path}: cannot read it ({name} weights expected): {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    try:
+        state = read_state_dict(path)
+    except CheckpointFormatError as error:
+        raise ValueError(f"--reward-model {path}: cannot read it ({name} weights expected): {error}") from error
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--reward-model {path}: not a {name} checkpoint (expected a dict of tensors)")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
@@ -214,8 +211,7 @@ def load_hpsv2(model_file: str | Path, tokenizer_dir: str | Path) -> HPSv2Reward
     config, converted = _open_clip_to_transformers(state, model_file)
     tokenizer = CLIPTokenizer(str(vocab), str(merges))
     _check_vocabulary(len(tokenizer), config["text_config"]["vocab_size"], "hpsv2", model_file)
-    clip = CLIPModel(CLIPConfig(**config))
-    _load_exactly(clip, converted, "hpsv2", model_file)
+    clip = _build(lambda: CLIPModel(CLIPConfig(**config)), converted, "hpsv2", model_file)
     return HPSv2Reward(clip, tokenizer, tokenizer.eos_token_id)
 
 
@@ -311,10 +307,10 @@ def load_imagereward(model_file: str | Path, tokenizer_dir: str | Path) -> Image
     tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})  # as BLIP does
     _check_vocabulary(len(tokenizer), text_config["vocab_size"], "imagereward", model_file)
-    vision = BlipVisionModel(BlipVisionConfig(**vision_config))
-    text = BlipTextModel(BlipTextConfig(**text_config), add_pooling_layer=False)
-    _load_exactly(vision, converted["vision"], "imagereward", model_file)
-    _load_exactly(text, converted["text"], "imagereward", model_file)
+    vision = _build(lambda: BlipVisionModel(BlipVisionConfig(**vision_config)), converted["vision"],
+                    "imagereward", model_file)
+    text = _build(lambda: BlipTextModel(BlipTextConfig(**text_config), add_pooling_layer=False), converted["text"],
+                  "imagereward", model_file)
     linears = []
     for weight, bias in head_weights:
         layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
@@ -338,13 +334,8 @@ def _check_vocabulary(tokens: int, embeddings: int, name: str, path: str | Path)
                          f"{embeddings} embeddings: wrong --reward-tokenizer folder?")
 
 
-def _load_exactly(module: torch.nn.Module, state: dict, name: str, path: str | Path) -> None:
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as error:   # a shape that does not fit
-        raise ValueError(f"--reward-model {path}: the {name} checkpoint does not fit the network built from its "
-                         f"shapes: {error}") from error
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"--reward-model {path}: the {name} checkpoint does not fit the network built from its "
-                         f"shapes (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
+def _build(build, state: dict, name: str, path: str | Path) -> torch.nn.Module:
+    """`build()` filled with exactly `state` (no random initialisation first), float32 on the CPU."""
+    from ..hosts.standalone.checkpoint_loader import build_with_weights
+
+    return build_with_weights(build, state, f"{name} model", f"--reward-model {path}", torch.device("cpu"), torch.float32)

@@ -98,6 +98,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors come in many types
         raise CheckpointFormatError(f"{path.name}: not a readable checkpoint ({error})") from error
+    if not isinstance(data, dict):
+        raise CheckpointFormatError(f"{path.name}: not a checkpoint (a pickled {type(data).__name__}, not a dict of tensors)")
     return data.get("state_dict", data)
 
 
@@ -147,8 +149,8 @@ def _parameters_on_meta() -> Iterator[None]:
         handle.remove()
 
 
-def _build_placed(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str, name: str,
-                  device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def build_with_weights(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str, name: str,
+                       device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """`build()` with its parameters on the meta device, then the file's tensors placed on `device` in
     `dtype` and assigned: the module never holds a random float32 initialisation."""
     with _parameters_on_meta():
@@ -166,7 +168,11 @@ def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     if placement is not None:  # assign the placed tensors to a module built on the meta device
         wanted = module.state_dict().keys()
         state = {k: _placed(v, *placement) if k in wanted else v for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=placement is not None)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=placement is not None)
+    except RuntimeError as error:   # a tensor whose shape does not fit
+        raise CheckpointFormatError(f"{name}: the {what} weights do not fit the architecture inferred from them "
+                                    f"({error})") from error
     if missing or unexpected:
         raise CheckpointFormatError(
             f"{name}: the {what} weights do not fit the architecture inferred from them "
@@ -186,7 +192,7 @@ def _text_encoder(state: dict, hidden_act: str, tokenizer, with_projection: bool
             f"has {len(tokenizer)} tokens; wrong tokenizer folder?"
         )
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _build_placed(lambda: cls(config), state, "text encoder", name, placement.device,
+    return build_with_weights(lambda: cls(config), state, "text encoder", name, placement.device,
                          placement.text_encoder_dtype)
 
 
@@ -231,12 +237,12 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
     else:
         unet_ldm = strip_prefix(state, UNET_PREFIX)
         unet_config = infer_unet_config(unet_ldm, family, pooled_dim)
-        unet = _build_placed(lambda: UNet2DConditionModel(**unet_config),
+        unet = build_with_weights(lambda: UNet2DConditionModel(**unet_config),
                              convert_ldm_unet_checkpoint(state, unet_config), "UNet", name, placement.device,
                              placement.unet_dtype)
 
     vae_config = infer_vae_config(strip_prefix(state, VAE_PREFIX), family)
-    vae = _build_placed(lambda: AutoencoderKL(**vae_config), convert_ldm_vae_checkpoint(state, vae_config), "VAE",
+    vae = build_with_weights(lambda: AutoencoderKL(**vae_config), convert_ldm_vae_checkpoint(state, vae_config), "VAE",
                         name, placement.device, placement.vae_dtype)
 
     return LoadedCheckpoint(
