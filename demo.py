@@ -4,8 +4,8 @@ With no `--models`, the workflow runs on tiny built-in stand-ins of the files it
 weights in the real file layouts, written once to the user's cache), so the demo works on a
 machine with no weights and no network; the image is then noise-like by nature. With
 `--models DIR` (a ComfyUI models folder holding v1-5-pruned-emaonly.safetensors and
-lcm-lora-sdv1-5.safetensors, plus tokenizers/clip/ for single-file checkpoints) it is the real
-4-step LCM-LoRA generation.
+lcm-lora-sdv1-5.safetensors; the CLIP tokenizer ships with the pack) it is the real 4-step
+LCM-LoRA generation.
 """
 from __future__ import annotations
 

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
     from lcm_accel.hosts.standalone import fast_mode
-    from lcm_accel.hosts.standalone.graph_cache import graph_cache
+    from lcm_accel.hosts.graph_cache import graph_cache
     from lcm_accel.hosts.standalone.lora import activate_patches, add_loras, load_lora_file
 
     with tempfile.TemporaryDirectory(prefix="lcm_gpu_e2e_") as tmp:

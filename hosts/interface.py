@@ -26,6 +26,9 @@ class LCMHost(Protocol):
         """A clone of `model` with the named LoRAs mixed with their weights into one patch
         (rank None: the full concatenated rank, else SVD re-compression to `rank`)."""
 
+    def add_clip_loras(self, clip: Any, loras: list[tuple[str, float]]) -> Any:
+        """A clone of `clip` with the named LoRAs' text-encoder parts at their strengths."""
+
     def set_lcm_sampling(self, model: Any) -> Any:
         """A clone of `model` whose sampling mode is "lcm" (ComfyUI's ModelSamplingDiscrete lcm)."""
 

@@ -5,16 +5,21 @@
     report = patcher.apply([(lora, 1.0), (style, 0.8)], rank=None)
     patcher.reweight([1.0, 0.5])                     # no file re-read
     patcher.restore()                                # bit-exact
+
+LyCORIS files (LoHa, LoKr, DoRA, full diff, LoRA bias) load the same way (lycoris.py).
 """
 from .formats import LoraFactors, LoraFile, load_lora, parse_lora
 from .keymap import TargetIndex, UNetLayout, family_of_layout, family_of_lora_names
 from .mix import LowRankPatch, compress_svd, mix, mix_cat
-from .patcher import LoraPatcher, LoraPatchError, PatchTarget, plan_targets
+from .lycoris import AdapterModule
+from .patcher import BiasPart, LoraPatcher, LoraPatchError, PatchBuilder, PatchTarget, part_delta, part_on, plan_targets
 from .report import AdapterReport, LoadReport
 from .safetensors_io import LoraFileError, load_tensor_file, read_safetensors_header
 from .writer import LORA_FORMATS, write_kohya, write_lora, write_peft
 
 __all__ = [
+    "AdapterModule",
+    "BiasPart",
     "LORA_FORMATS",
     "AdapterReport",
     "LoadReport",
@@ -24,6 +29,7 @@ __all__ = [
     "LoraPatchError",
     "LoraPatcher",
     "LowRankPatch",
+    "PatchBuilder",
     "PatchTarget",
     "TargetIndex",
     "UNetLayout",
@@ -35,6 +41,8 @@ __all__ = [
     "mix",
     "mix_cat",
     "parse_lora",
+    "part_delta",
+    "part_on",
     "plan_targets",
     "read_safetensors_header",
     "write_kohya",

@@ -10,6 +10,11 @@ Recognised layouts (any may carry a per-module ``alpha``; a missing alpha means 
   ``<attn>.processor.to_q_lora.down.weight``; prefixes ``unet.``, ``base_model.model.``,
   ``text_encoder.`` / ``text_encoder_2.``.
 - LDM / ComfyUI: ``diffusion_model.<LDM path>.<any of the suffixes above>``.
+- LyCORIS, as ComfyUI loads it (lycoris.py): LoHa ``hada_w1_a/b, hada_w2_a/b[, hada_t1/t2]``,
+  LoKr ``lokr_w1 | lokr_w1_a/b, lokr_w2 | lokr_w2_a/b[, lokr_t2]``, full ``diff`` / ``diff_b``,
+  ``dora_scale`` (DoRA) on a LoRA / LoHa / LoKr, LoRA bias ``lora_up.bias`` / ``lora_B.bias``;
+  kohya ``lora_unet_`` / SimpleTuner ``lycoris_`` names or any prefix above. Such modules are
+  ``AdapterModule`` values in ``LoraFile.unet`` (plain LoRAs stay ``LoraFactors``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .lycoris import AdapterModule, build_module
 from .safetensors_io import LoraFileError, load_tensor_file
 
 # (regex on the key, role) - the module path is group 1; roles: down / up / alpha
@@ -33,16 +39,20 @@ _SUFFIXES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(.+)\.lora\.up\.weight$"), "up"),
     (re.compile(r"^(.+)_lora\.down\.weight$"), "down"),
     (re.compile(r"^(.+)_lora\.up\.weight$"), "up"),
+    (re.compile(r"^(.+)\.lora_up\.bias$"), "bias"),
+    (re.compile(r"^(.+)\.lora_B(?:\.[A-Za-z0-9_\-]+)?\.bias$"), "bias"),
+    (re.compile(r"^(.+)\.(hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|dora_scale|diff|diff_b)$"), ""),
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
 ]
 # Keys of other adapter types: refused by name rather than silently ignored.
-_UNSUPPORTED = re.compile(r"(hada_w|lokr_w|\.dora_scale$|\.diff$|\.diff_b$|lora_B\.bias$|lora_up\.bias$|\.oft_)")
+_UNSUPPORTED = re.compile(r"(\.oft_|\.boft_|\.lora_mid\.|\.w_norm$|\.b_norm$|\.set_weight$|\.reshape_weight$)")
 # Prefix -> (component, whether the module path is kohya-flattened with '_')
 _PREFIXES: list[tuple[str, str, bool]] = [
     ("lora_unet_", "unet", True),
     ("lora_te1_", "te1", True),
     ("lora_te2_", "te2", True),
     ("lora_te_", "te1", True),
+    ("lycoris_", "unet", True),
     ("base_model.model.unet.", "unet", False),
     ("base_model.model.", "unet", False),
     ("unet.", "unet", False),
@@ -116,7 +126,7 @@ def _split_key(key: str) -> tuple[str, str] | None:
     for pattern, role in _SUFFIXES:
         m = pattern.match(key)
         if m:
-            return m.group(1), role
+            return m.group(1), role or m.group(2)
     return None
 
 
@@ -150,7 +160,8 @@ def parse_lora(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, 
         if _UNSUPPORTED.search(key):
             raise LoraFileError(
                 f"LoRA file '{path}': key '{key}' belongs to an adapter type this loader does not support "
-                "(LoHa/LoKr/DoRA/OFT/full diff or LoRA bias); only plain LoRA / LoCon is supported."
+                "(OFT/BOFT, LoCon Tucker mid, norm diffs or set_weight); supported: LoRA / LoCon, LoHa, LoKr, "
+                "DoRA, full diff, LoRA bias."
             )
         split = _split_key(key)
         comp = _component(split[0]) if split else None
@@ -164,7 +175,7 @@ def parse_lora(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, 
     if not parts:
         raise LoraFileError(
             f"LoRA file '{path}' is not a LoRA: none of its {len(tensors)} keys (first: '{next(iter(tensors))}') "
-            "is a LoRA down/up/alpha key of the UNet or a text encoder."
+            "is a LoRA / LyCORIS key of the UNet or a text encoder."
         )
 
     lora = LoraFile(path=path, format=_format_name(list(tensors)), unet={}, flat_names=False,
@@ -192,8 +203,11 @@ def parse_lora(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, 
     return lora
 
 
-def _make_factors(path: str, name: str, slot: dict[str, torch.Tensor]) -> LoraFactors | None:
-    """Check one module's down/up/alpha and build its factors (None: only an alpha, ignored)."""
+def _make_factors(path: str, name: str, slot: dict[str, torch.Tensor]) -> LoraFactors | AdapterModule | None:
+    """Check one module's tensors and build its factors (None: only an alpha, ignored); anything
+    beyond plain down/up/alpha is a LyCORIS AdapterModule."""
+    if set(slot) - {"down", "up", "alpha"}:
+        return build_module(path, name, slot)
     if "down" not in slot or "up" not in slot:
         if set(slot) == {"alpha"}:
             return None

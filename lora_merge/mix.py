@@ -10,6 +10,7 @@ the relative error ||delta - delta_k||_F / ||delta||_F is reported.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +20,23 @@ from .formats import LoraFactors
 
 @dataclass
 class LowRankPatch:
-    """delta W = (up @ down).reshape(shape); up (out, R), down (R, in * kh * kw)."""
+    """delta W = (up @ down + dense()).reshape(shape); up (out, R), down (R, in * kh * kw).
+    With ``coef`` the patch is affine, W' = coef * W + delta (DoRA), inverted by (W' - delta) / coef.
+    With ``terms`` the low-rank part is kept per adapter, unweighted, so that a re-weight computes each
+    adapter's product once for both the old and the new weights.
+
+    ``dense`` (optional) materialises, for one layer at a time, the (out, in * kh * kw) fp32 sum of
+    the adapters that are not low-rank (LoHa, LoKr, full diff); it recomputes the same bits on
+    every call, so a restore can subtract exactly what the apply added."""
 
     up: torch.Tensor
     down: torch.Tensor
     shape: tuple[int, ...]
     relative_error: float = 0.0
+    dense: Callable[[], torch.Tensor] | None = None
+    coef: torch.Tensor | None = None  # DoRA: W' = coef * W + delta; fp32 (out, 1) or (1, in * kh * kw)
+    terms: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per adapter (up_i, down_i): file dtype, unscaled
+    term_weights: tuple[float, ...] = ()  # weight_i * alpha_i / r_i: delta += sum_i term_weights[i] * up_i @ down_i
 
     @property
     def rank(self) -> int:
@@ -32,7 +44,24 @@ class LowRankPatch:
 
     def delta(self) -> torch.Tensor:
         """The full fp32 delta (tests and references only)."""
-        return (self.up.float() @ self.down.float()).reshape(self.shape)
+        d = self.up.float() @ self.down.float()
+        for (up, down), weight in zip(self.terms or [], self.term_weights):
+            d = d + weight * (up.float() @ down.float())
+        if self.dense is not None:
+            d = d + self.dense().float().reshape(d.shape)
+        return d.reshape(self.shape)
+
+
+def compress_dense(patch: LowRankPatch, rank: int) -> LowRankPatch:
+    """Best rank-`rank` approximation of a patch with a dense part: the layer's whole delta is
+    materialised (one layer) and truncated by SVD; the relative Frobenius error is reported."""
+    full = patch.delta().reshape(patch.shape[0], -1).double()
+    u, s, vh = torch.linalg.svd(full, full_matrices=False)
+    k = min(rank, int(s.numel()))
+    total = float(s.square().sum())
+    rel = (float(s[k:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
+    dtype = patch.up.dtype
+    return LowRankPatch((u[:, :k] * s[:k]).to(dtype), vh[:k].to(dtype), patch.shape, rel)
 
 
 def _flat_shape(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -40,3 +40,33 @@ def check_lora_choice(node: str, name: str, value: str, available: list[str], al
     if value not in available:
         shown = ", ".join(available[:20]) if available else "the loras folder is empty"
         raise ValueError(f"{node}: {name} {value!r} is not in the loras folder; available: {shown}")
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) != float("inf") \
+        and value == value
+
+
+def check_lora_stack(node: str, name: str, stack, available: list[str]) -> list[tuple[str, float, float]]:
+    """The entries of a LORA_STACK (the list of (lora_name, model_strength, clip_strength) tuples that
+    Efficiency Nodes, Comfyroll, Easy-Use and TinyTerra pass around), "None" names dropped; refuses a
+    malformed entry or a file not in the loras folder, naming the entry."""
+    if stack is None:
+        return []
+    if not isinstance(stack, (list, tuple)):
+        raise ValueError(f"{node}: {name} must be a LORA_STACK (a list of (lora_name, model_strength, "
+                         f"clip_strength)), got {type(stack).__name__}")
+    entries = []
+    for index, entry in enumerate(stack):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3 or not isinstance(entry[0], str):
+            raise ValueError(f"{node}: {where} must be (lora_name, model_strength, clip_strength), got {entry!r}")
+        lora, model_strength, clip_strength = entry
+        if lora == NONE:
+            continue
+        check_lora_choice(node, where, lora, available, allow_none=False)
+        for label, value in (("model_strength", model_strength), ("clip_strength", clip_strength)):
+            if not _is_number(value):
+                raise ValueError(f"{node}: {where} {label} must be a finite number, got {value!r}")
+        entries.append((lora, float(model_strength), float(clip_strength)))
+    return entries

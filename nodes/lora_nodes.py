@@ -1,12 +1,34 @@
-"""LoRA nodes: the LCM-LoRA loader and the weighted adapter mixer (one patch for N adapters)."""
+"""LoRA nodes: the LCM-LoRA loader and the weighted adapter mixer (one patch for N adapters).
+
+Both take an optional CLIP, as ComfyUI's LoraLoader does with its separate model and clip
+strengths: a LoRA's text-encoder part (`lora_te*` / `text_encoder*`) goes to the CLIP output at the
+clip strength; with no CLIP connected the CLIP output is None. The mixer also takes a LORA_STACK
+(Efficiency Nodes / Comfyroll / Easy-Use / TinyTerra format), mixed into the same single patch.
+"""
 from __future__ import annotations
 
 from ..hosts import get_host
-from .inputs import NONE, check_int, check_lora_choice, check_range
+from .inputs import NONE, check_int, check_lora_choice, check_lora_stack, check_range
 
 CATEGORY = "LCM Accel"
 WEIGHT_RANGE = {"min": -10.0, "max": 10.0, "step": 0.01}
 MAX_RANK = 1024
+LORA_STACK = "LORA_STACK"
+
+
+def _clip_input() -> tuple:
+    return ("CLIP", {"tooltip": "Optional: the CLIP whose text encoder(s) get the LoRAs' text-encoder part "
+                                "(lora_te*, as the core LoraLoader applies it). Unconnected: MODEL only, and "
+                                "the CLIP output is empty."})
+
+
+def _add_clip(host, clip, loras: list[tuple[str, float]]):
+    """The CLIP output: `clip` with the LoRAs' text-encoder parts at their clip weights (zero weights
+    add nothing); an unconnected CLIP stays None."""
+    loras = [(name, weight) for name, weight in loras if weight != 0.0]
+    if clip is None or not loras:
+        return clip
+    return host.add_clip_loras(clip, loras)
 
 
 class LCMLoraLoader:
@@ -23,21 +45,30 @@ class LCMLoraLoader:
                                "(SD1.5, SDXL or SSD-1B)."}),
                 "strength": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
                                        "tooltip": "How strongly the LoRA is applied (1.0 = as distilled)."}),
-            }
+            },
+            "optional": {
+                "clip": _clip_input(),
+                "strength_clip": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
+                                            "tooltip": "How strongly the LoRA's text-encoder part (if it has one) "
+                                                       "is applied to the CLIP."}),
+            },
         }
 
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The model with the LCM-LoRA applied and LCM sampling enabled.",)
+    RETURN_TYPES = ("MODEL", "CLIP")
+    OUTPUT_TOOLTIPS = ("The model with the LCM-LoRA applied and LCM sampling enabled.",
+                       "The CLIP with the LoRA's text-encoder part (None when no CLIP is connected).")
     FUNCTION = "load_lora"
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads an LCM-LoRA and sets the model's sampling to LCM."
 
-    def load_lora(self, model, lora_name: str, strength: float):
+    def load_lora(self, model, lora_name: str, strength: float, clip=None, strength_clip: float = 1.0):
+        node = "LCMLoraLoader"
         host = get_host()
-        check_lora_choice("LCMLoraLoader", "lora_name", lora_name, host.lora_names(), allow_none=False)
-        check_range("LCMLoraLoader", "strength", strength, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
+        check_lora_choice(node, "lora_name", lora_name, host.lora_names(), allow_none=False)
+        check_range(node, "strength", strength, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
+        check_range(node, "strength_clip", strength_clip, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
         patched = host.add_loras(model, [(lora_name, float(strength))], None)
-        return (host.set_lcm_sampling(patched),)
+        return (host.set_lcm_sampling(patched), _add_clip(host, clip, [(lora_name, float(strength_clip))]))
 
 
 class LCMAdapterMixer:
@@ -64,26 +95,48 @@ class LCMAdapterMixer:
             "default": 0, "min": 0, "max": MAX_RANK,
             "tooltip": "0 keeps the full concatenated rank (exact); otherwise the mix is re-compressed "
                        "by SVD to this rank (smaller, approximate)."})
-        return {"required": required}
+        # new inputs are optional and come last, so workflows saved before them keep their widget order
+        optional = {
+            "clip": _clip_input(),
+            "lora_stack": (LORA_STACK, {"tooltip": "Optional LORA_STACK (list of (lora_name, model_strength, "
+                                                   "clip_strength), e.g. from Efficiency Nodes, Comfyroll, Easy-Use "
+                                                   "or TinyTerra stack nodes), mixed into the same single patch."}),
+        }
+        for i in range(1, cls.SLOTS + 1):
+            optional[f"clip_weight_{i}"] = ("FLOAT", {
+                "default": cls.DEFAULT_WEIGHTS[i - 1], **WEIGHT_RANGE,
+                "tooltip": f"The strength of lora_{i}'s text-encoder part on the CLIP (if connected)."})
+        return {"required": required, "optional": optional}
 
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The model with the weighted LoRA mix applied as one patch.",)
+    RETURN_TYPES = ("MODEL", "CLIP")
+    OUTPUT_TOOLTIPS = ("The model with the weighted LoRA mix applied as one patch.",
+                       "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).")
     FUNCTION = "mix"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Mixes up to four LoRAs with weights into one low-rank patch."
+    DESCRIPTION = "Mixes up to four LoRAs (and a LORA_STACK) with weights into one low-rank patch."
 
     def mix(self, model, lora_1: str, weight_1: float, lora_2: str = NONE, weight_2: float = 0.8,
-            lora_3: str = NONE, weight_3: float = 1.0, lora_4: str = NONE, weight_4: float = 1.0, rank: int = 0):
+            lora_3: str = NONE, weight_3: float = 1.0, lora_4: str = NONE, weight_4: float = 1.0, rank: int = 0,
+            clip=None, lora_stack=None, clip_weight_1: float = 1.0, clip_weight_2: float = 0.8,
+            clip_weight_3: float = 1.0, clip_weight_4: float = 1.0):
+        node = "LCMAdapterMixer"
         host = get_host()
         available = host.lora_names()
-        slots = [(lora_1, weight_1), (lora_2, weight_2), (lora_3, weight_3), (lora_4, weight_4)]
-        chosen = []
-        for i, (name, weight) in enumerate(slots, start=1):
-            check_lora_choice("LCMAdapterMixer", f"lora_{i}", name, available, allow_none=True)
-            check_range("LCMAdapterMixer", f"weight_{i}", weight, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
+        slots = [(lora_1, weight_1, clip_weight_1), (lora_2, weight_2, clip_weight_2),
+                 (lora_3, weight_3, clip_weight_3), (lora_4, weight_4, clip_weight_4)]
+        entries = []
+        for i, (name, weight, clip_weight) in enumerate(slots, start=1):
+            check_lora_choice(node, f"lora_{i}", name, available, allow_none=True)
+            check_range(node, f"weight_{i}", weight, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
+            check_range(node, f"clip_weight_{i}", clip_weight, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
             if name != NONE:
-                chosen.append((name, float(weight)))
-        check_int("LCMAdapterMixer", "rank", rank, 0, MAX_RANK)
-        if not chosen:
-            raise ValueError("LCMAdapterMixer: every lora_1..lora_4 is None; choose at least one LoRA")
-        return (host.add_loras(model, chosen, rank or None),)
+                entries.append((name, float(weight), float(clip_weight)))
+        entries += check_lora_stack(node, "lora_stack", lora_stack, available)
+        check_int(node, "rank", rank, 0, MAX_RANK)
+        if not entries:
+            raise ValueError(f"{node}: every lora_1..lora_4 is None and lora_stack is empty; choose at least one LoRA")
+        # a weight of 0 beside others stays in the mix (turning it up later is an in-place re-weight);
+        # a mix whose every model weight is 0 changes nothing: the input MODEL comes back
+        model_loras = [(name, weight) for name, weight, _ in entries]
+        new_model = host.add_loras(model, model_loras, rank or None) if any(w for _, w in model_loras) else model
+        return (new_model, _add_clip(host, clip, [(name, weight) for name, _, weight in entries]))

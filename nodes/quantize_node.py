@@ -5,7 +5,9 @@ from ..hosts import get_host
 from .inputs import check_int
 
 CATEGORY = "LCM Accel"
-FORMATS = ["int8", "fp8_e4m3", "int4"]
+FORMATS = ["int8", "fp8_e4m3fn", "int4"]  # as ComfyUI names its fp8 weight dtype
+# names saved workflows may carry -> the quantize/ format id the host is given
+FORMAT_IDS = {"int8": "int8", "fp8_e4m3fn": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "int4": "int4"}
 GROUP_SIZES = (2, 1024)
 
 
@@ -20,7 +22,7 @@ class LCMQuantizeUNet:
                 "model": ("MODEL", {"tooltip": "The model to quantize; LoRAs loaded before this node are merged "
                                                "first, then quantized with the weights."}),
                 "format": (FORMATS, {"default": "int8", "tooltip":
-                                     "int8: per output channel (about 1/4 of fp32). fp8_e4m3: per-channel scaled "
+                                     "int8: per output channel (about 1/4 of fp32). fp8_e4m3fn: per-channel scaled "
                                      "fp8 (fast matmul on Ada/Hopper GPUs). int4: group-wise (about 1/7 of fp32, "
                                      "least exact)."}),
                 "keep": ("STRING", {"default": "default", "tooltip":
@@ -40,12 +42,20 @@ class LCMQuantizeUNet:
     OUTPUT_TOOLTIPS = ("The model with a quantized UNet.",)
     FUNCTION = "quantize"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Low-bit UNet: merge the loaded LoRAs, then quantize the weights to int8, fp8 e4m3 or int4 "
+    DESCRIPTION = ("Low-bit UNet: merge the loaded LoRAs, then quantize the weights to int8, fp8_e4m3fn or int4 "
                    "(dequantized on the fly).")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, format):
+        """Accept the combo's names and the older `fp8_e4m3` of saved workflows (ComfyUI and the harness
+        skip their own combo check for an input named here)."""
+        if format not in FORMAT_IDS:
+            return f"format must be one of {', '.join(FORMATS)}, got {format!r}"
+        return True
 
     def quantize(self, model, format: str, keep: str = "default", group_size: int = 64, keep_source: bool = False):
         node = "LCMQuantizeUNet"
-        if format not in FORMATS:
+        if format not in FORMAT_IDS:
             raise ValueError(f"{node}: format must be one of {', '.join(FORMATS)}, got {format!r}")
         check_int(node, "group_size", group_size, *GROUP_SIZES)
         if group_size % 2:
@@ -53,6 +63,6 @@ class LCMQuantizeUNet:
         if not isinstance(keep, str):
             raise ValueError(f"{node}: keep must be a comma-separated string of layer-name patterns, got {keep!r}")
         try:
-            return (get_host().quantize_unet(model, format, keep, int(group_size), bool(keep_source)),)
+            return (get_host().quantize_unet(model, FORMAT_IDS[format], keep, int(group_size), bool(keep_source)),)
         except ValueError as error:
             raise ValueError(f"{node}: {error}") from error

@@ -26,6 +26,9 @@ import torch
 
 FORMATS = ("int8", "fp8_e4m3", "int4")
 FORMAT_ALIASES = {"fp8": "fp8_e4m3", "fp8_e4m3fn": "fp8_e4m3"}
+# the names users see (ComfyUI spells its fp8 weight dtype fp8_e4m3fn); the ids above stay internal
+DISPLAY_NAMES = {"fp8_e4m3": "fp8_e4m3fn"}
+USER_FORMATS = tuple(DISPLAY_NAMES.get(fmt, fmt) for fmt in FORMATS)
 INT8_MAX = 127
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 INT4_SYM_MAX = 7
@@ -38,7 +41,7 @@ def normalize_format(fmt: str) -> str:
     """The canonical format name; refuses an unknown one, listing the known ones."""
     name = FORMAT_ALIASES.get(str(fmt).lower(), str(fmt).lower())
     if name not in FORMATS:
-        raise ValueError(f"unknown quantization format {fmt!r}: choose one of {', '.join(FORMATS)} (or 'fp8')")
+        raise ValueError(f"unknown quantization format {fmt!r}: choose one of {', '.join(USER_FORMATS)} (or 'fp8')")
     return name
 
 

@@ -47,13 +47,14 @@ def main(comfyui: str, base: str) -> None:
         composed = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
         composed = node["LCMAdapterMixer"].mix(composed, style, 0.8)[0]
         w_mixed, w_chained, w_composed = weights(mixed), weights(chained), weights(composed)
+        spec = mixed.object_patches["lcm_accel_inplace.wanted"].spec  # in place: one write per weight
         w_after = weights(model)
         report("lora_mix", mixer_vs_chained=max_diff(w_mixed, w_chained),
                composed_vs_chained=max_diff(w_composed, w_chained),
                changed_mixer=changed(w_mixed, base), changed_chained=changed(w_chained, base),
                delta_scale=max(float((w_chained[k] - base[k]).abs().max()) for k in base),
-               base_restored=max_diff(w_after, base), patches_per_key=max(len(p) for p in mixed.patches.values()),
-               mixer_keys=len(mixed.patches), input_patches=len(model.patches))
+               base_restored=max_diff(w_after, base), patches_per_key=len(spec.groups),
+               mixer_keys=len(spec.targets), comfy_patches=len(mixed.patches), input_patches=len(model.patches))
 
     def bad_lora():
         uuid_before, patches_before = model.patches_uuid, dict(model.patches)

@@ -51,11 +51,11 @@ def comfyui_python(checkout: Path) -> str:
     return sys.executable
 
 
-def run_checks(checkout: Path, script: Path, base: Path, timeout: float = 900) -> dict[str, dict]:
+def run_checks(checkout: Path, script: Path, base: Path, timeout: float = 900, args: tuple[str, ...] = ()) -> dict[str, dict]:
     """Run a check script (tests/comfyui_*_checks.py) in ComfyUI's interpreter on `base`; its
     "CHECK {json}" lines as {name: values}. Fails (AssertionError with the output) if the script
     fails, reports nothing, or any check reports an error."""
-    done = subprocess.run([comfyui_python(checkout), str(script), str(checkout), str(base)],
+    done = subprocess.run([comfyui_python(checkout), str(script), str(checkout), str(base), *args],
                           capture_output=True, text=True, timeout=timeout)
     found = {}
     for line in done.stdout.splitlines():
@@ -211,3 +211,24 @@ def _execution_error(status: dict) -> str:
         if event == "execution_error":
             return f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: {data.get('exception_message')}"
     return json.dumps(status.get("messages", []))[-2000:]
+
+
+def sd15_unet_base(base: Path, repo: Path):
+    """`base` as a ComfyUI base directory for the in-process checks: models/diffusion_models/unet.safetensors
+    (an SD1.5-detectable UNet in LDM names, seed 0) and the pack linked into custom_nodes/. Returns the
+    diffusers UNet (for LoRA targets) and the models folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lcm_accel.fixtures.comfyui_models import sd15_unet
+    from lcm_accel.fixtures.ldm_keys import unet_to_ldm
+
+    torch.manual_seed(0)
+    unet = sd15_unet().eval()
+    models = base / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in unet_to_ldm(unet.state_dict(), 1).items()}
+    save_file(state, str(models / "diffusion_models" / "unet.safetensors"))
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "comfyui-lcm-accel").symlink_to(repo)
+    return unet, models

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_server import comfyui_checkout, run_checks
+from comfyui_server import comfyui_checkout, run_checks, sd15_unet_base
 
 CHECKOUT, WHY = comfyui_checkout()
 pytestmark = pytest.mark.skipif(CHECKOUT is None, reason=WHY)
@@ -25,28 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory) -> dict:
-    import torch
-    from safetensors.torch import save_file
-
-    from lcm_accel.fixtures.comfyui_models import sd15_unet
-    from lcm_accel.fixtures.ldm_keys import unet_to_ldm
     from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors, write_kohya
     from lcm_accel.fixtures.tiny_models import build_tiny_sdxl
 
     base = tmp_path_factory.mktemp("comfyui_host")
-    torch.manual_seed(0)
-    unet = sd15_unet().eval()
-    models = base / "models"
-    (models / "diffusion_models").mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in unet_to_ldm(unet.state_dict(), 1).items()}
-    save_file(state, str(models / "diffusion_models" / "unet.safetensors"))
+    unet, models = sd15_unet_base(base, REPO)
     targets = lora_targets(unet)
     write_kohya(models / "loras" / "lcm.safetensors", random_factors(targets, 8, seed=1, scale=0.05), alpha=8.0)
     write_kohya(models / "loras" / "style.safetensors", random_factors(targets, 4, seed=2, scale=0.05), alpha=2.0)
     sdxl_targets = lora_targets(build_tiny_sdxl(0).unet)
     write_kohya(models / "loras" / "sdxl_lcm.safetensors", random_factors(sdxl_targets, 4, seed=3), alpha=4.0)
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "comfyui-lcm-accel").symlink_to(REPO)
     return run_checks(CHECKOUT, REPO / "tests" / "comfyui_host_checks.py", base)
 
 
@@ -61,6 +49,7 @@ def test_mixer_patch_equals_two_chained_core_loaders(checks):
     print("mixer vs chained LoraLoaders:", mix)
     assert mix["changed_mixer"] == mix["changed_chained"] == mix["mixer_keys"] > 0
     assert mix["patches_per_key"] == 1  # one combined patch per weight, not one per adapter
+    assert mix["comfy_patches"] == 0  # written in place, not through ComfyUI's backup-and-replace
     assert mix["mixer_vs_chained"] <= 1e-5 * max(1.0, mix["delta_scale"])
     assert mix["composed_vs_chained"] <= 1e-5 * max(1.0, mix["delta_scale"])
     assert mix["base_restored"] == 0.0 and mix["input_patches"] == 0

@@ -211,7 +211,7 @@ def test_lora_combos_list_the_loras_folder(object_info, base_dir):
         for name in PACK_NODES if name in object_info
         for section in ("required", "optional")
         for input_name, spec in object_info[name]["input"].get(section, {}).items()
-        if input_name.startswith("lora")
+        if input_name.startswith("lora") and input_name != "lora_stack"  # a LORA_STACK link, not a combo
     }
     assert combos, "no LoRA inputs found on the pack's nodes"
     for where, choices in combos.items():

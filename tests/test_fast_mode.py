@@ -21,7 +21,7 @@ from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
 from lcm_accel.hosts.standalone import fast_mode
 from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
 from lcm_accel.hosts.standalone.fast_mode import FastModeSettings, fast_or_eager, with_fast_mode
-from lcm_accel.hosts.standalone.graph_cache import drop_graph_caches, graph_cache
+from lcm_accel.hosts.graph_cache import drop_graph_caches, graph_cache
 from lcm_accel.hosts.standalone.lcm import STANDALONE_HOST, lcm_ksample
 from lcm_accel.hosts.standalone.lora import activate_patches, add_loras, load_lora_file
 from lcm_accel.hosts.standalone.types import ClipHost, ModelHost, VaeHost

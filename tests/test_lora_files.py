@@ -142,9 +142,16 @@ def test_other_family_is_refused(tmp_path, unet):
 
 
 def test_unsupported_adapter_type(tmp_path, unet):
+    path = tmp_path / "oft.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.oft_blocks": torch.zeros(2, 2)}, str(path))
+    _refused_without_change(unet, path, r"oft\.safetensors': key .*oft_blocks.* does not support")
+
+
+def test_incomplete_lycoris_module_names_file_and_key(tmp_path, unet):
     path = tmp_path / "loha.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)}, str(path))
-    _refused_without_change(unet, path, r"loha\.safetensors': key .*hada_w1_a.* does not support")
+    _refused_without_change(unet, path, r"loha\.safetensors': module 'down_blocks_0_attentions_0_proj_in' is a loha "
+                                        r"adapter without 'hada_w1_b'")
 
 
 def test_unmatched_keys_strict_and_lenient(tmp_path, unet):

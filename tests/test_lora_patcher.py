@@ -95,22 +95,23 @@ def test_interrupt_mid_way_puts_weights_back(monkeypatch, when):
     if when == "reweight":
         patcher.apply([(lora, 1.0)])
     snap = snapshot(net)
-    real = patcher_module.patch_weight
+    func = "patch_weight" if when == "apply" else "reweight_weight"
+    real = getattr(patcher_module, func)
     calls = {"n": 0}
 
-    def flaky(weight, patch):
+    def flaky(*args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(weight, patch)
+        return real(*args)
 
-    monkeypatch.setattr(patcher_module, "patch_weight", flaky)
+    monkeypatch.setattr(patcher_module, func, flaky)
     with pytest.raises(KeyboardInterrupt):
         if when == "apply":
             patcher.apply([(lora, 1.0)])
         else:
             patcher.reweight([0.3])
-    monkeypatch.setattr(patcher_module, "patch_weight", real)
+    monkeypatch.setattr(patcher_module, func, real)
     assert_unchanged(net, snap)
     if when == "reweight":  # still applied with the old weight, and restorable
         patcher.restore()
@@ -201,3 +202,150 @@ def test_restore_state_is_small_for_realistic_magnitudes(dtype):
     assert report.restore_state_bytes < 0.02 * report.patched_weight_bytes
     patcher.restore()
     assert_unchanged(net, snap)
+
+
+def _strong_lora(net: torch.nn.Module, relative: float, seed: int = 0) -> LoraFile:
+    """A rank-16 LoRA on `net.proj` whose delta entries are ~`relative` times the weights' std."""
+    g = torch.Generator().manual_seed(seed)
+    w = net.proj.weight
+    up, down = torch.randn(w.shape[0], 16, generator=g), torch.randn(16, w.shape[1], generator=g)
+    scale = (relative * w.float().std() / (up @ down).std()).sqrt().item()
+    return LoraFile("strong.safetensors", "peft", {"proj": LoraFactors("proj", down * scale, up * scale, 16.0)}, False)
+
+
+def _uniform_net(dtype: torch.dtype, rows: int = 256, cols: int = 384) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Module()
+    net.conv_in = torch.nn.Conv2d(1, 1, 1)
+    net.proj = torch.nn.Linear(cols, rows)  # default init: uniform weights, like real layers
+    return net.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("relative,limit", [(3e-2, 0.05), (1e-1, 0.10)])
+def test_strong_deltas_restore_exactly_with_a_small_state(dtype, relative, limit):
+    """The encoded exceptions (gap + ULP correction) stay within 5% of the patched bytes at relative
+    delta 3e-2 and 10% at 1e-1, and restore bit-exactly, also after re-weighting."""
+    net = _uniform_net(dtype)
+    snap = snapshot(net)
+    patcher = LoraPatcher(net)
+    report = patcher.apply([(_strong_lora(net, relative), 1.0)])
+    assert report.exceptions > 0
+    assert report.restore_state_bytes <= limit * report.patched_weight_bytes
+    patcher.reweight([-0.7])
+    assert patcher.report.restore_state_bytes <= limit * report.patched_weight_bytes
+    patcher.restore()
+    assert_unchanged(net, snap)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fused_reweight_equals_a_fresh_apply(dtype):
+    """One pass per chunk (rebuild W, patch with the new delta) gives the same bits and state as
+    restoring and applying again."""
+    net = _uniform_net(dtype)
+    lora = _strong_lora(net, 1e-1)
+    patcher = LoraPatcher(net)
+    patcher.apply([(lora, 0.3)])
+    patcher.reweight([1.2])
+    reweighted = net.proj.weight.detach().clone()
+    state = patcher._states["proj.weight"]
+    patcher.restore()
+    fresh = LoraPatcher(net)
+    fresh.apply([(lora, 1.2)])
+    assert torch.equal(net.proj.weight.view(torch.uint8), reweighted.view(torch.uint8))
+    other = fresh._states["proj.weight"]
+    assert state.checksum == other.checksum and state.exceptions == other.exceptions
+    assert all(torch.equal(a, b) for a, b in zip((state.code.gaps, state.code.corrections, state.code.escapes),
+                                                   (other.code.gaps, other.code.corrections, other.code.escapes)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_exception_code_round_trip_with_long_gaps_and_escapes(dtype):
+    """Gaps past 255 and 65535 (filler entries), corrections of +-1 ULP and escapes (a sign change,
+    a jump of many ULPs) all decode to the original bits."""
+    from lcm_accel.lora_merge.exceptions import decode, encode
+
+    n = 200_000
+    original = torch.randn(n).to(dtype)
+    back = original.clone()
+    index = torch.tensor([0, 1, 7, 300, 301, 70_000, 70_001, 199_999])
+    bits = patcher_module._bits
+    b = bits(back)
+    b[index[:4]] += torch.tensor([1, -1, 2, -3], dtype=b.dtype)
+    back[300:302] = -back[300:302]  # sign changes: escapes
+    back[70_000] = back[70_000] * 1000  # many ULPs away: escape
+    b[index[6:]] -= 1
+    code = encode(index, bits(original)[index], bits(back)[index])
+    assert code.count == index.numel() and code.escapes.numel() == 3
+    assert code.gaps.numel() > index.numel()  # fillers bridged the long gaps
+    decoded = decode(code, torch.device("cpu"))
+    assert torch.equal(decoded.positions, index)
+    fixed = bits(back).clone()
+    decoded.fix(fixed, 0, index.numel(), 0)
+    assert torch.equal(fixed, bits(original))
+    rebuilt = bits(back).clone()  # chunk by chunk, as a restore does
+    for lo, hi, offset in ((0, 3, 0), (3, 5, 100), (5, 8, 60_000)):
+        chunk = rebuilt[offset:]
+        decoded.fix(chunk, lo, hi, offset)
+    assert torch.equal(rebuilt, bits(original))
+
+
+def test_state_lives_in_host_memory_for_accelerator_weights(monkeypatch):
+    """A weight not on the CPU keeps its encoded state in host memory (pinned when CUDA is there);
+    the same path is forced here on CPU weights with state_on_host=True."""
+    assert patcher_module._state_on_host(torch.empty(1, device="meta"), None)
+    assert not patcher_module._state_on_host(torch.empty(1), None)
+    assert not patcher_module._state_on_host(torch.empty(1, device="meta"), False)
+    net = _uniform_net(torch.float16)
+    snap = snapshot(net)
+    patcher = LoraPatcher(net, state_on_host=True)
+    patcher.apply([(_strong_lora(net, 3e-2), 1.0)])
+    code = patcher._states["proj.weight"].code
+    assert all(t.device.type == "cpu" for t in (code.gaps, code.corrections, code.escapes))
+    assert code.gaps.is_pinned() == torch.cuda.is_available()
+    patcher.reweight([0.5])
+    patcher.restore()
+    assert_unchanged(net, snap)
+
+
+def test_params_argument_and_forget():
+    """`params` patches the given {name: Parameter} (here a stand-in for a swapped layer) instead of
+    module.named_parameters(); forget() drops the state without touching a weight."""
+    net = _uniform_net(torch.float16)
+    swapped = torch.nn.Parameter(net.proj.weight.detach().clone() * 2, requires_grad=False)
+    params = dict(net.named_parameters(), **{"proj.weight": swapped})
+    before, original = swapped.detach().clone(), net.proj.weight.detach().clone()
+    patcher = LoraPatcher(net, params=params)
+    patcher.apply([(_strong_lora(net, 1e-2), 1.0)])
+    assert not torch.equal(swapped, before) and torch.equal(net.proj.weight, original)
+    patched = swapped.detach().clone()
+    patcher.forget()
+    assert not patcher.is_applied and patcher.restore_state_bytes == 0 and patcher.weights == []
+    patcher.restore()  # nothing to do: the weights stay as they are
+    assert torch.equal(swapped, patched)
+
+
+def test_interrupt_inside_one_weight_during_reweight(monkeypatch):
+    """An interrupted fused re-weight puts the chunks it did back to the old patch."""
+    monkeypatch.setattr(patcher_module, "CHUNK_ELEMENTS", 3000)  # several chunks per weight
+    net = _uniform_net(torch.bfloat16)
+    original = snapshot(net)
+    patcher = LoraPatcher(net)
+    patcher.apply([(_strong_lora(net, 1e-1), 1.0)])
+    snap = snapshot(net)
+    real_copy = torch.Tensor.copy_
+    count = {"n": 0}
+
+    def copy_then_fail(self, src, *a, **k):
+        count["n"] += 1
+        if count["n"] == 20:
+            raise KeyboardInterrupt
+        return real_copy(self, src, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", copy_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        patcher.reweight([-0.4])
+    monkeypatch.setattr(torch.Tensor, "copy_", real_copy)
+    assert_unchanged(net, snap)
+    patcher.restore()
+    assert_unchanged(net, original)

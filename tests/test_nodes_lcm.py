@@ -33,7 +33,7 @@ EXPECTED_INPUTS = {
     "LCMKSampler": ["model", "seed", "steps", "cfg", "positive", "negative", "latent_image",
                     "original_inference_steps", "gamma", "denoise"],
 }
-EXPECTED_OUTPUTS = {"LCMLoraLoader": ("MODEL",), "LCMAdapterMixer": ("MODEL",), "LCMScheduler": ("SIGMAS",),
+EXPECTED_OUTPUTS = {"LCMLoraLoader": ("MODEL", "CLIP"), "LCMAdapterMixer": ("MODEL", "CLIP"), "LCMScheduler": ("SIGMAS",),
                     "LCMSampler": ("SAMPLER",), "LCMKSampler": ("LATENT",)}
 EXPECTED_OPTIONS = {
     ("LCMLoraLoader", "strength"): dict(default=1.0, min=-10.0, max=10.0, step=0.01),

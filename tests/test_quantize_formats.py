@@ -68,7 +68,7 @@ def test_given_scales_reproduce_the_computed_quantization():
         assert torch.equal(again.data.view(torch.uint8), q.data.view(torch.uint8))
 
 
-@pytest.mark.parametrize("bad,match", [("int3", "unknown quantization format"), ("nf4", "int8, fp8_e4m3, int4")])
+@pytest.mark.parametrize("bad,match", [("int3", "unknown quantization format"), ("nf4", "int8, fp8_e4m3fn, int4")])
 def test_unknown_format_is_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         quantize(torch.ones(4, 4), bad)

@@ -152,7 +152,7 @@ def test_a_saved_quantized_checkpoint_reloads_bit_identically(root, fmt):
 def test_node_errors_name_the_node_and_the_input(root):
     model, _, _ = _load(root)
     node = LCMQuantizeUNet()
-    with pytest.raises(ValueError, match="LCMQuantizeUNet: format must be one of int8, fp8_e4m3, int4"):
+    with pytest.raises(ValueError, match="LCMQuantizeUNet: format must be one of int8, fp8_e4m3fn, int4"):
         node.quantize(model, "int3", "default", 64, False)
     with pytest.raises(ValueError, match="LCMQuantizeUNet: keep pattern 'mid_block.nope'"):
         node.quantize(model, "int8", "default, mid_block.nope", 64, False)

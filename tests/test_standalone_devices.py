@@ -280,7 +280,7 @@ def test_cuda_values_between_nodes_match_the_cpu(models, tmp_path, monkeypatch):
 
 @CUDA
 def test_cuda_run_fast_captures_without_a_fallback_message(models, tmp_path, caplog):
-    from lcm_accel.hosts.standalone.graph_cache import graph_cache
+    from lcm_accel.hosts.graph_cache import graph_cache
 
     fast_mode.forget_messages()
     eager = run_workflow(models, tmp_path / "eager", "--device", "cuda")

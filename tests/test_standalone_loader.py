@@ -85,15 +85,71 @@ def test_changed_file_is_reloaded(tmp_path, root):
     assert load_checkpoint(path)[0].unet is not first
 
 
-def test_missing_tokenizer_names_where_it_is_looked_up(tmp_path, root):
-    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    path = tmp_path / "models" / "checkpoints" / "mine.safetensors"
-    shutil.copy(root / "models" / "checkpoints" / "tiny_sd15.safetensors", path)
-    with pytest.raises(FileNotFoundError) as error:
+def _user_checkpoint(tmp_path, clip_vocab: bool, name: str = "mine.safetensors"):
+    """A tiny SD1.5 single file in `tmp_path/models/checkpoints/` with no tokenizer beside it."""
+    from lcm_accel.fixtures.tiny_models import save_ldm_checkpoint
+
+    return save_ldm_checkpoint(tiny_model("sd15", clip_vocab=clip_vocab), tmp_path / "models" / "checkpoints" / name)
+
+
+def test_single_file_without_tokenizer_uses_the_packaged_one(tmp_path):
+    """No tokenizers/ folder: CLIP's tokenizer shipped with the pack, no error, same weights."""
+    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_clip_tokenizer
+
+    path = _user_checkpoint(tmp_path, clip_vocab=True)
+    model, clip, vae = load_checkpoint(path)
+    assert clip.tokenizer is packaged_clip_tokenizer() and len(clip.tokenizer) == 49408
+    reference = tiny_model("sd15", clip_vocab=True)
+    assert _same_weights(clip.text_encoders[0], reference.text_encoders[0])
+    assert _same_weights(model.unet, reference.unet) and _same_weights(vae.vae, reference.vae)
+
+
+def test_tokenizer_folders_come_before_the_packaged_one(tmp_path, root):
+    """Order: tokenizers/<checkpoint stem>/, then tokenizers/clip/, then the packaged tokenizer."""
+    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_merges, write_tokenizer_files
+
+    path = _user_checkpoint(tmp_path, clip_vocab=False)  # the fixture tokenizer's vocabulary
+    tokenizers = tmp_path / "models" / "tokenizers"
+    write_tokenizer_files(tokenizers / "clip", packaged_merges())  # CLIP's: the wrong size here
+    shutil.copytree(root / "models" / "tokenizers" / "clip", tokenizers / "mine")
+    _, clip, _ = load_checkpoint(path)
+    assert len(clip.tokenizer) == tiny_model("sd15").text_encoders[0].config.vocab_size
+    shutil.rmtree(tokenizers / "mine")
+    shutil.rmtree(tokenizers / "clip")
+    shutil.copytree(root / "models" / "tokenizers" / "clip", tokenizers / "clip")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a fresh load, not the cached one
+    _, clip, _ = load_checkpoint(path)
+    assert len(clip.tokenizer) == tiny_model("sd15").text_encoders[0].config.vocab_size
+
+
+def test_vocabulary_mismatch_names_the_file_and_the_folder(tmp_path):
+    """A text encoder whose vocabulary is not CLIP's and no tokenizer folder: a clear error."""
+    path = _user_checkpoint(tmp_path, clip_vocab=False)
+    with pytest.raises(CheckpointFormatError) as error:
         load_checkpoint(path)
     message = str(error.value)
-    assert "mine.safetensors" in message and str(tmp_path / "models" / "tokenizers" / "clip") in message
+    assert "mine.safetensors" in message and "49408" in message and "shipped with the pack" in message
     assert str(tmp_path / "models" / "tokenizers" / "mine") in message
+
+
+def test_new_user_runs_the_txt2img_workflow_headless(tmp_path):
+    """A models folder holding only a single-file SD1.5 checkpoint and the LCM-LoRA (no tokenizers/)
+    runs `python -m lcm_accel run workflows/lcm_lora_txt2img.json --models DIR`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lcm_accel.fixtures.demo_models import write_new_user_models_dir
+
+    models = write_new_user_models_dir(tmp_path) / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoints", "loras"]
+    workflow = Path(__file__).resolve().parent.parent / "workflows" / "lcm_lora_txt2img.json"
+    command = [sys.executable, "-m", "lcm_accel", "run", str(workflow), "--models", str(models),
+               "--out", str(tmp_path / "out"), "--set", "5.width=64", "--set", "5.height=64"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
 
 
 def test_not_a_checkpoint_is_refused_with_the_file_name(tmp_path):
@@ -129,3 +185,17 @@ def test_diffusers_folder_loads_through_diffusers_loader(tmp_path, root):
     assert _same_weights(clip.text_encoders[0], reference.text_encoders[0])
     assert model.prediction_type == "v_prediction" and model.sampling_type == "v_prediction"
     assert model.noise_schedule["beta_schedule"] == "linear" and model.noise_schedule["beta_end"] == 0.02
+
+
+def test_diffusers_folder_without_tokenizer_uses_the_packaged_one(tmp_path):
+    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_clip_tokenizer
+
+    reference = tiny_model("sd15", clip_vocab=True)
+    folder = tmp_path / "tiny_sd15"
+    reference.unet.save_pretrained(folder / "unet")
+    reference.vae.save_pretrained(folder / "vae")
+    reference.text_encoders[0].save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    model, clip, vae = load_checkpoint(folder)
+    assert clip.tokenizer is packaged_clip_tokenizer()
+    assert _same_weights(clip.text_encoders[0], reference.text_encoders[0])

@@ -203,12 +203,15 @@ def tcd_txt2img(registry) -> Graph:
 def lcm_lora_style_mixer(registry) -> Graph:
     g = Graph(registry, "LCM-LoRA + a style LoRA mixed into ONE low-rank patch (lambda 1.0 / 0.8, as in the LCM-LoRA paper), "
               "sampled with SamplerCustom + LCMScheduler + LCMSampler.\nrank 0 keeps the full concatenated rank; "
-              "a smaller rank re-compresses the mix by SVD.")
+              "a smaller rank re-compresses the mix by SVD. The CLIP goes through the mixer too: a LoRA's "
+              "text-encoder part is applied at clip_weight_i (LCM-LoRA has none). A LORA_STACK from a stack "
+              "node can be connected as well.")
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     mixed = g.add("LCMAdapterMixer", model=ckpt[0], lora_1="lcm-lora-sdv1-5.safetensors", weight_1=1.0,
                   lora_2="style-lora-sd15.safetensors", weight_2=0.8, lora_3="None", weight_3=1.0,
-                  lora_4="None", weight_4=1.0, rank=0)
-    pos, neg = _prompts(g, ckpt[1], "a portrait of a cat, oil painting style")
+                  lora_4="None", weight_4=1.0, rank=0, clip=ckpt[1], clip_weight_1=1.0, clip_weight_2=0.8,
+                  clip_weight_3=1.0, clip_weight_4=1.0)
+    pos, neg = _prompts(g, mixed[1], "a portrait of a cat, oil painting style")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     sigmas = g.add("LCMScheduler", model=mixed[0], steps=4, original_inference_steps=50, strength=1.0)
     sampler = g.add("LCMSampler", gamma=0.0)

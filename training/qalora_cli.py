@@ -22,7 +22,8 @@ def add_qalora_command(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="single-file SD1.5 / SDXL checkpoint (.safetensors)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE:WEIGHT",
                    help="LoRA file and weight merged into the UNet first (repeatable; weight defaults to 1.0)")
-    p.add_argument("--format", required=True, choices=("int8", "int4", "fp8", "fp8_e4m3"))
+    p.add_argument("--format", required=True, choices=("int8", "int4", "fp8_e4m3fn", "fp8", "fp8_e4m3"),
+                   metavar="{int8,int4,fp8_e4m3fn}", help="weight format (fp8 and fp8_e4m3 are aliases of fp8_e4m3fn)")
     p.add_argument("--act-bits", type=int, default=0,
                    help="activation fake-quantization bits during the fine-tune (default 0: none, i.e. exactly the "
                         "weight-only model that is exported); activation step sizes are not exported")

@@ -5,7 +5,7 @@ import folder_paths
 
 from ..lora_files import load_lora_cached
 from . import quantize as quantize_host
-from . import deepcache, fast_mode, lora, model_sampling, sampling
+from . import deepcache, fast_mode, lora, lora_clip, model_sampling, sampling
 
 
 class ComfyUILCMHost:
@@ -21,6 +21,15 @@ class ComfyUILCMHost:
         files = [(load_lora_cached(folder_paths.get_full_path_or_raise("loras", name)), float(weight))
                  for name, weight in loras]
         return lora.add_loras(model, files, rank)
+
+    def add_clip_loras(self, clip, loras: list[tuple[str, float]]):
+        """A clone of ComfyUI's CLIP with the named LoRAs' text-encoder parts at their strengths
+        (`lora_clip.add_clip_loras`: ComfyUI's own key map and patches, as its core LoraLoader)."""
+        files = []
+        for name, strength in loras:
+            path = folder_paths.get_full_path_or_raise("loras", name)
+            files.append((path, load_lora_cached(path), float(strength)))
+        return lora_clip.add_clip_loras(clip, files)
 
     def set_lcm_sampling(self, model):
         return model_sampling.set_lcm_sampling(model)

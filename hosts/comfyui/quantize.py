@@ -29,6 +29,8 @@ import comfy.utils
 import torch
 
 from ...quantize import QuantizeError, normalize_format, quantize_layer, split_layers
+from . import inplace
+from .lora import CombinedLoraPatch
 from .unpatched import unpatched_named_modules
 
 PREFIX = "diffusion_model."
@@ -46,12 +48,21 @@ def _base_weight(model, key: str, current: torch.Tensor) -> torch.Tensor:
 
 
 def _merged(model, key: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """`tensor` with the clone's patches for `key` applied as ComfyUI applies them (float32)."""
+    """`tensor` with the clone's patches for `key` applied as ComfyUI applies them (float32), then our
+    in-place mix on top (as it sits on top of ComfyUI's patches when the clone is loaded)."""
     if tensor is None:
         return None
     weight = _base_weight(model, key, tensor).detach().to(torch.float32, copy=True)
     if key in model.patches:
         weight = comfy.lora.calculate_weight(model.patches[key], weight, key)
+    spec = inplace.inplace_spec(model)
+    name = key[len(PREFIX):]
+    if spec is not None and name in spec.targets:
+        patch = spec.patch_for(name, weight, fresh=True)  # W' = coef W + delta (coef: DoRA only)
+        flat = weight.reshape(weight.shape[0], -1)
+        if patch.coef is not None:
+            flat = flat * patch.coef.to(flat)
+        weight = flat.reshape(weight.shape) + patch.delta().to(weight.device)
     return weight
 
 
@@ -86,7 +97,7 @@ def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
     clones of the checkpoint (and their LoRA loaders) never see the quantized layers; the copy costs only the
     tensors outside the quantized layers (norms, biases, kept layers: a few % of the UNet)."""
     base = model.model
-    memo: dict[int, object] = {}
+    memo: dict[int, object] = {id(getattr(base, inplace.KEY, None)): None}  # the shared model's in-place state
     for key, original in _object_patch_backups(model).items():  # e.g. a loaded clone's LCM model_sampling
         memo[id(comfy.utils.get_attr(base, key))] = copy.deepcopy(original)
     for name, module in base.diffusion_model.named_modules():
@@ -131,18 +142,39 @@ def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source
     if model.model_options.get(QUANT_OPTION):
         raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
     fmt = normalize_format(fmt)
+    controller = getattr(model.model, inplace.KEY, None)
+    if controller is not None:  # the stored weights without any in-place mix (a loaded clone's is re-applied on load)
+        controller.restore_all()
     todo, kept, _ = split_layers(unpatched_named_modules(model), keep)
     quantized = {name: quantize_layer(_merged_layer(model, name, module), fmt, group_size) for name, module in todo}
     clone = _own_model_clone(model, quantized)
     quantized_keys = {f"{PREFIX}{name}.{part}" for name in quantized for part in ("weight", "bias")}
     for key in quantized_keys:
         clone.patches.pop(key, None)
+    _keep_inplace_mix_on_kept_layers(model, clone, quantized_keys)
     clone.patches_uuid = uuid.uuid4()
     clone.model_options[QUANT_OPTION] = {"format": fmt, "group_size": group_size, "kept": kept,
                                          "quantized": [n for n, _ in todo]}
     clone.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, CALLBACK_KEY,
                                 _refuse_late_patches(frozenset(quantized_keys)))
     return clone
+
+
+def _keep_inplace_mix_on_kept_layers(model, clone, quantized_keys: set[str]) -> None:
+    """The clone lives on its own BaseModel: our in-place machinery leaves it; the mix of the layers kept
+    in float goes on as ComfyUI patches (the quantized layers already hold it)."""
+    spec = inplace.inplace_spec(model)
+    inplace.strip_inplace(clone)
+    if spec is None:
+        return
+    params = dict(clone.model.diffusion_model.named_parameters())
+    patches = {}
+    for name in spec.targets:
+        key = PREFIX + name
+        if key not in quantized_keys and name in params:
+            patches[key] = CombinedLoraPatch(key, spec.patch_for(name, params[name]))
+    if patches:
+        clone.add_patches(patches, 1.0)
 
 
 def refuse_lora_on_quantized(model) -> None:

@@ -1,4 +1,10 @@
-"""Model family detection and diffusers configs inferred from LDM checkpoint tensor shapes.
+"""Model family detection, key-layout normalisation and diffusers configs inferred from LDM
+checkpoint tensor shapes.
+
+Layouts: the text encoders and VAE of SD1.5 / SDXL / SSD-1B files come in several key layouts, all
+of which ComfyUI maps onto one model (its `supported_models.process_clip_state_dict`,
+`utils.clip_text_transformers_convert` and the diffusers-VAE conversion in `sd.VAE`); here each is
+brought to transformers' / diffusers' names (`clip_l_state`, `open_clip_state`, `vae_weights`).
 
 Nothing is fetched from a hub: every width, depth and channel count is read from the tensors,
 so tiny test checkpoints and real ones take the same path. What the shapes cannot tell
@@ -27,23 +33,100 @@ class CheckpointFormatError(ValueError):
 
 
 def detect_family(state: dict[str, torch.Tensor], name: str) -> str:
-    """"sd15" or "sdxl" from the key names; a clear error for anything else."""
+    """"sd15" or "sdxl" (SSD-1B included) from the text-encoder key prefixes, in every layout ComfyUI
+    normalises (see `clip_l_state`, `open_clip_state`); a clear error for anything else."""
     has_unet = any(k.startswith(UNET_PREFIX) for k in state)
     if not has_unet:
         raise CheckpointFormatError(
             f"{name}: no 'model.diffusion_model.*' keys; this is not a full LDM checkpoint "
             "(a LoRA, a VAE-only or a UNet-only file belongs in another folder)."
         )
-    if f"{SDXL_CLIP_G_PREFIX}transformer.resblocks.0.attn.in_proj_weight" in state:
+    if _has_prefix(state, SDXL_CLIP_G_PREFIX) and _has_prefix(state, SDXL_CLIP_L_PREFIX):
         return "sdxl"
-    if f"{SD15_CLIP_PREFIX}text_model.embeddings.token_embedding.weight" in state:
+    if _has_prefix(state, SD15_CLIP_PREFIX):
         return "sd15"
-    if any(k.startswith("cond_stage_model.model.") for k in state):
+    if _has_prefix(state, "cond_stage_model.model."):
         raise CheckpointFormatError(f"{name}: looks like an SD2.x checkpoint (OpenCLIP-H text encoder); not supported.")
+    if _has_prefix(state, "conditioner.embedders.0.model."):
+        raise CheckpointFormatError(f"{name}: looks like an SDXL refiner (OpenCLIP-G text encoder only); not supported.")
     raise CheckpointFormatError(
         f"{name}: unknown model family (no SD1.5 'cond_stage_model.transformer.*' nor SDXL "
         "'conditioner.embedders.*' text-encoder keys)."
     )
+
+
+def _has_prefix(state: dict[str, torch.Tensor], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state)
+
+
+def prediction_type(state: dict[str, torch.Tensor]) -> str:
+    """"v_prediction" for checkpoints that carry ComfyUI's `v_pred` marker key (written by its
+    CheckpointSave for v-prediction models and by many v-pred fine-tunes), else "epsilon"."""
+    return "v_prediction" if "v_pred" in state else "epsilon"
+
+
+def clip_l_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """CLIP-L weights under `prefix` with transformers names (`text_model.*`), from either layout
+    checkpoints use: with the `text_model.` level (transformers >= 4.2x) or without it (older
+    files), as ComfyUI's SD1.5 loader accepts both. Position ids (present or not, int or float) are
+    computed, never read; `text_projection` / `logit_scale` (unused by SD's CLIP-L) are dropped."""
+    out = {}
+    for key, value in strip_prefix(state, prefix).items():
+        if key.endswith("position_ids") or key in ("text_projection.weight", "text_projection", "logit_scale"):
+            continue
+        out[key if key.startswith("text_model.") else "text_model." + key] = value
+    return out
+
+
+def open_clip_state(state: dict[str, torch.Tensor], prefix: str, name: str) -> dict[str, torch.Tensor]:
+    """OpenCLIP-G weights under `prefix` (SDXL's `conditioner.embedders.1.model.`) with transformers
+    names: the OpenCLIP layout (fused q/k/v `in_proj`, `text_projection` stored transposed) through
+    diffusers' converter, or weights already in transformers' layout under `prefix + "transformer."`
+    (ComfyUI maps both to the same model); a projection saved as a Linear weight is taken as is."""
+    if f"{prefix}transformer.text_model.embeddings.token_embedding.weight" in state:
+        out = clip_l_state(state, prefix + "transformer.")
+    else:
+        out = _convert_open_clip(state, prefix, name)
+    for key, transpose in ((f"{prefix}text_projection", True), (f"{prefix}text_projection.weight", False),
+                           (f"{prefix}transformer.text_projection.weight", False)):
+        if key in state and "text_projection.weight" not in out:
+            out["text_projection.weight"] = state[key].T.contiguous() if transpose else state[key]
+    return out
+
+
+def _convert_open_clip(state: dict[str, torch.Tensor], prefix: str, name: str) -> dict[str, torch.Tensor]:
+    """diffusers' `convert_open_clip_checkpoint`; it wants a model only for its width (the q/k/v split
+    when the file has no transposed `text_projection`), read here from the token embedding."""
+    from types import SimpleNamespace
+
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    embedding = f"{prefix}token_embedding.weight"
+    if embedding not in state:
+        raise CheckpointFormatError(f"{name}: the OpenCLIP text encoder under '{prefix}' has no '{embedding}'")
+    width = int(state[embedding].shape[1])
+    return convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), state, prefix=prefix)
+
+
+def vae_weights(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The VAE weights under `first_stage_model.` without the prefix, and whether they already carry
+    diffusers' `AutoencoderKL` names (some checkpoints embed a diffusers VAE; ComfyUI converts those,
+    here they load directly). Deprecated diffusers attention names (`query`, `key`, `value`,
+    `proj_attn`) are renamed and 1x1-conv attention weights flattened to the Linear shape."""
+    vae = strip_prefix(state, VAE_PREFIX)
+    if not vae:
+        raise CheckpointFormatError(f"{name}: no '{VAE_PREFIX}*' (VAE) keys in the checkpoint")
+    if "decoder.up_blocks.0.resnets.0.norm1.weight" not in vae:
+        return vae, False
+    renames = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+    out = {}
+    for key, value in vae.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        if ".attentions." in key and key.endswith(".weight") and value.ndim == 4:
+            value = value[:, :, 0, 0]
+        out[key] = value
+    return out, True
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -140,11 +223,17 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
     return config
 
 
-def infer_vae_config(vae: dict[str, torch.Tensor], family: str) -> dict:
-    """An `AutoencoderKL` config from LDM VAE tensors (keys without `first_stage_model.`)."""
-    levels = _indices(vae, r"encoder\.down\.(\d+)\.")
-    channels = [int(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in levels]
-    layers = len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\."))
+def infer_vae_config(vae: dict[str, torch.Tensor], family: str, diffusers_names: bool = False) -> dict:
+    """An `AutoencoderKL` config from VAE tensors (keys without `first_stage_model.`), in LDM names
+    or, with `diffusers_names`, in diffusers' own."""
+    if diffusers_names:
+        levels = _indices(vae, r"encoder\.down_blocks\.(\d+)\.")
+        channels = [int(vae[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in levels]
+        layers = len(_indices(vae, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."))
+    else:
+        levels = _indices(vae, r"encoder\.down\.(\d+)\.")
+        channels = [int(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in levels]
+        layers = len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\."))
     return {
         "in_channels": int(vae["encoder.conv_in.weight"].shape[1]),
         "out_channels": int(vae["decoder.conv_out.weight"].shape[0]),

@@ -5,10 +5,16 @@ Two layouts: a single-file LDM checkpoint (`.safetensors`, or a pickled `.ckpt`/
 (`model_index.json` with `unet/`, `vae/`, `text_encoder/`, `tokenizer/` ...). Loaded parts are
 cached by (path, modification time), so a second load of the same file is free.
 
-Tokenizers: single files carry none. The loader looks, in order, in
-`<models>/tokenizers/<checkpoint file stem>/` and `<models>/tokenizers/clip/` (`vocab.json` +
-`merges.txt`, the CLIP BPE files; SDXL's two encoders share that vocabulary), where `<models>`
-is the folder holding the `checkpoints` folder the file sits in.
+Key layouts: every SD1.5 / SDXL / SSD-1B layout ComfyUI normalises (`checkpoint_config`): CLIP-L
+with or without the `text_model.` level, OpenCLIP-G fused or already split, position ids present
+or not, a diffusers-named VAE, fp16 / bf16 tensors, `.ckpt` pickles wrapping a `state_dict`, and
+ComfyUI's own CheckpointSave output (with its `v_pred` marker for v-prediction models).
+
+Tokenizers: single files carry none, and none is needed. The loader takes, in order,
+`<models>/tokenizers/<checkpoint file stem>/`, then `<models>/tokenizers/clip/` (`vocab.json` +
+`merges.txt`; `<models>` is the folder holding the `checkpoints` folder the file sits in), and
+otherwise CLIP's tokenizer shipped with the pack (`clip_tokenizer`). SDXL's two encoders share the
+vocabulary. A diffusers folder uses its own `tokenizer/`, or the shipped one when it has none.
 
 Placement (`devices`): each part is built with its parameters on the meta device, then takes the
 file's tensors converted one by one to the target device and dtype (`load_state_dict(assign=True)`),
@@ -24,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -33,18 +38,24 @@ from .checkpoint_config import (
     SDXL_CLIP_G_PREFIX,
     SDXL_CLIP_L_PREFIX,
     UNET_PREFIX,
-    VAE_PREFIX,
     CheckpointFormatError,
+    clip_l_state,
     detect_family,
     infer_clip_config,
     infer_unet_config,
     infer_vae_config,
+    open_clip_state,
+    prediction_type,
     strip_prefix,
+    vae_weights,
 )
+from .clip_tokenizer import packaged_clip_tokenizer
 from .devices import Placement, current_placement
 from .types import SD15_NOISE_SCHEDULE, ClipHost, ModelHost, VaeHost
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PACKAGED_TOKENIZER = "the CLIP tokenizer shipped with the pack"
 
 
 @dataclass
@@ -85,8 +96,9 @@ def clear_cache() -> None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file, or of a pickled checkpoint loaded with weights_only."""
-    if path.suffix == ".safetensors":
+    """Tensors of a `.safetensors` / `.sft` file, or of a pickled checkpoint loaded with weights_only
+    (unwrapped as ComfyUI does: its `state_dict` entry, or the one dict it holds)."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -95,28 +107,99 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as error:
             raise CheckpointFormatError(f"{path.name}: not a readable safetensors file ({error})") from error
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with _lightning_globals_allowed():
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors come in many types
         raise CheckpointFormatError(f"{path.name}: not a readable checkpoint ({error})") from error
     if not isinstance(data, dict):
         raise CheckpointFormatError(f"{path.name}: not a checkpoint (a pickled {type(data).__name__}, not a dict of tensors)")
-    return data.get("state_dict", data)
+    return _unwrap_pickled(data)
 
 
-def find_tokenizer_dir(checkpoint: Path) -> Path:
-    """Where the CLIP tokenizer for a single-file checkpoint lives (see module docstring)."""
+class _LightningCallbackStandIn:
+    """Stands in for PyTorch Lightning's `ModelCheckpoint` callback, whose state training `.ckpt`
+    files (e.g. sd-v1-4.ckpt) pickle beside the weights; loaded as an inert object and ignored."""
+
+
+def _checkpoint_safe_globals() -> list:
+    """What training checkpoints pickle besides tensors, allowed for `weights_only` loading as
+    ComfyUI allows it: the Lightning callback stand-in and numpy scalars (`global_step`, scores)."""
+    from _codecs import encode
+
+    allowed: list = [(_LightningCallbackStandIn, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+                     encode]
+    try:
+        import numpy
+        from numpy import dtypes
+    except ImportError:
+        return allowed
+    scalar = numpy.array(0.0)[()].__reduce__()[0]  # numpy's scalar reconstructor, under both its names
+    allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), numpy.dtype]
+    allowed += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType") if hasattr(dtypes, n)]
+    return allowed
+
+
+@contextmanager
+def _lightning_globals_allowed() -> Iterator[None]:
+    """Within the block, `torch.load(weights_only=True)` also accepts `_checkpoint_safe_globals()`
+    (torch's allow-list is process-wide: other threads' loads see it meanwhile, which is harmless for
+    these inert types; ComfyUI allows them for good). torch < 2.5 has no scoped allow-list: unchanged."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is None:
+        yield
+        return
+    with scoped(_checkpoint_safe_globals()):
+        yield
+
+
+def _unwrap_pickled(data: dict) -> dict:
+    """The state dict inside a pickled checkpoint: `data["state_dict"]` (PyTorch Lightning), the only
+    value when that is itself a dict (e.g. `{"model": {...}}`), else `data`."""
+    if isinstance(data.get("state_dict"), dict):
+        return data["state_dict"]
+    if len(data) == 1:
+        (only,) = data.values()
+        if isinstance(only, dict):
+            return only
+    return data
+
+
+def tokenizer_dirs(checkpoint: Path) -> list[Path]:
+    """The folders searched, in order, for a single-file checkpoint's own CLIP tokenizer files."""
     roots = [p.parent for p in checkpoint.parents if p.name == "checkpoints"] or [checkpoint.parent]
     candidates = []
     for root in roots:
         candidates += [root / "tokenizers" / checkpoint.stem, root / "tokenizers" / "clip"]
-    for candidate in candidates:
+    return candidates
+
+
+def find_tokenizer_dir(checkpoint: Path) -> Path | None:
+    """The first of `tokenizer_dirs(checkpoint)` holding `vocab.json` + `merges.txt`, or None (then
+    the packaged CLIP tokenizer is used)."""
+    for candidate in tokenizer_dirs(checkpoint):
         if all((candidate / f).is_file() for f in TOKENIZER_FILES):
             return candidate
-    searched = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"{checkpoint.name}: no CLIP tokenizer found (single-file checkpoints carry none). Put "
-        f"vocab.json and merges.txt of openai/clip-vit-large-patch14 in one of: {searched}"
-    )
+    return None
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """The tokenizer a single-file checkpoint gets, where it came from, and the folder to put the
+    checkpoint's own tokenizer files in (named in errors)."""
+
+    tokenizer: object
+    source: str
+    own_dir: Path
+
+
+def resolve_tokenizer(checkpoint: Path) -> TokenizerChoice:
+    """The tokenizer for a single-file checkpoint: a tokenizers folder the user supplied, else the
+    packaged CLIP tokenizer."""
+    own_dir = tokenizer_dirs(checkpoint)[0]
+    directory = find_tokenizer_dir(checkpoint)
+    if directory is not None:
+        return TokenizerChoice(_load_tokenizer(directory), str(directory), own_dir)
+    return TokenizerChoice(packaged_clip_tokenizer(), PACKAGED_TOKENIZER, own_dir)
 
 
 def _load_tokenizer(directory: Path):
@@ -181,16 +264,24 @@ def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     return module.eval().requires_grad_(False)
 
 
-def _text_encoder(state: dict, hidden_act: str, tokenizer, with_projection: bool, name: str,
+def _text_encoder(state: dict, hidden_act: str, tokens: TokenizerChoice, with_projection: bool, name: str,
                   placement: Placement):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(**infer_clip_config(state, hidden_act, tokenizer.bos_token_id, tokenizer.eos_token_id))
-    if config.vocab_size != len(tokenizer):
+    tokenizer = tokens.tokenizer
+    embedding = "text_model.embeddings.token_embedding.weight"
+    if embedding not in state:
+        raise CheckpointFormatError(f"{name}: a text encoder has no token embedding ('{embedding}' after renaming)")
+    vocab_size = int(state[embedding].shape[0])
+    if vocab_size != len(tokenizer):
         raise CheckpointFormatError(
-            f"{name}: the text encoder has {config.vocab_size} token embeddings but the tokenizer "
-            f"has {len(tokenizer)} tokens; wrong tokenizer folder?"
+            f"{name}: the text encoder has {vocab_size} token embeddings but the tokenizer ({tokens.source}) "
+            f"has {len(tokenizer)} tokens; put this checkpoint's own vocab.json + merges.txt in {tokens.own_dir}"
         )
+    try:
+        config = CLIPTextConfig(**infer_clip_config(state, hidden_act, tokenizer.bos_token_id, tokenizer.eos_token_id))
+    except KeyError as error:
+        raise CheckpointFormatError(f"{name}: the text encoder lacks {error} (after renaming)") from error
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     return build_with_weights(lambda: cls(config), state, "text encoder", name, placement.device,
                          placement.text_encoder_dtype)
@@ -198,12 +289,7 @@ def _text_encoder(state: dict, hidden_act: str, tokenizer, with_projection: bool
 
 def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint,
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint,
-    )
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     name = path.name
     state = read_state_dict(path)
@@ -211,22 +297,16 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
 
     quantized = read_quant_metadata(path)  # a quantized checkpoint (quantize/checkpoint.py), or None
     family = quantized["family"] if quantized else detect_family(state, name)
-    tokenizer = _load_tokenizer(find_tokenizer_dir(path))
+    tokens = resolve_tokenizer(path)
 
     if family == "sd15":
-        clip_state = convert_ldm_clip_checkpoint({k: v for k, v in state.items() if k.startswith(SD15_CLIP_PREFIX)})
-        encoders = [_text_encoder(clip_state, "quick_gelu", tokenizer, False, name, placement)]
+        clip_l = _text_encoder(clip_l_state(state, SD15_CLIP_PREFIX), "quick_gelu", tokens, False, name, placement)
+        encoders = [clip_l]
         pooled_dim = None
     else:
-        l_state = convert_ldm_clip_checkpoint({k: v for k, v in state.items() if k.startswith(SDXL_CLIP_L_PREFIX)})
-        clip_l = _text_encoder(l_state, "quick_gelu", tokenizer, False, name, placement)
-
-        # convert_open_clip_checkpoint wants the model only for its width (q/k/v split when the
-        # file has no text_projection); the width is read from the token embedding
-        width = int(state[f"{SDXL_CLIP_G_PREFIX}token_embedding.weight"].shape[1])
-        g_state = convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), state,
-                                               prefix=SDXL_CLIP_G_PREFIX)
-        clip_g = _text_encoder(g_state, "gelu", tokenizer, True, name, placement)
+        clip_l = _text_encoder(clip_l_state(state, SDXL_CLIP_L_PREFIX), "quick_gelu", tokens, False, name, placement)
+        clip_g = _text_encoder(open_clip_state(state, SDXL_CLIP_G_PREFIX, name), "gelu", tokens, True, name,
+                               placement)
         encoders = [clip_l, clip_g]
         pooled_dim = clip_g.config.projection_dim
 
@@ -241,13 +321,17 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
                              convert_ldm_unet_checkpoint(state, unet_config), "UNet", name, placement.device,
                              placement.unet_dtype)
 
-    vae_config = infer_vae_config(strip_prefix(state, VAE_PREFIX), family)
-    vae = build_with_weights(lambda: AutoencoderKL(**vae_config), convert_ldm_vae_checkpoint(state, vae_config), "VAE",
-                        name, placement.device, placement.vae_dtype)
+    vae_state, diffusers_names = vae_weights(state, name)
+    vae_config = infer_vae_config(vae_state, family, diffusers_names)
+    if not diffusers_names:
+        vae_state = convert_ldm_vae_checkpoint(state, vae_config)
+    vae = build_with_weights(lambda: AutoencoderKL(**vae_config), vae_state, "VAE", name, placement.device,
+                             placement.vae_dtype)
 
     return LoadedCheckpoint(
-        model=ModelHost(unet=unet, family=family, noise_schedule=dict(SD15_NOISE_SCHEDULE)),
-        clip=ClipHost(tokenizer=tokenizer, text_encoders=encoders, family=family),
+        model=ModelHost(unet=unet, family=family, noise_schedule=dict(SD15_NOISE_SCHEDULE),
+                        prediction_type=prediction_type(state)),
+        clip=ClipHost(tokenizer=tokens.tokenizer, text_encoders=encoders, family=family),
         vae=VaeHost(vae=vae, scaling_factor=vae_config["scaling_factor"], family=family),
     )
 
@@ -261,7 +345,7 @@ def _load_diffusers_folder(path: Path, placement: Placement) -> LoadedCheckpoint
         raise CheckpointFormatError(f"{path}: a folder checkpoint needs a model_index.json (diffusers layout)")
     index = json.loads(index_file.read_text())
     family = "sdxl" if "text_encoder_2" in index else "sd15"
-    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+    for part in ("unet", "vae", "text_encoder"):
         if not (path / part).is_dir():
             raise CheckpointFormatError(f"{path}: diffusers folder has no '{part}/' subfolder")
     # read straight into the target dtype (one host copy), then moved to the device
@@ -270,7 +354,7 @@ def _load_diffusers_folder(path: Path, placement: Placement) -> LoadedCheckpoint
                                                 torch_dtype=placement.unet_dtype).to(device).eval()
     vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", local_files_only=True,
                                         torch_dtype=placement.vae_dtype).to(device).eval()
-    tokenizer = _load_tokenizer(path / "tokenizer")
+    tokenizer = _load_tokenizer(path / "tokenizer") if (path / "tokenizer").is_dir() else packaged_clip_tokenizer()
     encoders = [CLIPTextModel.from_pretrained(str(path), subfolder="text_encoder", local_files_only=True,
                                               dtype=text_dtype).to(device).eval()]
     if family == "sdxl":

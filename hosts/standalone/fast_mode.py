@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, Tensors, graph_cache, graph_key
+from ..graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, Tensors, graph_cache, graph_key
 
 LOGGER = logging.getLogger("lcm_accel.fast_mode")
 MODEL_OPTION = "fast_mode"

@@ -23,7 +23,7 @@ from ...lcm_scheduler import consistency_scalings, continuing_generator, draw_no
 from .deepcache import RUN_OPTION, SETTINGS_OPTION
 from .denoiser import sdxl_added_conds
 from .fast_mode import FastModeSettings, fast_or_eager, module_dtype, say_once, settings_of, usable_backend
-from .graph_cache import graph_cache
+from ..graph_cache import graph_cache
 from .lcm import PlainX0Denoiser, SamplingJob, _GuidanceEmbeddedUNet, lcm_train_sigmas
 
 UNET_KWARGS_ADDED = ("text_embeds", "time_ids")  # go to the UNet as `added_cond_kwargs`

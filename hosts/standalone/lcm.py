@@ -236,6 +236,11 @@ class StandaloneLCMHost:
 
         return add_loras(model, [(load_lora_file(name), float(weight)) for name, weight in loras], rank=rank)
 
+    def add_clip_loras(self, clip, loras: list[tuple[str, float]]):
+        from .lora import add_clip_loras_by_name
+
+        return add_clip_loras_by_name(clip, loras)
+
     def set_lcm_sampling(self, model: ModelHost) -> ModelHost:
         model = model.clone()
         model.model_options["sampling"] = "lcm"

@@ -256,6 +256,16 @@ def add_clip_loras(clip: ClipHost, loras: Sequence[tuple[LoraFile, float]]) -> C
     return clone
 
 
+def add_clip_loras_by_name(clip: ClipHost, loras: Sequence[tuple[str, float]]) -> ClipHost:
+    """The host operation behind the pack's LoRA nodes' CLIP output: the named files (models dir's
+    `loras` folder) at their clip strengths; strength 0 adds nothing, and with nothing to add the input
+    CLIP itself is returned (as the ComfyUI host does)."""
+    pairs = [(load_lora_file(name), float(strength)) for name, strength in loras if float(strength) != 0.0]
+    if not any(lora.text_encoders for lora, _ in pairs):
+        return clip
+    return add_clip_loras(clip, pairs)
+
+
 def activate_clip_patches(clip: ClipHost) -> None:
     """Make the shared text encoders' weights equal base + exactly this CLIP's patches (one patcher
     per encoder, same rules as `activate_patches`). Called before encoding a prompt."""

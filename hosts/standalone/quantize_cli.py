@@ -19,7 +19,8 @@ def add_quantize_command(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--base", required=True, help="single-file SD1.5 / SDXL checkpoint (.safetensors)")
     cmd.add_argument("--lora", action="append", default=[], metavar="FILE:WEIGHT",
                      help="LoRA file and weight to merge first (repeatable; weight defaults to 1.0)")
-    cmd.add_argument("--format", required=True, choices=["int8", "fp8", "fp8_e4m3", "int4"])
+    cmd.add_argument("--format", required=True, choices=["int8", "fp8_e4m3fn", "int4", "fp8", "fp8_e4m3"],
+                     metavar="{int8,fp8_e4m3fn,int4}", help="weight format (fp8 and fp8_e4m3 are aliases of fp8_e4m3fn)")
     cmd.add_argument("--keep", default="default",
                      help="comma-separated layer-name globs kept in high precision ('default': conv_in, conv_out, "
                           "time_embedding)")

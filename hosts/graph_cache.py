@@ -1,4 +1,4 @@
-"""A shape-keyed cache of captured forwards (UNet step, VAE decode, text encode) for fast mode.
+"""A shape-keyed cache of captured forwards (UNet step, VAE decode, text encode) for fast mode (both hosts).
 
 Each module (UNet, VAE, text encoder) carries one `GraphCache` per capture backend. A call with a
 new `GraphKey` (callable name, batch, height, width, dtype, device, extra) warms up and captures the
