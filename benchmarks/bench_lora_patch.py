@@ -23,7 +23,6 @@ t(t(W + D) - D) != W) and apply / re-weight / restore seconds; every restore is 
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 from pathlib import Path

@@ -216,7 +216,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
             w_theirs = loaded(theirs)
             out[label] = {"diff": max_diff(w_mine, w_theirs, attn_keys),
                           "delta": max(float((w_theirs[k] - base[k]).abs().max()) for k in attn_keys),
-                          "moved": moved if label != "core_lora_then_dora" else 0}
+                          "moved": moved, "core_below": label.startswith("core")}
         report("lycoris", cases=out, plain_after_bitwise_diffs=bitwise(loaded(model), base))
 
     def fast_mode():

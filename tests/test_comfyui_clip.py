@@ -24,26 +24,6 @@ pytestmark = pytest.mark.skipif(CHECKOUT is None, reason=WHY)
 REPO = Path(__file__).resolve().parent.parent
 CLIP_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
 
-STACK_NODE = '''
-class TestLoraStack:
-    """A LORA_STACK source as the stack packs make one: [(lora_name, model_strength, clip_strength)]."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"lora_name": ("STRING", {"default": ""}), "model_strength": ("FLOAT", {"default": 1.0}),
-                             "clip_strength": ("FLOAT", {"default": 1.0})}}
-
-    RETURN_TYPES = ("LORA_STACK",)
-    FUNCTION = "stack"
-    CATEGORY = "testing"
-
-    def stack(self, lora_name, model_strength, clip_strength):
-        return ([(lora_name, model_strength, clip_strength), ("None", 1.0, 1.0)],)
-
-
-NODE_CLASS_MAPPINGS = {"TestLoraStack": TestLoraStack}
-'''
-
 
 def _clip_l():
     """CLIP-L (SD1.5's text encoder) at full size with random fp16 weights."""
@@ -110,7 +90,7 @@ def setup(tmp_path_factory) -> tuple[Path, dict]:
     save_file(unet_part, str(loras / "unet_only.safetensors"))
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-lcm-accel").symlink_to(REPO)
-    (base / "custom_nodes" / "lcm_test_lora_stack.py").write_text(STACK_NODE)
+    (base / "custom_nodes" / "lcm_test_lora_stack.py").write_text((REPO / "tests" / "lora_stack_node.py").read_text())
     return base, run_checks(CHECKOUT, REPO / "tests" / "comfyui_clip_checks.py", base)
 
 

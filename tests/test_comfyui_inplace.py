@@ -105,7 +105,7 @@ def test_lycoris_files_in_place_equal_comfyuis_loader(checks):
     print("LyCORIS in place vs ComfyUI's LoraLoader:", c)
     for label, value in c["cases"].items():
         assert value["diff"] <= 1e-5 * max(1.0, value["delta"]) and value["delta"] > 0, label
-        assert value["moved"] == 0, label
+        assert value["core_below"] or value["moved"] == 0, label  # ComfyUI's own patch below swaps Parameters
     assert c["plain_after_bitwise_diffs"] == 0
 
 

@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from lora_stack_node import TestLoraStack
+
 from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
 from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors
@@ -85,21 +87,6 @@ def paths(tmp_path_factory, te_factors) -> ModelPaths:
     save_file(peft, str(loras / PEFT_TE))
     save_file(_kohya_te(te_factors[PEFT_TE], "lora_te2_", 2.0), str(loras / XL_TE))
     return ModelPaths(root / "models", output_dir=root / "output")
-
-
-class TestLoraStack:
-    """A LORA_STACK source the way the stack packs build one."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"lora_name": ("STRING", {"default": ""}), "model_strength": ("FLOAT", {"default": 1.0}),
-                             "clip_strength": ("FLOAT", {"default": 1.0})}}
-
-    RETURN_TYPES = ("LORA_STACK",)
-    FUNCTION = "stack"
-
-    def stack(self, lora_name: str, model_strength: float, clip_strength: float):
-        return ([("None", 1.0, 1.0), (lora_name, model_strength, clip_strength)],)
 
 
 class Keep:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_lora_helpers import (
-    TINY_SD15, TINY_SDXL, assert_unchanged, lora_targets, random_factors, snapshot, tiny_unet, write_kohya,
+    TINY_SDXL, assert_unchanged, lora_targets, random_factors, snapshot, tiny_unet, write_kohya,
     write_peft,
 )
 

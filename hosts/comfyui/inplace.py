@@ -30,7 +30,6 @@ restored by recomputing the delta on the device it was applied on (same bits).
 """
 from __future__ import annotations
 
-import logging
 import uuid
 import weakref
 from collections import OrderedDict
@@ -40,15 +39,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ...lora_merge import LoraFile, LoraPatchError, LowRankPatch, PatchBuilder, TargetIndex, part_on, plan_targets
-from ...lora_merge.patcher import patch_weight, reweight_weight, unpatch_weight
+from ...lora_merge.patcher import SUPPORTED_DTYPES, patch_weight, reweight_weight, unpatch_weight
 from ..lora_files import merge_duplicate_files
 from .unpatched import unpatched_parameters
 
-LOGGER = logging.getLogger("lcm_accel.inplace")
 KEY = "lcm_accel_inplace"
 WANTED = f"{KEY}.wanted"  # the object-patch path: set_attr(base_model, WANTED, value)
 PREFIX = "diffusion_model."
-INPLACE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _UUID_NAMESPACE = uuid.UUID("4f5c3b52-9c1e-4d7e-9a55-3c0a6e2b8d11")
 
 
@@ -60,10 +57,6 @@ class AdapterGroup:
     weights: tuple[float, ...]
     rank: int | None
 
-    def same_files(self, other: AdapterGroup) -> bool:
-        return self.rank == other.rank and len(self.files) == len(other.files) and all(
-            a is b for a, b in zip(self.files, other.files))
-
 
 @dataclass(eq=False)
 class InPlaceSpec:
@@ -74,11 +67,6 @@ class InPlaceSpec:
     groups: tuple[AdapterGroup, ...]
     targets: dict[str, list[tuple[int, int, object]]]  # param name -> [(group, adapter, part)]
     _moved: dict = field(default_factory=dict, repr=False)
-
-    def same_files(self, other: InPlaceSpec) -> bool:
-        """True when only strengths differ: the weights can be re-weighted in place."""
-        return len(self.groups) == len(other.groups) and all(
-            a.same_files(b) for a, b in zip(self.groups, other.groups))
 
     def patch_for(self, name: str, param: torch.Tensor, fresh: bool = False) -> LowRankPatch:
         """The weight's ONE patch (`lora_merge.PatchBuilder`: low-rank parts concatenated, LyCORIS
@@ -185,7 +173,7 @@ class InPlaceController:
         todo = [n for n in self.applied if n not in spec.targets]
         todo += [n for n in spec.targets if n not in self.applied or self.applied[n].spec is not spec]
         if todo:
-            progress = _progress(len(todo), "LCM Accel: LoRA in place")
+            progress = _progress(len(todo))
             for n, name in enumerate(todo):
                 _check_interrupt()
                 self._set_one(name, spec if name in spec.targets else None)
@@ -199,7 +187,7 @@ class InPlaceController:
         """Every weight back to its bits without our patch (stale states are dropped)."""
         self._drop_stale()
         names = list(self.applied)
-        progress = _progress(len(names), "LCM Accel: LoRA restore") if names else None
+        progress = _progress(len(names)) if names else None
         for n, name in enumerate(reversed(names)):
             self._set_one(name, None)
             progress(n + 1)
@@ -214,11 +202,6 @@ class InPlaceController:
         loader = wanted.patcher() if wanted is not None else None
         if loader is None or loader.patches_uuid != self.applied_uuid:
             self.restore_all()
-
-    def forget(self) -> None:
-        """Drop every state without touching a weight (for when the weights themselves are gone)."""
-        self.applied.clear()
-        self.applied_uuid, self.applied_patcher, self.pending = None, None, False
 
     # ------------------------------------------------------------- one weight
     def _current(self, name: str):
@@ -280,27 +263,29 @@ def _make_read_hook(controller: InPlaceController):
     return hook
 
 
-def _unpatch_on(param: torch.nn.Parameter, applied: _Applied) -> None:
-    """Restore where it was applied: the delta is recomputed with the same bits only on that device."""
+def _on_applied_device(param: torch.nn.Parameter, applied: _Applied, fn) -> None:
+    """Run `fn(weight)` where the patch was applied: the delta is recomputed with the same bits only on
+    that device, so a weight ComfyUI moved meanwhile is worked on as a copy there and copied back."""
     if param.device == applied.device:
-        unpatch_weight(param.data, applied.state)
+        fn(param.data)
         return
     work = param.data.to(applied.device)
-    unpatch_weight(work, applied.state)
+    fn(work)
     param.data.copy_(work)
+
+
+def _unpatch_on(param: torch.nn.Parameter, applied: _Applied) -> None:
+    _on_applied_device(param, applied, lambda w: unpatch_weight(w, applied.state))
 
 
 def _repatch_on(param: torch.nn.Parameter, applied: _Applied) -> None:
     """Re-apply a weight's previous patch after a failed change (same patch: same bits)."""
-    if param.device == applied.device:
-        applied.state = patch_weight(param.data, applied.state.patch)
-        return
-    work = param.data.to(applied.device)
-    applied.state = patch_weight(work, applied.state.patch)
-    param.data.copy_(work)
+    def repatch(w: torch.Tensor) -> None:
+        applied.state = patch_weight(w, applied.state.patch)
+    _on_applied_device(param, applied, repatch)
 
 
-def _progress(total: int, what: str):
+def _progress(total: int):
     """ComfyUI's progress bar (the UI shows it) for `total` weights."""
     import comfy.utils
 
@@ -354,17 +339,18 @@ def inplace_spec(model) -> InPlaceSpec | None:
     return wanted.spec if isinstance(wanted, Wanted) else None
 
 
-def inplace_problem(model, names: Sequence[str], params: dict[str, torch.Tensor]) -> str | None:
-    """Why this clone cannot be patched in place (None: it can)."""
+def inplace_problem(model, spec: InPlaceSpec) -> str | None:
+    """Why this clone cannot carry `spec` in place (None: it can)."""
     import comfy.model_patcher
 
     if getattr(model, "weight_inplace_update", False):
         return "the model was loaded with weight_inplace_update (ComfyUI copies into the weights itself)"
     if model.hook_patches or model.current_hooks is not None or model.forced_hooks is not None:
         return "the model carries ComfyUI hook patches (keyframed LoRA hooks write into the weights)"
-    for name in names:
+    params = unpatched_parameters(model)
+    for name in spec.targets:
         tensor = params[name]
-        if tensor.dtype not in INPLACE_DTYPES:
+        if tensor.dtype not in SUPPORTED_DTYPES:
             return f"weight '{name}' is stored as {tensor.dtype} (in place needs fp16 / bf16 / fp32)"
         if tensor.device.type == "meta":
             return f"weight '{name}' is not materialised (meta device)"
@@ -374,12 +360,20 @@ def inplace_problem(model, names: Sequence[str], params: dict[str, torch.Tensor]
     return None
 
 
-def plan_inplace(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | None) -> InPlaceSpec:
-    """The clone's spec after adding `adapters` as one more group: all checks done, no weight touched."""
-    params = unpatched_parameters(model)
+def plan_adapters(model, adapters: Sequence[tuple[LoraFile, float]]):
+    """(plan, files, weights): the adapters resolved onto `model`'s diffusion-model weights (a file given
+    twice is one adapter with the summed weight), with every check of the in-place patcher (names,
+    shapes, family, finite factors) and no weight touched. Both routes (in place, add_patches) use it."""
+    params = unpatched_parameters(model)  # a quantized clone still loaded must not hide the float layers
     files, weights = merge_duplicate_files(adapters)
     plan, _ = plan_targets(TargetIndex(list(params)), params, list(zip(files, weights)), strict=True,
                            check_dtypes=False)
+    return plan, files, weights
+
+
+def plan_inplace(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | None) -> InPlaceSpec:
+    """The clone's spec after adding `adapters` as one more group: all checks done, no weight touched."""
+    plan, files, weights = plan_adapters(model, adapters)
     previous = inplace_spec(model)
     groups = (previous.groups if previous is not None else ()) + (AdapterGroup(files, weights, rank),)
     targets = {name: list(parts) for name, parts in previous.targets.items()} if previous is not None else {}

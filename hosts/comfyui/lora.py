@@ -18,10 +18,8 @@ import comfy.model_management
 import torch
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ...lora_merge import LoraFile, LoraPatchError, LowRankPatch, PatchBuilder, TargetIndex, plan_targets
-from ..lora_files import merge_duplicate_files
+from ...lora_merge import LoraFile, LoraPatchError, LowRankPatch, PatchBuilder
 from . import inplace
-from .unpatched import unpatched_parameters
 
 LOGGER = logging.getLogger("lcm_accel.lora")
 MODEL_KEY_PREFIX = "diffusion_model."  # ModelPatcher keys are the BaseModel's state-dict names
@@ -68,11 +66,8 @@ def _is_identity(function, like: torch.Tensor) -> bool:
 
 def combined_patches(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | None = None) -> dict:
     """{ModelPatcher key: CombinedLoraPatch} for the adapters on `model`'s diffusion model, after the
-    same checks as the in-place patcher (names, shapes, family, finite factors). Touches no weight."""
-    params = unpatched_parameters(model)  # a quantized clone still loaded must not hide the float layers
-    files, weights = merge_duplicate_files(adapters)
-    plan, _ = plan_targets(TargetIndex(list(params)), params, list(zip(files, weights)), strict=True,
-                           check_dtypes=False)
+    same checks as the in-place patcher (`inplace.plan_adapters`). Touches no weight."""
+    plan, _, weights = inplace.plan_adapters(model, adapters)
     builder = PatchBuilder(rank)
     patches = {}
     for target in plan:
@@ -90,8 +85,7 @@ def add_loras(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | Non
     if rank is not None and rank < 1:
         raise LoraPatchError(f"rank must be a positive integer or None, got {rank!r}")
     spec = inplace.plan_inplace(model, adapters, rank)
-    params = unpatched_parameters(model)
-    problem = inplace.inplace_problem(model, list(spec.targets), params)
+    problem = inplace.inplace_problem(model, spec)
     if problem is None and not _has_fallback_patches(model):
         return inplace.add_inplace(model, spec)
     _say_fallback_once(problem or "an earlier LCM Accel LoRA node on this model already used ComfyUI's patches")
