@@ -44,6 +44,20 @@ class LCMHost(Protocol):
     ) -> Any:
         """LCM (or TCD) sampling in one call; `denoise` < 1 is img2img with LCM strength = denoise."""
 
+    def lora_path(self, name: str) -> str:
+        """The full path of a file in the loras folder (its metadata names an accelerator family)."""
+
+    def timestep_sigmas(self, model: Any, timesteps: Any) -> Any:
+        """Training timesteps as SIGMAS of the model's own table, with a trailing 0."""
+
+    def accelerator_sampler(self, kind: str, gamma: float, pure_noise_starts: tuple[int, ...] = ()) -> Any:
+        """A SAMPLER running an accelerator family's sampler ("lcm", "tcd" with gamma, "ddim", "euler"),
+        starting from pure noise at `pure_noise_starts` (`lcm_scheduler.sample_accelerated`)."""
+
+    def custom_sample(self, model: Any, seed: int, cfg: float, positive: Any, negative: Any, sampler: Any,
+                      sigmas: Any, latent: Any) -> Any:
+        """SamplerCustom with add_noise: the sampled LATENT."""
+
     def deepcache(self, model: Any, settings: Any) -> Any:
         """A clone of `model` whose sampling runs reuse deep UNet features (`feature_cache.DeepCacheSettings`);
         refuses a branch the model's UNet does not have."""

@@ -13,7 +13,10 @@ from .boundary import (
     predict_x0_and_eps,
     threshold_x0,
 )
+from .accelerated import pure_noise_start, sample_accelerated
 from .denoiser import denoiser_from_vp_model
+from .deterministic import sample_ddim, sample_euler_trailing, trailing_timesteps
+from .families import FAMILIES, SAMPLER_KINDS, Detection, Family, check_recipe, detect_family, family_timesteps, get_family, mix_warning
 from .guidance import guidance_scale_embedding, lcm_guidance_embedding
 from .sampling import (
     check_gamma,
@@ -40,6 +43,20 @@ from .sigmas import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "SAMPLER_KINDS",
+    "Detection",
+    "Family",
+    "check_recipe",
+    "detect_family",
+    "family_timesteps",
+    "get_family",
+    "mix_warning",
+    "pure_noise_start",
+    "sample_accelerated",
+    "sample_ddim",
+    "sample_euler_trailing",
+    "trailing_timesteps",
     "BETA_SCHEDULES",
     "PREDICTION_TYPES",
     "add_noise",

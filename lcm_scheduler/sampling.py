@@ -54,7 +54,7 @@ def continuing_generator(like: torch.Tensor, seed: int) -> torch.Generator:
     return generator
 
 
-def _steps(count: int, disable: bool | None) -> range:
+def step_range(count: int, disable: bool | None) -> range:
     """range(count), with a tqdm progress bar unless `disable` (tqdm is imported only when shown)."""
     if disable:
         return range(count)
@@ -87,7 +87,7 @@ def sample_lcm_vp(
     sigmas = sigmas_from_alphas_cumprod(acp)
     noise = make_noise_sampler(x, generator, noise_sampler)
     s_in = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-    for i in _steps(len(timesteps), disable):
+    for i in step_range(len(timesteps), disable):
         t = timesteps[i]
         x0, _ = predict_x0_and_eps(model(x, t * s_in, **extra_args), x, acp[t], prediction_type)
         if x0_postprocess is not None:
@@ -123,7 +123,7 @@ def sample_lcm(
     table = (default_train_sigmas() if train_sigmas is None else train_sigmas).to(sigmas.device)
     noise = make_noise_sampler(x, generator, noise_sampler)
     s_in = x.new_ones([x.shape[0]])
-    for i in _steps(len(sigmas) - 1, disable):
+    for i in step_range(len(sigmas) - 1, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = model(x, sigma * s_in, **extra_args)
         if x0_postprocess is not None:
@@ -168,7 +168,7 @@ def sample_tcd_vp(
     sigmas = sigmas_from_alphas_cumprod(acp)
     noise = make_noise_sampler(x, generator, noise_sampler)
     s_in = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-    for i in _steps(len(timesteps), disable):
+    for i in step_range(len(timesteps), disable):
         t = timesteps[i]
         last = i == len(timesteps) - 1
         t_next = torch.tensor(0) if last else timesteps[i + 1]
@@ -204,7 +204,7 @@ def sample_tcd(
     table = (default_train_sigmas() if train_sigmas is None else train_sigmas).to(sigmas.device)
     noise = make_noise_sampler(x, generator, noise_sampler)
     s_in = x.new_ones([x.shape[0]])
-    for i in _steps(len(sigmas) - 1, disable):
+    for i in step_range(len(sigmas) - 1, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = model(x, sigma * s_in, **extra_args)
         if callback is not None:

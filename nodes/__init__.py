@@ -2,6 +2,7 @@
 (`hosts.get_host()`). Importing this package is cheap: no torch until a node runs."""
 from __future__ import annotations
 
+from .accelerator_nodes import LCMAcceleratorKSampler, LCMAcceleratorLoader, LCMAcceleratorSampler, LCMAcceleratorScheduler
 from .deepcache_node import DeepCache
 from .fast_mode_node import LCMFastMode
 from .lora_nodes import LCMAdapterMixer, LCMLoraLoader
@@ -17,6 +18,10 @@ NODE_CLASS_MAPPINGS = {
     "DeepCache": DeepCache,
     "LCMFastMode": LCMFastMode,
     "LCMQuantizeUNet": LCMQuantizeUNet,
+    "LCMAcceleratorLoader": LCMAcceleratorLoader,
+    "LCMAcceleratorScheduler": LCMAcceleratorScheduler,
+    "LCMAcceleratorSampler": LCMAcceleratorSampler,
+    "LCMAcceleratorKSampler": LCMAcceleratorKSampler,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -28,6 +33,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DeepCache": "DeepCache",
     "LCMFastMode": "LCM Fast Mode (CUDA)",
     "LCMQuantizeUNet": "LCM Quantize UNet",
+    "LCMAcceleratorLoader": "Accelerator LoRA Loader (LCM/TCD/Hyper-SD/Lightning/DMD2/PCM/Flash)",
+    "LCMAcceleratorScheduler": "Accelerator Scheduler",
+    "LCMAcceleratorSampler": "Accelerator Sampler",
+    "LCMAcceleratorKSampler": "Accelerator KSampler",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

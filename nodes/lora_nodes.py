@@ -8,6 +8,7 @@ clip strength; with no CLIP connected the CLIP output is None. The mixer also ta
 from __future__ import annotations
 
 from ..hosts import get_host
+from .accelerator_guard import record_mix_families
 from .inputs import NONE, check_int, check_lora_choice, check_lora_stack, check_range
 
 CATEGORY = "LCM Accel"
@@ -16,13 +17,13 @@ MAX_RANK = 1024
 LORA_STACK = "LORA_STACK"
 
 
-def _clip_input() -> tuple:
+def clip_input() -> tuple:
     return ("CLIP", {"tooltip": "Optional: the CLIP whose text encoder(s) get the LoRAs' text-encoder part "
                                 "(lora_te*, as the core LoraLoader applies it). Unconnected: MODEL only, and "
                                 "the CLIP output is empty."})
 
 
-def _add_clip(host, clip, loras: list[tuple[str, float]]):
+def add_clip_part(host, clip, loras: list[tuple[str, float]]):
     """The CLIP output: `clip` with the LoRAs' text-encoder parts at their clip weights (zero weights
     add nothing); an unconnected CLIP stays None."""
     loras = [(name, weight) for name, weight in loras if weight != 0.0]
@@ -47,7 +48,7 @@ class LCMLoraLoader:
                                        "tooltip": "How strongly the LoRA is applied (1.0 = as distilled)."}),
             },
             "optional": {
-                "clip": _clip_input(),
+                "clip": clip_input(),
                 "strength_clip": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
                                             "tooltip": "How strongly the LoRA's text-encoder part (if it has one) "
                                                        "is applied to the CLIP."}),
@@ -68,7 +69,7 @@ class LCMLoraLoader:
         check_range(node, "strength", strength, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
         check_range(node, "strength_clip", strength_clip, WEIGHT_RANGE["min"], WEIGHT_RANGE["max"])
         patched = host.add_loras(model, [(lora_name, float(strength))], None)
-        return (host.set_lcm_sampling(patched), _add_clip(host, clip, [(lora_name, float(strength_clip))]))
+        return (host.set_lcm_sampling(patched), add_clip_part(host, clip, [(lora_name, float(strength_clip))]))
 
 
 class LCMAdapterMixer:
@@ -97,7 +98,7 @@ class LCMAdapterMixer:
                        "by SVD to this rank (smaller, approximate)."})
         # new inputs are optional and come last, so workflows saved before them keep their widget order
         optional = {
-            "clip": _clip_input(),
+            "clip": clip_input(),
             "lora_stack": (LORA_STACK, {"tooltip": "Optional LORA_STACK (list of (lora_name, model_strength, "
                                                    "clip_strength), e.g. from Efficiency Nodes, Comfyroll, Easy-Use "
                                                    "or TinyTerra stack nodes), mixed into the same single patch."}),
@@ -139,4 +140,6 @@ class LCMAdapterMixer:
         # a mix whose every model weight is 0 changes nothing: the input MODEL comes back
         model_loras = [(name, weight) for name, weight, _ in entries]
         new_model = host.add_loras(model, model_loras, rank or None) if any(w for _, w in model_loras) else model
-        return (new_model, _add_clip(host, clip, [(name, weight) for name, _, weight in entries]))
+        if new_model is not model:
+            new_model = record_mix_families(host, model, new_model, [name for name, weight in model_loras if weight])
+        return (new_model, add_clip_part(host, clip, [(name, weight) for name, _, weight in entries]))

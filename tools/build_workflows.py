@@ -286,8 +286,95 @@ def lcm_lora_quantized(registry) -> Graph:
     return g
 
 
+def _accelerator(registry, note: str, family: str, checkpoint: str, lora: str, prompt: str, size: int, steps: int,
+                 cfg: float) -> Graph:
+    """Checkpoint -> LCMAcceleratorLoader (family auto) -> LCMAcceleratorKSampler (the family's exact
+    schedule and sampler) -> VAEDecode -> SaveImage."""
+    g = Graph(registry, note)
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    model = g.add("LCMAcceleratorLoader", model=ckpt[0], lora_name=lora, family="auto", strength=1.0, clip=ckpt[1],
+                  strength_clip=1.0)
+    pos, neg = _prompts(g, model[1], prompt)
+    latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
+    sampled = g.add("LCMAcceleratorKSampler", model=model[0], seed=42, steps=steps, cfg=cfg, positive=pos[0],
+                    negative=neg[0], latent_image=latent[0], family="from_model", denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix=f"accelerator_{family}")
+    return g
+
+
+SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
+
+
+def accelerator_tcd(registry) -> Graph:
+    return _accelerator(registry, "TCD-LoRA (h1t/TCD-SD15): TCD sampling with gamma 0.3 on LCM's timesteps, 4 steps, "
+                        "cfg 1 (the model card: TCDScheduler, eta 0.3, guidance 0).", "tcd", SD15,
+                        "tcd-sd15-lora.safetensors", "a picture of a small bird on a tree, detailed", 512, 4, 1.0)
+
+
+def accelerator_hyper_sd(registry) -> Graph:
+    return _accelerator(registry, "Hyper-SD 4-step LoRA (ByteDance/Hyper-SD): deterministic DDIM on the trailing "
+                        "timesteps 999/749/499/249, cfg 1. Use the file's own step count (2, 4 or 8).", "hyper_sd",
+                        SD15, "Hyper-SD15-4steps-lora.safetensors", "a red sports car on a mountain road, detailed",
+                        512, 4, 1.0)
+
+
+def accelerator_hyper_sd_unified(registry) -> Graph:
+    return _accelerator(registry, "Hyper-SD 1-step unified LoRA: TCD with eta (gamma) 1.0, one step from pure noise, "
+                        "cfg 1; the same LoRA runs 1-8 steps (lower gamma keeps more detail at more steps).",
+                        "hyper_sd_unified", SD15, "Hyper-SD15-1step-lora.safetensors",
+                        "a bowl of fruit on a wooden table, detailed", 512, 1, 1.0)
+
+
+def accelerator_hyper_sd_cfg(registry) -> Graph:
+    g = Graph(registry, "Hyper-SD CFG-preserving 8-step LoRA: DDIM trailing with a real cfg (5, range 5-8) and a "
+              "negative prompt, through SamplerCustom + LCMAcceleratorScheduler + LCMAcceleratorSampler.")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD15)
+    model = g.add("LCMAcceleratorLoader", model=ckpt[0], lora_name="Hyper-SD15-8steps-CFG-lora.safetensors",
+                  family="auto", strength=1.0, clip=ckpt[1], strength_clip=1.0)
+    pos, neg = _prompts(g, model[1], "a portrait of an old sailor, dramatic light, detailed")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sigmas = g.add("LCMAcceleratorScheduler", model=model[0], family="from_model", steps=8, denoise=1.0)
+    sampler = g.add("LCMAcceleratorSampler", model=model[0], family="from_model")
+    sampled = g.add("SamplerCustom", model=model[0], add_noise=True, noise_seed=42, cfg=5.0, positive=pos[0],
+                    negative=neg[0], sampler=sampler[0], sigmas=sigmas[0], latent_image=latent[0])
+    image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+    g.add("SaveImage", images=image[0], filename_prefix="accelerator_hyper_sd_cfg")
+    return g
+
+
+def accelerator_lightning(registry) -> Graph:
+    return _accelerator(registry, "SDXL-Lightning 4-step LoRA (ByteDance/SDXL-Lightning): Euler on the trailing "
+                        "timesteps, cfg 1, 1024x1024 (ComfyUI's euler + sgm_uniform only approximates them).",
+                        "lightning", SDXL, "sdxl_lightning_4step_lora.safetensors",
+                        "a girl smiling, portrait photo, detailed", 1024, 4, 1.0)
+
+
+def accelerator_dmd2(registry) -> Graph:
+    return _accelerator(registry, "DMD2 4-step LoRA (tianweiy/DMD2): LCM sampling on the authors' timesteps "
+                        "999/749/499/249 (not LCM's 999/759/499/259), cfg 1, 1024x1024.", "dmd2", SDXL,
+                        "dmd2_sdxl_4step_lora_fp16.safetensors", "a photo of a cat in a garden, detailed", 1024, 4,
+                        1.0)
+
+
+def accelerator_pcm(registry) -> Graph:
+    return _accelerator(registry, "PCM small-cfg 4-step LoRA (G-U-N/Phased-Consistency-Model): deterministic DDIM "
+                        "on the trailing timesteps, cfg 1 (1-2).", "pcm", SD15,
+                        "pcm_sd15_smallcfg_4step_converted.safetensors", "a castle on a hill under a starry sky, "
+                        "detailed", 512, 4, 1.0)
+
+
+def accelerator_flash(registry) -> Graph:
+    return _accelerator(registry, "Flash Diffusion LoRA (jasperai/flash-sd): LCM sampling, 4 steps, cfg 1.", "flash",
+                        SD15, "flash-sd-lora.safetensors", "a hot air balloon over green hills, detailed", 512, 4,
+                        1.0)
+
+
+ACCELERATOR_BUILDERS = (accelerator_tcd, accelerator_hyper_sd, accelerator_hyper_sd_unified, accelerator_hyper_sd_cfg,
+                        accelerator_lightning, accelerator_dmd2, accelerator_pcm, accelerator_flash)
+
 BUILDERS = (lcm_lora_txt2img, lcm_lora_style_mixer, lcm_lora_sdxl, lcm_lora_img2img, tcd_txt2img, baseline_25step_cfg7,
-            lcm_lora_deepcache, lcm_lora_quantized)
+            lcm_lora_deepcache, lcm_lora_quantized, *ACCELERATOR_BUILDERS)
 
 
 def render(registry) -> dict[Path, str]:

@@ -40,6 +40,18 @@ class ComfyUILCMHost:
     def lcm_sampler(self, gamma: float):
         return sampling.lcm_sampler(gamma)
 
+    def lora_path(self, name: str) -> str:
+        return folder_paths.get_full_path_or_raise("loras", name)
+
+    def timestep_sigmas(self, model, timesteps):
+        return sampling.model_timestep_sigmas(model, timesteps)
+
+    def accelerator_sampler(self, kind: str, gamma: float, pure_noise_starts: tuple[int, ...] = ()):
+        return sampling.accelerator_sampler(kind, gamma, pure_noise_starts)
+
+    def custom_sample(self, model, seed, cfg, positive, negative, sampler, sigmas, latent):
+        return sampling.custom_sample(model, seed, cfg, positive, negative, sampler, sigmas, latent)
+
     def lcm_ksample(self, model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise):
         return sampling.lcm_ksample(model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise)
 

@@ -15,27 +15,57 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ...lcm_scheduler import check_gamma, continuing_generator, lcm_sigmas, sample_lcm_or_tcd
+from ...lcm_scheduler import (
+    SAMPLER_KINDS,
+    check_gamma,
+    continuing_generator,
+    lcm_sigmas,
+    sample_accelerated,
+    sigmas_for_timesteps,
+)
 from .model_sampling import model_train_sigmas, plain_x0_model, train_sigmas
 
 
-@torch.no_grad()
 def sample_lcm_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = 0.0):
     """KSAMPLER function: LCM multistep (gamma 0) or TCD (gamma > 0) on ComfyUI's wrapped model."""
-    extra_args = {} if extra_args is None else extra_args
-    base_model = model.inner_model.inner_model  # KSamplerX0Inpaint -> guider -> BaseModel
-    model_sampling = base_model.model_sampling
-    table = train_sigmas(model_sampling, base_model.model_config).to(x.device)
-    seed = extra_args.get("seed")
-    generator = None if seed is None else continuing_generator(x, seed)
-    return sample_lcm_or_tcd(plain_x0_model(model, model_sampling), x, sigmas, gamma, extra_args=extra_args,
-                             callback=callback, disable=disable, generator=generator, train_sigmas=table)
+    check_gamma(float(gamma))
+    return sample_accelerator(model, x, sigmas, extra_args, callback, disable, "tcd" if gamma > 0 else "lcm", gamma)
 
 
 def lcm_sampler(gamma: float = 0.0) -> comfy.samplers.KSAMPLER:
     """The SAMPLER of LCMSampler."""
     check_gamma(float(gamma))
     return comfy.samplers.KSAMPLER(sample_lcm_tcd, extra_options={"gamma": float(gamma)})
+
+
+@torch.no_grad()
+def sample_accelerator(model, x, sigmas, extra_args=None, callback=None, disable=None, kind: str = "lcm",
+                       gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()):
+    """KSAMPLER function: an accelerator family's sampler (`lcm_scheduler.sample_accelerated`) on the
+    plain x0 of ComfyUI's wrapped model and the model's full training table."""
+    extra_args = {} if extra_args is None else extra_args
+    base_model = model.inner_model.inner_model
+    model_sampling = base_model.model_sampling
+    table = train_sigmas(model_sampling, base_model.model_config).to(x.device)
+    seed = extra_args.get("seed")
+    generator = None if seed is None or kind not in ("lcm", "tcd") else continuing_generator(x, seed)
+    return sample_accelerated(plain_x0_model(model, model_sampling), x, sigmas, kind, gamma, extra_args=extra_args,
+                              callback=callback, disable=disable, generator=generator, train_sigmas=table,
+                              pure_noise_starts=tuple(pure_noise_starts))
+
+
+def accelerator_sampler(kind: str, gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()) -> comfy.samplers.KSAMPLER:
+    """The SAMPLER of LCMAcceleratorSampler."""
+    if kind not in SAMPLER_KINDS:
+        raise ValueError(f"sampler kind must be one of {SAMPLER_KINDS}, got {kind!r}")
+    check_gamma(float(gamma))
+    return comfy.samplers.KSAMPLER(sample_accelerator, extra_options={"kind": kind, "gamma": float(gamma),
+                                                                       "pure_noise_starts": tuple(pure_noise_starts)})
+
+
+def model_timestep_sigmas(model, timesteps: torch.Tensor) -> torch.Tensor:
+    """Training timesteps as sigmas of the model's own table, trailing 0."""
+    return sigmas_for_timesteps(timesteps, model_train_sigmas(model))
 
 
 def model_lcm_sigmas(model, steps: int, original_steps: int = 50, strength: float = 1.0) -> torch.Tensor:
@@ -47,11 +77,17 @@ def lcm_ksample(model, seed: int, steps: int, cfg: float, positive, negative, la
                 original_steps: int = 50, gamma: float = 0.0, denoise: float = 1.0) -> dict:
     """SamplerCustom(add_noise, seed, cfg, LCMSampler(gamma), LCMScheduler(steps, original, denoise))."""
     sigmas = model_lcm_sigmas(model, steps, original_steps, denoise)
+    return custom_sample(model, seed, cfg, positive, negative, lcm_sampler(gamma), sigmas, latent)
+
+
+def custom_sample(model, seed: int, cfg: float, positive, negative, sampler, sigmas, latent: dict) -> dict:
+    """SamplerCustom(add_noise, seed, cfg, sampler, sigmas) through `comfy.sample.sample_custom`, with
+    ComfyUI's preview callback, progress bar and interrupt."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     samples = comfy.sample.sample_custom(
-        model, noise, cfg, lcm_sampler(gamma), sigmas, positive, negative, latent_image,
+        model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
         noise_mask=latent.get("noise_mask"), callback=callback,
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
     )

@@ -18,12 +18,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...lcm_scheduler import (
+    SAMPLER_KINDS,
     check_gamma,
     continuing_generator,
     lcm_guidance_embedding,
     lcm_sigmas,
     make_train_sigmas,
+    pure_noise_start,
+    sample_accelerated,
     sample_lcm_or_tcd,
+    sigmas_for_timesteps,
     timestep_from_sigma,
 )
 from .deepcache import apply_deepcache, deepcache_run
@@ -169,6 +173,37 @@ class LCMTCDSampler:
         return out, last.get("denoised", out)
 
 
+@dataclass(frozen=True)
+class AcceleratorSampler:
+    """SAMPLER of LCMAcceleratorSampler: an accelerator family's sampler (`lcm_scheduler.sample_accelerated`)
+    on the plain x0 denoiser; "lcm" and "tcd" are LCMTCDSampler's (fast path and noise included)."""
+
+    kind: str
+    gamma: float = 0.0
+    pure_noise_starts: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in SAMPLER_KINDS:
+            raise ValueError(f"sampler kind must be one of {SAMPLER_KINDS}, got {self.kind!r}")
+
+    def sample(self, job: SamplingJob) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final latent, last denoised prediction), both scaled."""
+        table = lcm_train_sigmas(job.model).to(job.x.device)
+        job = replace(job, x=pure_noise_start(job.x, job.sigmas, table, self.pure_noise_starts))
+        if self.kind in ("lcm", "tcd"):
+            return LCMTCDSampler(float(self.gamma) if self.kind == "tcd" else 0.0).sample(job)
+        denoiser = job.wrap(PlainX0Denoiser(job.model, job.positive, job.negative, job.cfg))
+        last: dict = {}
+
+        def callback(info: dict) -> None:
+            last["denoised"] = info["denoised"]
+            job.step(info["i"])
+
+        out = sample_accelerated(denoiser, job.x, job.sigmas, self.kind, callback=callback, disable=True,
+                                 train_sigmas=table)
+        return out, last.get("denoised", out)
+
+
 def activate_model_patches(model: ModelHost) -> None:
     """Bring the shared UNet's weights in line with the MODEL's LoRA patches before sampling."""
     from .lora import activate_patches
@@ -251,6 +286,20 @@ class StandaloneLCMHost:
 
     def lcm_sampler(self, gamma: float) -> LCMTCDSampler:
         return LCMTCDSampler(float(gamma))
+
+    def lora_path(self, name: str) -> str:
+        from ...harness.model_paths import get_model_paths
+
+        return str(get_model_paths().get_full_path("loras", name))
+
+    def timestep_sigmas(self, model: ModelHost, timesteps: torch.Tensor) -> torch.Tensor:
+        return sigmas_for_timesteps(timesteps, lcm_train_sigmas(model))
+
+    def accelerator_sampler(self, kind: str, gamma: float, pure_noise_starts: tuple[int, ...] = ()) -> AcceleratorSampler:
+        return AcceleratorSampler(kind, float(gamma), tuple(pure_noise_starts))
+
+    def custom_sample(self, model, seed, cfg, positive, negative, sampler, sigmas, latent) -> dict:
+        return sample_custom(model, True, seed, cfg, positive, negative, sampler, sigmas, latent)[0]
 
     def lcm_ksample(self, model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise) -> dict:
         return lcm_ksample(model, seed, steps, cfg, positive, negative, latent, original_steps, gamma, denoise)
