@@ -1,4 +1,4 @@
-"""The harness's sub-commands of `python -m lcm_accel`: run, validate, nodes.
+"""The harness's sub-commands of `python -m lcm_accel`: run, batch, validate, nodes.
 
 Every failure ends with ONE line `error: ...` on stderr and a non-zero status (2: the
 workflow or the command line is wrong, 1: a node failed while running, 130: interrupted);
@@ -43,19 +43,35 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:
                           "and VAE decodes on CUDA; says once why where it cannot (then runs eager)")
     run.add_argument("--fast-backend", choices=("cuda_graph", "torch_compile"), default="cuda_graph",
                      help="how --fast captures the forwards (default: cuda_graph)")
-    precisions = ("fp32", "fp16", "bf16")
-    run.add_argument("--device", default="auto",
-                     help="where the standalone host's models run: auto (default: CUDA when available, else CPU), "
-                          "cpu, cuda or cuda:N")
-    run.add_argument("--dtype", choices=precisions, default=None,
-                     help="UNet and text encoder precision (default: fp16 on CUDA, fp32 on CPU)")
-    run.add_argument("--text-encoder-dtype", choices=precisions, default=None,
-                     help="text encoder precision, if not that of --dtype")
-    run.add_argument("--vae-dtype", choices=precisions, default=None,
-                     help="VAE precision (default: bf16 on CUDA GPUs that have it, else fp32; fp16 overflows in "
-                          "SD1.5's VAE)")
+    _add_placement_options(run)
+    batch = sub.add_parser("batch", parents=[common],
+                           help="run a workflow once per job of a CSV / JSONL file (resumable; several processes "
+                                "under accelerate launch)")
+    batch.add_argument("workflow", help="workflow .json (API or UI format) or .png with ComfyUI metadata")
+    batch.add_argument("--jobs", required=True, metavar="FILE",
+                       help="CSV (NODE.INPUT columns, optional id) or JSONL ({\"3.seed\": 7, ...} per line) of per-image "
+                            "--set values")
+    batch.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="set an input for every job (a job's own values come after)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_placement_options(batch)
     sub.add_parser("validate", parents=[common, workflow], help="check a workflow without running it")
     sub.add_parser("nodes", parents=[common], help="list the registered nodes")
+
+
+def _add_placement_options(parser: argparse.ArgumentParser) -> None:
+    """--device / --dtype / --text-encoder-dtype / --vae-dtype (run and batch)."""
+    precisions = ("fp32", "fp16", "bf16")
+    parser.add_argument("--device", default="auto",
+                        help="where the standalone host's models run: auto (default: CUDA when available, else CPU; "
+                             "each process's own GPU under accelerate launch), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=precisions, default=None,
+                        help="UNet and text encoder precision (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--text-encoder-dtype", choices=precisions, default=None,
+                        help="text encoder precision, if not that of --dtype")
+    parser.add_argument("--vae-dtype", choices=precisions, default=None,
+                        help="VAE precision (default: bf16 on CUDA GPUs that have it, else fp32; fp16 overflows in "
+                             "SD1.5's VAE)")
 
 
 def build_registry(node_files: list[str], builtin: bool = True) -> NodeRegistry:
@@ -114,6 +130,32 @@ def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    from .batch import process_device, process_state, run_batch
+    from .jobs import read_jobs
+    from .model_paths import get_model_paths
+
+    jobs = read_jobs(args.jobs)
+    state = process_state(args.device)
+    args.device = process_device(state, args.device)
+    start = time.perf_counter()
+    try:
+        with _placement(args):
+            summary = run_batch(args.workflow, jobs, registry, get_model_paths(), args.set, state,
+                                progress=not args.no_progress)
+    except (KeyboardInterrupt, ExecutionInterrupted):
+        print(f"batch interrupted: the finished jobs are recorded in {get_model_paths().output_dir}; run the same "
+              "command again to continue", flush=True)
+        raise
+    if not state.is_main_process:
+        return 0
+    failed = f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}{', ...' if len(summary.failed) > 5 else ''})" \
+        if summary.failed else ""
+    print(f"batch: {summary.total} job(s), {summary.skipped} done before, {summary.total - summary.skipped} run now "
+          f"on {state.num_processes} process(es) in {time.perf_counter() - start:.2f} s{failed}; manifest {summary.manifest}")
+    return EXIT_FAILED if summary.failed else 0
+
+
 def _fast_mode(backend: str | None):
     """`run --fast`: fast mode as the default of every model the workflow loads (standalone host)."""
     if backend is None:
@@ -135,7 +177,7 @@ def _placement(args: argparse.Namespace):
     return device_default(placement)
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "nodes": _cmd_nodes}
+COMMANDS = {"run": _cmd_run, "batch": _cmd_batch, "validate": _cmd_validate, "nodes": _cmd_nodes}
 
 
 def _fail(message: str, status: int) -> int:

@@ -92,15 +92,18 @@ class Executor:
         """How many node results are cached."""
         return len(self._cache)
 
-    def run(self, prompt: dict, *, extra_pnginfo: dict | None = None, progress_hook: ProgressHook | None = None) -> RunResult:
+    def run(self, prompt: dict, *, extra_pnginfo: dict | None = None, progress_hook: ProgressHook | None = None,
+            rerun_outputs: bool = False) -> RunResult:
         """Validate `prompt` (API format) and run it. `extra_pnginfo` is what SaveImage-like
-        nodes receive as EXTRA_PNGINFO ({"workflow": ui_workflow} when run from a UI file)."""
+        nodes receive as EXTRA_PNGINFO ({"workflow": ui_workflow} when run from a UI file).
+        `rerun_outputs`: output nodes run even when cached (a batch job must write its own files)."""
         with use_model_paths(self.model_paths) if self.model_paths is not None else contextlib.nullcontext():
             validated = validate_prompt(prompt, self.registry)
-            return self.run_validated(validated, prompt, extra_pnginfo=extra_pnginfo, progress_hook=progress_hook)
+            return self.run_validated(validated, prompt, extra_pnginfo=extra_pnginfo, progress_hook=progress_hook,
+                                      rerun_outputs=rerun_outputs)
 
     def run_validated(self, validated: ValidatedPrompt, prompt: dict, *, extra_pnginfo: dict | None = None,
-                      progress_hook: ProgressHook | None = None) -> RunResult:
+                      progress_hook: ProgressHook | None = None, rerun_outputs: bool = False) -> RunResult:
         """Run an already validated prompt (`prompt` is what nodes receive as PROMPT)."""
         clear_interrupt()
         result = RunResult()
@@ -116,7 +119,7 @@ class Executor:
                 try:
                     signature = self._signature(node_id, node, spec, signatures)
                     signatures[node_id] = signature
-                    cached = self._cache.get(signature)
+                    cached = None if rerun_outputs and spec.is_output else self._cache.get(signature)
                     if cached is not None:
                         result.results[node_id] = cached
                         result.cached.append(node_id)

@@ -1,4 +1,8 @@
-"""`python -m lcm_accel train lcm-lora ...` (also under `accelerate launch -m lcm_accel train ...`).
+"""`python -m lcm_accel train lcm-lora ...`; several processes (README, "Training on several processes"):
+
+    accelerate launch --multi_gpu --num_processes N -m lcm_accel train lcm-lora ... [--device cpu]
+
+`--batch` is per process: the effective batch is --batch x processes x --grad-accum (printed at start).
 
 Exit status: 0 done (LoRA written), 2 bad arguments or files, 130 interrupted (checkpoint saved;
 rerun with `--resume WORK_DIR`).
@@ -129,6 +133,7 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     from .conditioning import SDBatchPreparer
     from .data import ImageCaptionFolder, PromptList, ShuffledBatches
     from .distill import LCMDistillTask
+    from .distributed import scale_report
     from .export import export_lora
     from .loop import LoopConfig, make_accelerator, train
     from .rewards import load_reward
@@ -167,6 +172,8 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
                                model.prediction_type)
     task = LCMDistillTask(unet, lora_params, acp.to(device), settings, preparer, reward, preparer.decode)
     batches = ShuffledBatches(dataset, args.batch, args.seed, accelerator.process_index, accelerator.num_processes)
+    if accelerator.is_main_process:
+        print(scale_report(args.batch, accelerator.num_processes, args.grad_accum, args.lr), flush=True)
     result = train(task, batches, config, accelerator)
     if result.interrupted:
         return report_interrupted(accelerator, result, work_dir)

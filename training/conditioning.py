@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .distributed import SINGLE, Shard
 from .guidance import ModelFn
 from .sampling import ddim_sample
 
@@ -50,11 +51,13 @@ class SDBatchPreparer:
         return cond
 
     @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Scaled latents of (batch, 3, H, W) pixels in [-1, 1]."""
+    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator, shard: Shard = SINGLE) -> torch.Tensor:
+        """Scaled latents of (batch, 3, H, W) pixels in [-1, 1] (posterior noise drawn for the global batch)."""
         module = self.vae.vae
         dist = module.encode(pixels.to(self.device, next(module.parameters()).dtype)).latent_dist
-        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+        n, rest = dist.mean.shape[0], tuple(dist.mean.shape[1:])
+        noise = shard.rows(lambda k: torch.randn((k, *rest), generator=generator), n).to(dist.mean.device,
+                                                                                         dist.mean.dtype)
         return ((dist.mean + dist.std * noise) * self.vae.scaling_factor).float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -65,12 +68,14 @@ class SDBatchPreparer:
 
     def __call__(self, batch: dict, ctx: Any, teacher: ModelFn) -> dict:
         prompts = list(batch["prompt"])
+        shard = getattr(ctx, "shard", SINGLE)
         cond, uncond = self.conditioning(prompts), self.conditioning([""] * len(prompts))
         if "pixels" in batch:
-            latents = self.encode_pixels(batch["pixels"], ctx.generator)
+            latents = self.encode_pixels(batch["pixels"], ctx.generator, shard)
         else:
             side = self.resolution // 8
-            noise = torch.randn((len(prompts), 4, side, side), generator=ctx.generator).to(self.device)
+            noise = shard.rows(lambda k: torch.randn((k, 4, side, side), generator=ctx.generator),
+                               len(prompts)).to(self.device)
             latents = ddim_sample(teacher, noise, cond, uncond, self.synthetic_w, self.acp, self.synthetic_steps,
                                   self.prediction_type)
         return {"latents": latents, "cond": cond, "uncond": uncond, "prompts": prompts}

@@ -111,7 +111,17 @@ class ShuffledBatches:
         return collate([self.dataset[i] for i in mine])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset}
+        return {"epoch": self.epoch, "offset": self.offset, "global_batch": self.batch_size * self.num_processes}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at the saved position; the position counts global samples, so any process count
+        that keeps the global batch (--batch x processes) continues exactly. Another global batch is
+        refused: it would change what every later step sees."""
+        saved = int(state.get("global_batch", self.batch_size * self.num_processes))
+        if saved != self.batch_size * self.num_processes:
+            hint = (f"pass --batch {saved // self.num_processes}" if saved % self.num_processes == 0
+                    else f"use a process count that divides {saved}")
+            raise ValueError(f"the checkpoint was written with a global batch of {saved} (--batch x processes); this "
+                             f"run has {self.batch_size} x {self.num_processes} = {self.batch_size * self.num_processes}: "
+                             f"{hint} to continue it exactly")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

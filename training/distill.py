@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .distributed import SINGLE, average_gradients
 from .guidance import ModelFn, guidance_distillation_loss
 from .lcd import LCDSettings, ddim_solver_grid, draw_lcd_inputs, lcd_loss
 from .rewards import LatentProxyReward, Reward, is_prompt_conditioned
@@ -121,23 +122,26 @@ class LCMDistillTask:
         acp = self.acp.to(latents.device)
         s, metrics, loss = self.settings, {}, latents.new_zeros((), dtype=torch.float32)
         if s.mode in ("lcd", "lcd+guidance"):
-            draw = draw_lcd_inputs(latents, self.grid, s.lcd, ctx.generator)
+            draw = draw_lcd_inputs(latents, self.grid, s.lcd, ctx.generator, getattr(ctx, "shard", SINGLE))
             out = lcd_loss(unet_fn(model), teacher, self._target(model), latents, cond, uncond, acp, self.grid, draw, s.lcd)
             loss = loss + out.loss
             metrics["lcd"] = float(out.loss.detach())
             if s.reward_scale:
-                reward = self._reward_term(out.student_denoised, data, metrics)
+                reward = self._reward_term(out.student_denoised, data, metrics, getattr(ctx, "accelerator", None))
                 loss = loss - s.reward_scale * reward
         if s.mode in ("guidance", "lcd+guidance"):
-            t = torch.randint(0, len(acp), (latents.shape[0],), generator=ctx.generator).to(latents.device)
-            noise = torch.randn(latents.shape, generator=ctx.generator).to(latents.device, latents.dtype)
+            shard, n, rest = getattr(ctx, "shard", SINGLE), latents.shape[0], tuple(latents.shape[1:])
+            t = shard.rows(lambda k: torch.randint(0, len(acp), (k,), generator=ctx.generator), n).to(latents.device)
+            noise = shard.rows(lambda k: torch.randn((k, *rest), generator=ctx.generator), n).to(latents.device,
+                                                                                                  latents.dtype)
             g_loss, _ = guidance_distillation_loss(unet_fn(model), teacher, latents, noise, t, cond, uncond, s.lcd.w, acp)
             loss = loss + (s.guidance_weight if s.mode == "lcd+guidance" else 1.0) * g_loss
             metrics["guidance"] = float(g_loss.detach())
         return loss, metrics
 
-    def _reward_term(self, x0: torch.Tensor, data: dict, metrics: dict) -> torch.Tensor:
-        """Mean reward of the one-step samples, through the decoder or the latent proxy."""
+    def _reward_term(self, x0: torch.Tensor, data: dict, metrics: dict, accelerator: Any = None) -> torch.Tensor:
+        """Mean reward of the one-step samples, through the decoder or the latent proxy. The proxy
+        is not in DDP: its gradients are averaged over the processes here, so it stays in sync."""
         prompts = data.get("prompts")
         if is_prompt_conditioned(self.reward) and prompts is None:
             raise ValueError("this reward scores each image against its prompt, but the batches carry no "
@@ -154,6 +158,7 @@ class LCMDistillTask:
             self.proxy_optimizer.zero_grad(set_to_none=True)
             proxy_loss = torch.mean((self.proxy(x0.detach().float(), text) - true_reward) ** 2)
             proxy_loss.backward()
+            average_gradients(self.proxy.parameters(), accelerator)
             self.proxy_optimizer.step()
         self.proxy.requires_grad_(False)
         metrics["reward"] = float(true_reward.mean())

@@ -17,6 +17,7 @@ import torch
 
 from ..lcm_scheduler.boundary import check_prediction_type, consistency_output, per_sample, predict_x0_and_eps
 from ..lcm_scheduler.schedule import add_noise, lcm_timesteps
+from .distributed import SINGLE, Shard
 from .guidance import ModelFn, cfg_combine
 
 LOSSES = ("huber", "l2")
@@ -76,15 +77,17 @@ class LCDDraw:
 
 
 def draw_lcd_inputs(latents: torch.Tensor, grid: SolverGrid, settings: LCDSettings,
-                    generator: torch.Generator | None = None) -> LCDDraw:
-    """Grid index, noise and w for a batch, from `generator` (CPU), moved to the latents' device."""
-    batch = latents.shape[0]
-    index = torch.randint(0, len(grid.timesteps), (batch,), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+                    generator: torch.Generator | None = None, shard: Shard = SINGLE) -> LCDDraw:
+    """Grid index, noise and w for a batch, from `generator` (CPU), moved to the latents' device.
+    `shard`: the draws are made for the global batch and this process keeps its rows."""
+    batch, rest = latents.shape[0], tuple(latents.shape[1:])
+    index = shard.rows(lambda n: torch.randint(0, len(grid.timesteps), (n,), generator=generator), batch)
+    noise = shard.rows(lambda n: torch.randn((n, *rest), generator=generator, dtype=torch.float32), batch)
     if settings.w is not None:
         w = torch.full((batch,), float(settings.w))
     else:
-        w = settings.w_min + (settings.w_max - settings.w_min) * torch.rand((batch,), generator=generator)
+        w = settings.w_min + (settings.w_max - settings.w_min) * shard.rows(
+            lambda n: torch.rand((n,), generator=generator), batch)
     return LCDDraw(index.to(latents.device), noise.to(latents.device, latents.dtype), w.to(latents.device))
 
 

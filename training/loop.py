@@ -6,13 +6,17 @@
 A task (`TrainTask`) owns the model and the objective; a batch source (`BatchSource`) yields
 batches and can save its position. The loop owns: the AdamW optimizer over the task's trainable
 parameters, device placement / mixed precision / gradient accumulation / multi-process through
-`Accelerator`, one CPU `torch.Generator` per process that the task draws ALL its randomness from
-(`StepContext.generator`), a tqdm bar, a JSONL loss log + PNG plot, and checkpoints in
-`work_dir/checkpoint/` of everything (trainable parameters, optimizer, task state such as an EMA,
+`Accelerator`, one CPU `torch.Generator` that the task draws ALL its randomness from
+(`StepContext.generator`: the same stream on every process; a task draws for the global batch and
+keeps its rows, `StepContext.shard`, see `distributed.py`), a tqdm bar, a JSONL loss log + PNG
+plot, and checkpoints in `work_dir/checkpoint/` of everything (trainable parameters, optimizer, task state such as an EMA,
 RNG states, batch position, step). A checkpoint is written every `checkpoint_every` steps, at the
 end, and on Ctrl-C: the first Ctrl-C finishes the current step, saves and returns
 (`result.interrupted`); a KeyboardInterrupt raised inside a step (a second Ctrl-C) saves the state
-as it was before that step. Calling `train` again with the same work_dir resumes exactly.
+as it was before that step. Calling `train` again with the same work_dir resumes exactly, with any
+number of processes that keeps the global batch (the batch source checks it). With several processes
+only the main one logs and writes checkpoints, after checking that all hold the same weights and
+task state (`distributed.check_in_sync`).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..processes import check_world, state_kwargs
+from .distributed import SINGLE, Shard, check_in_sync, shard_of
 from .plot import draw_loss_plot
 
 CHECKPOINT_DIR = "checkpoint"
@@ -73,8 +79,9 @@ class StepContext:
 
     step: int  # the optimizer step being computed (0-based)
     micro_step: int  # index inside gradient accumulation
-    generator: torch.Generator  # CPU; the task's only source of randomness
+    generator: torch.Generator  # CPU; the task's only source of randomness (same stream on every process)
     accelerator: Any
+    shard: Shard = SINGLE  # this process's rows of the global batch: draw for all, keep these
 
 
 class TrainTask(Protocol):
@@ -116,11 +123,13 @@ def make_accelerator(config: LoopConfig):
     """An `accelerate.Accelerator` for the config (mixed precision, accumulation, device)."""
     from accelerate import Accelerator
 
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
-        cpu=config.device == "cpu",
+        **state_kwargs(config.device),
     )
+    check_world(accelerator)
+    return accelerator
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -146,6 +155,7 @@ def _save_checkpoint(accelerator, work_dir: Path, step: int, task: TrainTask, op
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    check_in_sync(accelerator, {"params": dict(task.trainable_parameters()), "task": task.state_dict()})
     accelerator.wait_for_everyone()
     torch.save(rng_state, tmp / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
@@ -177,9 +187,6 @@ def _load_checkpoint(accelerator, work_dir: Path, task: TrainTask, optimizer, ba
     if not (folder / "state.pt").is_file():
         return 0
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    if state["num_processes"] != accelerator.num_processes:
-        raise RuntimeError(f"checkpoint {folder} was written by {state['num_processes']} processes; resume it "
-                           f"with the same number (now {accelerator.num_processes})")
     params = dict(task.trainable_parameters())
     if set(params) != set(state["params"]):
         raise RuntimeError(f"checkpoint {folder} holds other trainable parameters than this run "
@@ -189,8 +196,11 @@ def _load_checkpoint(accelerator, work_dir: Path, task: TrainTask, optimizer, ba
             p.copy_(state["params"][name])
     optimizer.load_state_dict(state["optimizer"])
     task.load_state_dict(state["task"])
-    batches.load_state_dict(state["batches"])
-    _set_rng_state(generator, torch.load(folder / f"rng_{accelerator.process_index}.pt", weights_only=False))
+    batches.load_state_dict(state["batches"])  # refuses a different global batch
+    # Every process holds the same generator stream, so with another process count rank 0's state serves all.
+    same_count = state["num_processes"] == accelerator.num_processes
+    rng_file = folder / f"rng_{accelerator.process_index if same_count else 0}.pt"
+    _set_rng_state(generator, torch.load(rng_file, weights_only=False))
     return int(state["step"])
 
 
@@ -231,7 +241,7 @@ def train(task: TrainTask, batches: BatchSource, config: LoopConfig, accelerator
     work_dir = Path(config.work_dir)
     if accelerator.is_main_process:
         work_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator("cpu").manual_seed(config.seed + accelerator.process_index)
+    generator = torch.Generator("cpu").manual_seed(config.seed)  # one stream on all processes (module doc)
     if config.gradient_checkpointing:
         if not hasattr(task.model, "enable_gradient_checkpointing"):
             raise ValueError(f"--gradient-checkpointing: {type(task.model).__name__} has no enable_gradient_checkpointing()")
@@ -280,8 +290,9 @@ def train(task: TrainTask, batches: BatchSource, config: LoopConfig, accelerator
 def _one_step(task, model, optimizer, batches, generator, accelerator, config: LoopConfig, step: int) -> dict:
     """One optimizer step over `grad_accum` micro-batches; returns its log row."""
     total, metrics = 0.0, {}
+    shard = shard_of(accelerator)
     for micro in range(config.grad_accum):
-        ctx = StepContext(step, micro, generator, accelerator)
+        ctx = StepContext(step, micro, generator, accelerator, shard)
         batch = batches.next_batch()
         with accelerator.accumulate(model):
             with accelerator.autocast():
@@ -292,10 +303,19 @@ def _one_step(task, model, optimizer, batches, generator, accelerator, config: L
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total += float(accelerator.reduce(loss.detach().float(), "mean")) / config.grad_accum
-        for k, v in parts.items():
-            metrics[k] = metrics.get(k, 0.0) + float(v) / config.grad_accum
-    task.after_step(StepContext(step, config.grad_accum - 1, generator, accelerator))
+        for k, v in _mean_over_processes(accelerator, parts).items():
+            metrics[k] = metrics.get(k, 0.0) + v / config.grad_accum
+    task.after_step(StepContext(step, config.grad_accum - 1, generator, accelerator, shard))
     return {"step": step, "loss": total, **metrics}
+
+
+def _mean_over_processes(accelerator, parts: dict[str, float]) -> dict[str, float]:
+    """The task's metrics averaged over all processes (each computed them on its own rows)."""
+    if accelerator.num_processes == 1 or not parts:
+        return {k: float(v) for k, v in parts.items()}
+    keys = sorted(parts)
+    values = torch.tensor([float(parts[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
 
 
 def _progress(config: LoopConfig, start: int, accelerator):

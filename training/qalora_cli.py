@@ -71,6 +71,7 @@ def run_qalora(args: argparse.Namespace) -> int:
     from ..quantize.qalora import build_qalora_student, export_qalora
     from .cli import _work_dir, report_interrupted
     from .conditioning import SDBatchPreparer
+    from .distributed import scale_report
     from .loop import LoopConfig, make_accelerator, train
     from .qalora_task import OnDevice, QALoRATask, TrajectoryBatches, quantized_model_host, read_prompts
 
@@ -106,6 +107,8 @@ def run_qalora(args: argparse.Namespace) -> int:
                                 (args.batch, 4, side, side), args.seed, model.noise_schedule,
                                 process_index=accelerator.process_index, num_processes=accelerator.num_processes)
     task = QALoRATask(student, teacher, calibration=batches.trajectory(0), step_lr=args.step_lr)
+    if accelerator.is_main_process:
+        print(scale_report(args.batch, accelerator.num_processes, 1, args.lr, any_count=False), flush=True)
     result = train(task, batches, config, accelerator)
     if result.interrupted:
         return report_interrupted(accelerator, result, work_dir)

@@ -143,9 +143,16 @@ class TrajectoryBatches:
         return QALoRABatch(self.trajectory(index), step)
 
     def state_dict(self) -> dict:
-        return {"position": self.position}
+        return {"position": self.position, "num_processes": self.num_processes, "batch": self.latent_shape[0]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at the saved position. Trajectories are numbered per process (k = index x processes +
+        rank), so only the same process count and --batch continue exactly; others are refused."""
+        saved = (int(state.get("num_processes", self.num_processes)), int(state.get("batch", self.latent_shape[0])))
+        if saved != (self.num_processes, self.latent_shape[0]):
+            raise ValueError(f"this QALoRA checkpoint was written by {saved[0]} process(es) with --batch {saved[1]}; its "
+                             "data-free trajectories are numbered per process, so resume it with the same process "
+                             f"count and --batch (now {self.num_processes} and {self.latent_shape[0]})")
         self.position = int(state["position"])
 
 
