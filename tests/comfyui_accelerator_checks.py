@@ -80,7 +80,23 @@ def main(comfyui: str, base: str) -> None:
             diffs[family] = float((custom["samples"] - one["samples"]).abs().max())
         report("custom_route", max_diff=diffs)
 
+    def snapped_warning():
+        import logging
+
+        said = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())
+        logging.getLogger("lcm_accel.accelerator").addHandler(handler)
+        from lcm_accel.hosts.accelerator_record import with_accelerator_record
+
+        lcm_mode = node["ModelSamplingDiscrete"].patch(model, "lcm", False)[0]
+        for family in ("dmd2", "lcm"):
+            recorded = with_accelerator_record(lcm_mode, family, "none", None, "check")
+            node["LCMAcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)
+        report("snapped_warning", said=said)
+
     run_check("routes", routes)
+    run_check("snapped_warning", snapped_warning)
     run_check("custom_route", custom_route)
 
 

@@ -31,3 +31,14 @@ def test_builtin_routes_only_approximate_the_exact_schedules(checks):
     for row in rows:
         # a different timestep grid gives a different latent, but the same picture's neighbourhood
         assert 0 < row["psnr_db"] < math.inf, row
+
+
+def test_lcm_sampling_mode_snapping_an_off_grid_schedule_is_said(checks):
+    """ComfyUI's "lcm" mode reads DMD2's 749 / 249 as grid neighbours: said once; LCM's own grid is silent."""
+    import re
+
+    (said,) = checks["snapped_warning"]["said"]
+    read = re.search(r"timesteps \[999, 749, 499, 249\] reach the UNet as \[(\d+), (\d+), (\d+), (\d+)\]", said)
+    assert read is not None, said
+    snapped = [int(t) for t in read.groups()]
+    assert snapped[0] == 999 and snapped[2] == 499 and all((t + 1) % 20 == 0 for t in snapped), snapped

@@ -9,6 +9,8 @@ the progress bar and interrupt work as in ComfyUI's own samplers.
 """
 from __future__ import annotations
 
+import logging
+
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -22,8 +24,12 @@ from ...lcm_scheduler import (
     lcm_sigmas,
     sample_accelerated,
     sigmas_for_timesteps,
+    timestep_from_sigma,
 )
 from .model_sampling import model_train_sigmas, plain_x0_model, train_sigmas
+
+LOGGER = logging.getLogger("lcm_accel.accelerator")
+_SAID: set[str] = set()
 
 
 def sample_lcm_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = 0.0):
@@ -47,11 +53,30 @@ def sample_accelerator(model, x, sigmas, extra_args=None, callback=None, disable
     base_model = model.inner_model.inner_model
     model_sampling = base_model.model_sampling
     table = train_sigmas(model_sampling, base_model.model_config).to(x.device)
+    _warn_if_snapped(model_sampling, sigmas, table)
     seed = extra_args.get("seed")
     generator = None if seed is None or kind not in ("lcm", "tcd") else continuing_generator(x, seed)
     return sample_accelerated(plain_x0_model(model, model_sampling), x, sigmas, kind, gamma, extra_args=extra_args,
                               callback=callback, disable=disable, generator=generator, train_sigmas=table,
                               pure_noise_starts=tuple(pure_noise_starts))
+
+
+def _warn_if_snapped(model_sampling, sigmas: torch.Tensor, table: torch.Tensor) -> None:
+    """ComfyUI's "lcm" sampling mode (ModelSamplingDiscreteDistilled) keeps LCM's 50-point grid and reads
+    any other timestep as its grid neighbour: say so (once per schedule) when the sigmas leave that grid."""
+    grid = getattr(model_sampling, "sigmas", None)
+    if grid is None or len(grid) >= len(table):
+        return
+    wanted = timestep_from_sigma(sigmas[sigmas > 0].to(table.device), table)
+    read = model_sampling.timestep(sigmas[sigmas > 0].to(model_sampling.sigmas.device)).to(wanted.device)
+    if not torch.equal(wanted, read.long()):
+        message = (f"the MODEL is in LCM sampling mode ({len(grid)}-point grid): timesteps "
+                   f"{wanted.tolist()} reach the UNet as {read.long().tolist()}; load accelerator LoRAs with "
+                   f"LCMAcceleratorLoader (it keeps the full table for off-grid families) or use "
+                   f"ModelSamplingDiscrete eps")
+        if message not in _SAID:
+            _SAID.add(message)
+            LOGGER.warning(message)
 
 
 def accelerator_sampler(kind: str, gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()) -> comfy.samplers.KSAMPLER:
