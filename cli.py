@@ -1,4 +1,4 @@
-"""Command-line dispatcher: `demo`, and the harness's `run` / `validate` / `nodes`."""
+"""Command-line dispatcher: `demo`, `train`, `quantize`, and the harness's `run` / `batch` / `validate` / `nodes`."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the LCM-LoRA workflow headless and write a PNG")
     demo.add_argument("--models", default=None,
-                      help="ComfyUI models folder with real weights (default: tiny built-in stand-ins)")
+                      help="ComfyUI models folder with real weights (default: the embedded model the project trains)")
     demo.add_argument("--out", default="output", help="folder for the PNG (default: output)")
     demo.add_argument("--workflow", default=None, help="another workflow file to run instead")
+    demo.add_argument("--prompt", default=None, help="the prompt of the embedded model's demo (no --models)")
     add_harness_commands(sub)
     from .training.cli import add_train_command, run_train_command
 
@@ -29,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         return run_train_command(args)
     if args.command == "demo":
-        from .demo import demo_run_arguments
+        from .demo import run_demo
 
-        return main(demo_run_arguments(args.models, args.out, args.workflow))
+        return run_demo(args.models, args.out, args.workflow, args.prompt, main)
     return run_harness_command(args)
 
 

@@ -148,6 +148,8 @@ def test_readme_demo_command_writes_a_png(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lcm_accel", "demo", "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    (png,) = (tmp_path / "out").glob("*.png")
-    assert str(png) in out.stdout
-    assert Image.open(png).size == (512, 512)
+    # no --models: the embedded model; the LCM-LoRA picture and the contact sheet beside it
+    png, sheet = sorted((tmp_path / "out").glob("*.png"), key=lambda p: p.name == "embedded_contact_sheet.png")
+    assert f"saved {png}" in out.stdout and f"contact sheet: {sheet}" in out.stdout
+    assert Image.open(png).size == (64, 64)
+    assert Image.open(sheet).size[0] == 4 * 256
