@@ -52,9 +52,16 @@ def _entries(out: Path) -> dict[str, dict]:
     return {r["id"]: r for r in rows}
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, even when the suite runs as a background job (which
+    starts with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: list[str], cwd: Path, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "lcm_accel", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 # -- jobs files and the manifest ------------------------------------------------------------------

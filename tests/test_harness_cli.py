@@ -149,7 +149,9 @@ def test_ctrl_c_stops_cleanly_with_status_130(toy):
               "3": {"class_type": "Print", "inputs": {"a": ["2", 0]}}}
     (toy / "wait.json").write_text(json.dumps(prompt))
     command = [sys.executable, "-m", "lcm_accel", "run", "wait.json", "--nodes", "toy_nodes.py", "--no-builtin-nodes"]
-    process = subprocess.Popen(command, cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a child inherits an ignored SIGINT (a suite started as a background job): give it the default back
+    process = subprocess.Popen(command, cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not (toy / "started").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
