@@ -263,7 +263,7 @@ def test_workflow_gives_the_same_image_in_both_hosts(path, base_dir, object_info
 
 # -- (3) every workflow on a quantized UNet: the two hosts agree -------------------------------
 
-QUANTIZE_BEFORE = ("KSampler", "KSamplerAdvanced", "LCMKSampler", "SamplerCustom", "DeepCache")
+QUANTIZE_BEFORE = ("KSampler", "KSamplerAdvanced", "LCMKSampler", "LCMAcceleratorKSampler", "SamplerCustom", "DeepCache")
 
 
 def with_quantized_unet(prompt: dict, fmt: str) -> dict:
