@@ -8,7 +8,6 @@ no embedded SDXL). Written once per version of the shipped files to the user's c
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -60,10 +59,7 @@ def embedded_models_dir(files: Path = FILES) -> Path:
     if files == FILES:
         for source in EMBEDDED_NAMES.values():
             shipped_file(source)  # a missing file is refused with the rebuild command
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    root = base / "lcm_accel" / f"embedded-models-{_files_key(files)}"
-    marker = root / ".complete"
-    if not marker.exists():
-        write_embedded_models_dir(root, files)
-        marker.write_text("written by lcm_accel.embedded.models_dir\n")
-    return root
+    from ..fixtures.cache import user_cache_folder
+
+    return user_cache_folder(f"embedded-models-{_files_key(files)}", lambda root: write_embedded_models_dir(root, files),
+                             "lcm_accel.embedded.models_dir")

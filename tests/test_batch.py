@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
@@ -31,14 +30,6 @@ JOBS = [{"id": f"img-{i}", "6.seed": 100 + i, "3.text": PROMPTS[i], **({"2.stren
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return write_demo_models_dir(tmp_path_factory.mktemp("batch_models"))
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_jsonl(path: Path, jobs: list[dict]) -> Path:

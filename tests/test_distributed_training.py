@@ -46,14 +46,6 @@ def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -
     return out
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load(path: Path) -> dict:
     return torch.load(path, weights_only=False)
 
