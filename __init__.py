@@ -4,6 +4,7 @@ ComfyUI imports this file under a path-derived module name at start-up, so it mu
 cheap: it only exposes the node class mappings (no torch, no comfy import). The nodes pick
 their host when they run: ComfyUI's own types inside ComfyUI, the standalone host headless.
 """
+
 __version__ = "0.1.0"
 
 NODE_CLASS_MAPPINGS: dict = {}

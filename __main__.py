@@ -1,4 +1,5 @@
 """`python -m lcm_accel ...`: the headless command line."""
+
 from __future__ import annotations
 
 import sys

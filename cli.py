@@ -1,4 +1,5 @@
 """Command-line dispatcher: `demo`, `train`, `quantize`, and the harness's `run` / `batch` / `validate` / `nodes`."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lcm_accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the LCM-LoRA workflow headless and write a PNG")
-    demo.add_argument("--models", default=None,
-                      help="ComfyUI models folder with real weights (default: the embedded model the project trains)")
+    demo.add_argument(
+        "--models",
+        default=None,
+        help="ComfyUI models folder with real weights (default: the embedded model the project trains)",
+    )
     demo.add_argument("--out", default="output", help="folder for the PNG (default: output)")
     demo.add_argument("--workflow", default=None, help="another workflow file to run instead")
     demo.add_argument("--prompt", default=None, help="the prompt of the embedded model's demo (no --models)")
@@ -21,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from .training.cli import add_train_command, run_train_command
 
     add_train_command(sub)
-    from .hosts.standalone.quantize_cli import add_quantize_command, run_quantize_command
+    from .runtime.quantize_command import add_quantize_command, run_quantize_command
 
     add_quantize_command(sub)
     args = parser.parse_args(argv)

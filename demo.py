@@ -8,6 +8,7 @@ picture. With `--models DIR` (a ComfyUI models folder holding v1-5-pruned-emaonl
 lcm-lora-sdv1-5.safetensors; the CLIP tokenizer ships with the pack) it is the real 4-step
 LCM-LoRA generation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,12 +49,16 @@ def run_demo(models: str | None, out: str, workflow: str | None, prompt: str | N
 def _size_overrides(workflow: str, models: Path) -> list[str]:
     """`--set` assignments giving every EmptyLatentImage of `workflow` the embedded model's size."""
     from .embedded import RESOLUTION
-    from .harness.model_paths import ModelPaths, use_model_paths
     from .harness.registry import default_registry
     from .harness.runner import api_prompt
     from .harness.workflow_io import load_workflow
+    from .runtime.model_paths import ModelPaths, use_model_paths
 
     with use_model_paths(ModelPaths(models)):  # a UI workflow's conversion reads the model lists
         prompt, _ = api_prompt(load_workflow(workflow), default_registry())
-    return [f"--set={node_id}.{side}={RESOLUTION}" for node_id, node in prompt.items()
-            if node.get("class_type") == "EmptyLatentImage" for side in ("width", "height")]
+    return [
+        f"--set={node_id}.{side}={RESOLUTION}"
+        for node_id, node in prompt.items()
+        if node.get("class_type") == "EmptyLatentImage"
+        for side in ("width", "height")
+    ]

@@ -1,5 +1,6 @@
 """Run by ComfyUI-Manager after cloning: installs requirements.txt into the running
 Python, never torch (the user's CUDA build must stay as it is)."""
+
 import re
 import subprocess
 import sys

@@ -7,6 +7,7 @@ torch.distributed group. On a machine without CUDA accelerate only does that whe
 the CPU, so `state_kwargs` says so: without it each process would believe it is alone, do all of
 the work and write the same files as the others. `check_world` refuses that situation outright.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,4 +40,5 @@ def check_world(state: Any) -> None:
         raise RuntimeError(
             f"{launched} processes were launched but accelerate joined {state.num_processes}: each would work "
             "alone and write the same files. On a machine without GPUs launch with `accelerate launch --multi_gpu "
-            "--num_processes N ...` (or torchrun) and pass --device cpu")
+            "--num_processes N ...` (or torchrun) and pass --device cpu"
+        )

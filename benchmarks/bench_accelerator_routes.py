@@ -10,6 +10,7 @@ standalone host's copy of them (ddim_uniform is not there: those rows are left o
 tiny random SD1.5 of the tests (64 channels' worth of arithmetic, no trained content), so the figures
 measure how far the timestep grids and samplers move a latent, not picture quality.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,8 @@ def headless_rows() -> list[dict]:
     from lcm_accel.fixtures.comfyui_models import sd15_unet
     from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
     from lcm_accel.hosts.standalone.names import SCHEDULER_NAMES
-    from lcm_accel.hosts.standalone.types import ModelHost
     from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+    from lcm_accel.runtime.model_types import ModelHost
 
     torch.manual_seed(0)
     unet = sd15_unet().eval()

@@ -17,6 +17,7 @@ stand-ins of the tests (a quick smoke run, not a measurement). Workflow: workflo
    job's wall time minus the time inside nodes, reported against the sampler node's time and the job's.
    Target: under 2% of a 4-step 256x256 SD1.5 job.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"
-PROMPTS = ["a lake at sunset", "a red fox in snow", "a city street at night", "a bowl of fruit", "a lighthouse",
-           "an old oak tree", "a sailing boat", "a mountain village", "a cup of coffee", "a desert road"]
+PROMPTS = [
+    "a lake at sunset",
+    "a red fox in snow",
+    "a city street at night",
+    "a bowl of fruit",
+    "a lighthouse",
+    "an old oak tree",
+    "a sailing boat",
+    "a mountain village",
+    "a cup of coffee",
+    "a desert road",
+]
 
 
 def build_models(root: Path, small: bool) -> None:
@@ -53,8 +64,15 @@ def build_models(root: Path, small: bool) -> None:
 
 
 def write_jobs(path: Path, count: int, offset: int = 0) -> Path:
-    path.write_text("".join(json.dumps({"id": f"job-{offset + i:03d}", "6.seed": offset + i,
-                                        "3.text": PROMPTS[(offset + i) % len(PROMPTS)]}) + "\n" for i in range(count)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"job-{offset + i:03d}", "6.seed": offset + i, "3.text": PROMPTS[(offset + i) % len(PROMPTS)]}
+            )
+            + "\n"
+            for i in range(count)
+        )
+    )
     return path
 
 
@@ -64,14 +82,43 @@ def _manifest(out: Path) -> list[dict]:
 
 def throughput(processes: int, root: Path, jobs: Path, out: Path, size: int, threads: int | None = None) -> dict:
     """Run the batch command on `processes` processes; images/min end to end and with models loaded."""
-    batch = ["-m", "lcm_accel", "batch", str(WORKFLOW), "--jobs", str(jobs), "--models", str(root / "models"),
-             "--out", str(out), "--device", "cpu", "--no-progress", "--set", f"5.width={size}",
-             "--set", f"5.height={size}"]
+    batch = [
+        "-m",
+        "lcm_accel",
+        "batch",
+        str(WORKFLOW),
+        "--jobs",
+        str(jobs),
+        "--models",
+        str(root / "models"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        f"5.width={size}",
+        "--set",
+        f"5.height={size}",
+    ]
     if processes == 1:
         command = [sys.executable, *batch]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *batch]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *batch,
+        ]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads and processes == 1 else {})}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -83,9 +130,15 @@ def throughput(processes: int, root: Path, jobs: Path, out: Path, size: int, thr
     for entry in sorted(entries, key=lambda e: e["time"]):
         per_rank.setdefault(entry["rank"], []).append(entry)
     warm_rate = sum(len(rows[1:]) / sum(r["seconds"] for r in rows[1:]) for rows in per_rank.values() if rows[1:])
-    return {"processes": processes, "images": len(entries), "wall": wall, "e2e_per_min": 60 * len(entries) / wall,
-            "warm_per_min": 60 * warm_rate, "first_job_s": max(rows[0]["seconds"] for rows in per_rank.values()),
-            "warm_job_s": [round(r["seconds"], 2) for rows in per_rank.values() for r in rows[1:]]}
+    return {
+        "processes": processes,
+        "images": len(entries),
+        "wall": wall,
+        "e2e_per_min": 60 * len(entries) / wall,
+        "warm_per_min": 60 * warm_rate,
+        "first_job_s": max(rows[0]["seconds"] for rows in per_rank.values()),
+        "warm_job_s": [round(r["seconds"], 2) for rows in per_rank.values() for r in rows[1:]],
+    }
 
 
 def overhead(root: Path, jobs_count: int, size: int, out: Path) -> dict:
@@ -96,7 +149,7 @@ def overhead(root: Path, jobs_count: int, size: int, out: Path) -> dict:
     from lcm_accel.harness.cli_commands import build_registry
     from lcm_accel.harness.executor import Executor
     from lcm_accel.harness.jobs import read_jobs
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
     node_time: dict[str, float] = {}
     original_execute = Executor._execute
@@ -129,8 +182,15 @@ def overhead(root: Path, jobs_count: int, size: int, out: Path) -> dict:
         registry = build_registry([])
         jobs = read_jobs(write_jobs(out.parent / "overhead_jobs.jsonl", jobs_count + 1, offset=100))
         with use_model_paths(paths):
-            batch_module.run_batch(WORKFLOW, jobs, registry, paths, [f"5.width={size}", f"5.height={size}"],
-                                   PartialState(cpu=True), progress=False)
+            batch_module.run_batch(
+                WORKFLOW,
+                jobs,
+                registry,
+                paths,
+                [f"5.width={size}", f"5.height={size}"],
+                PartialState(cpu=True),
+                progress=False,
+            )
     finally:
         Executor._execute = original_execute
         batch_module.run_job = original_run_job
@@ -139,9 +199,13 @@ def overhead(root: Path, jobs_count: int, size: int, out: Path) -> dict:
     job = sum(r["end"] - r["start"] for r in warm) / len(warm)
     nodes = sum(sum(r["nodes"].values()) for r in warm) / len(warm)
     sampler = sum(r["nodes"].get("LCMKSampler", 0.0) for r in warm) / len(warm)
-    return {"job_s": job, "nodes_s": nodes, "sampler_s": sampler, "batch_overhead_s": job - nodes,
-            "per_node_s": {k: round(sum(r["nodes"].get(k, 0.0) for r in warm) / len(warm), 4)
-                           for k in warm[0]["nodes"]}}
+    return {
+        "job_s": job,
+        "nodes_s": nodes,
+        "sampler_s": sampler,
+        "batch_overhead_s": job - nodes,
+        "per_node_s": {k: round(sum(r["nodes"].get(k, 0.0) for r in warm) / len(warm), 4) for k in warm[0]["nodes"]},
+    }
 
 
 def main() -> None:
@@ -150,8 +214,12 @@ def main() -> None:
     parser.add_argument("--overhead-jobs", type=int, default=3, help="timed jobs of the overhead run (default 3)")
     parser.add_argument("--size", type=int, default=256, help="image width and height (default 256)")
     parser.add_argument("--small", action="store_true", help="tiny stand-in models: a smoke run, not a measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the 1-process runs (default: torch's choice; 2 processes: 1 each)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the 1-process runs (default: torch's choice; 2 processes: 1 each)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,27 +227,38 @@ def main() -> None:
         root = Path(tmp)
         start = time.perf_counter()
         build_models(root, args.small)
-        print(f"models ({'tiny stand-ins' if args.small else 'full-size SD1.5, random weights'}) written in "
-              f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; {args.size}x{args.size}, 4 LCM steps; "
-              f"1 process: {args.threads or torch.get_num_threads()} thread(s)")
+        print(
+            f"models ({'tiny stand-ins' if args.small else 'full-size SD1.5, random weights'}) written in "
+            f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; {args.size}x{args.size}, 4 LCM steps; "
+            f"1 process: {args.threads or torch.get_num_threads()} thread(s)"
+        )
         jobs = write_jobs(root / "jobs.jsonl", args.jobs)
         results = [throughput(n, root, jobs, root / f"out{n}", args.size, args.threads) for n in (1, 2)]
         cost = overhead(root, args.overhead_jobs, args.size, root / "out_overhead")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine shares the cores)")
-    print("\nprocesses  images  wall s   images/min (end to end)   images/min (models loaded)   first job s   "
-          "warm jobs s")
+    print(
+        "\nprocesses  images  wall s   images/min (end to end)   images/min (models loaded)   first job s   warm jobs s"
+    )
     for r in results:
-        print(f"{r['processes']:9d}  {r['images']:6d}  {r['wall']:6.1f}   {r['e2e_per_min']:23.2f}   "
-              f"{r['warm_per_min']:26.2f}   {r['first_job_s']:11.1f}   {r['warm_job_s']}")
+        print(
+            f"{r['processes']:9d}  {r['images']:6d}  {r['wall']:6.1f}   {r['e2e_per_min']:23.2f}   "
+            f"{r['warm_per_min']:26.2f}   {r['first_job_s']:11.1f}   {r['warm_job_s']}"
+        )
     one, two = results
-    print(f"\n2 processes / 1 process: {two['e2e_per_min'] / one['e2e_per_min']:.2f}x end to end, "
-          f"{two['warm_per_min'] / one['warm_per_min']:.2f}x with models loaded")
-    print(f"\nper job (in-process, models loaded, mean of {args.overhead_jobs}): job {cost['job_s']:.3f} s, inside nodes "
-          f"{cost['nodes_s']:.3f} s (sampler {cost['sampler_s']:.3f} s); nodes: {cost['per_node_s']}")
+    print(
+        f"\n2 processes / 1 process: {two['e2e_per_min'] / one['e2e_per_min']:.2f}x end to end, "
+        f"{two['warm_per_min'] / one['warm_per_min']:.2f}x with models loaded"
+    )
+    print(
+        f"\nper job (in-process, models loaded, mean of {args.overhead_jobs}): job {cost['job_s']:.3f} s, inside nodes "
+        f"{cost['nodes_s']:.3f} s (sampler {cost['sampler_s']:.3f} s); nodes: {cost['per_node_s']}"
+    )
     share = cost["batch_overhead_s"] / cost["job_s"]
-    print(f"batch overhead (job - nodes) {cost['batch_overhead_s'] * 1000:.1f} ms = {100 * share:.3f}% of the job, "
-          f"{100 * cost['batch_overhead_s'] / cost['sampler_s']:.3f}% of the sampler's time (target < 2%: "
-          f"{'PASS' if share < 0.02 else 'FAIL'})")
+    print(
+        f"batch overhead (job - nodes) {cost['batch_overhead_s'] * 1000:.1f} ms = {100 * share:.3f}% of the job, "
+        f"{100 * cost['batch_overhead_s'] / cost['sampler_s']:.3f}% of the sampler's time (target < 2%: "
+        f"{'PASS' if share < 0.02 else 'FAIL'})"
+    )
 
 
 if __name__ == "__main__":

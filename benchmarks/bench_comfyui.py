@@ -41,6 +41,7 @@ ModelSamplingDiscrete(lcm) + KSampler(lcm, sgm_uniform), and with `--cuda` LCMKS
 LCMFastMode (captured UNet), interleaved; best of N; a forward hook on the UNet counts its calls per
 run. The machine is shared (2 cores): timings are noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,6 +77,7 @@ COMPARE = (
 
 # ---------------------------------------------------------------- model files (project python)
 
+
 def build_models(cache: Path) -> None:
     """Write the checkpoint (once) and the two adapters of strength REL into `cache/models` (needs diffusers)."""
     import torch
@@ -92,15 +94,29 @@ def build_models(cache: Path) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET)
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
         scaling_factor=0.18215,
     )
-    text = CLIPTextModel(CLIPTextConfig(  # CLIP-L with the real vocabulary size: ComfyUI's own tokenizer
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
+    text = CLIPTextModel(
+        CLIPTextConfig(  # CLIP-L with the real vocabulary size: ComfyUI's own tokenizer
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
     models = cache / "models"
     if not (models / "checkpoints" / CHECKPOINT).exists():
         save_ldm_checkpoint(TinyModel("sd15", unet, vae, [text]), models / "checkpoints" / CHECKPOINT)
@@ -111,7 +127,7 @@ def build_models(cache: Path) -> None:
     style.rename(loras / STYLE_LORA_PEFT)
     kohya = {}
     for key, tensor in load_file(str(loras / STYLE_LORA_PEFT)).items():  # unet.<module>.lora_A.weight
-        module, factor = key[len("unet."):].rsplit(".lora_", 1)
+        module, factor = key[len("unet.") :].rsplit(".lora_", 1)
         name = "lora_unet_" + module.replace(".", "_")
         kohya[f"{name}.lora_{'down' if factor == 'A.weight' else 'up'}.weight"] = tensor
         if factor == "A.weight":
@@ -125,8 +141,9 @@ def ensure_models(cache: Path, build_python: str) -> dict:
     """Build the model files with the project's python unless the cache already holds them."""
     if not (cache / f"rel{REL}.{MANIFEST}").exists():
         print(f"building full-size models into {cache} with {build_python} (once) ...", flush=True)
-        subprocess.run([build_python, str(Path(__file__).resolve()), "--build-models", "--cache", str(cache)],
-                       check=True)
+        subprocess.run(
+            [build_python, str(Path(__file__).resolve()), "--build-models", "--cache", str(cache)], check=True
+        )
     link = cache / "custom_nodes" / "lcm_accel"
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
@@ -135,6 +152,7 @@ def ensure_models(cache: Path, build_python: str) -> dict:
 
 
 # ---------------------------------------------------------------- inside ComfyUI (worker processes)
+
 
 def rss_mib() -> tuple[float, float]:
     """(current RSS, peak RSS since the last reset) in MiB, from /proc/self/status."""
@@ -197,12 +215,14 @@ def start_comfyui(cache: Path, threads: int | None):
     if threads:
         torch.set_num_threads(threads)
     import comfy.utils
+
     import nodes
 
     comfy.utils.set_progress_bar_enabled(False)
     for extra in ("nodes_model_advanced.py", "nodes_custom_sampler.py"):
-        if not asyncio.run(nodes.load_custom_node(os.path.join(comfy_path, "comfy_extras", extra),
-                                                  module_parent="comfy_extras")):
+        if not asyncio.run(
+            nodes.load_custom_node(os.path.join(comfy_path, "comfy_extras", extra), module_parent="comfy_extras")
+        ):
             raise SystemExit(f"ComfyUI could not load comfy_extras/{extra}")
     if not asyncio.run(nodes.load_custom_node(str(cache / "custom_nodes" / "lcm_accel"))):
         raise SystemExit("ComfyUI could not load the pack from custom_nodes/lcm_accel (see the log above)")
@@ -230,11 +250,24 @@ def apply_loras(nodes, variant: str, model, style_weight: float = STYLE_WEIGHT, 
     node's strength changes."""
     if variant == "a":
         if first is None:
-            first = run_node(nodes, "LoraLoaderModelOnly", model=model, lora_name=LCM_LORA, strength_model=LCM_WEIGHT)[0]
+            first = run_node(nodes, "LoraLoaderModelOnly", model=model, lora_name=LCM_LORA, strength_model=LCM_WEIGHT)[
+                0
+            ]
         return run_node(nodes, "LoraLoaderModelOnly", model=first, lora_name=STYLE_LORA, strength_model=style_weight)[0]
-    return run_node(nodes, "LCMAdapterMixer", model=model, lora_1=LCM_LORA, weight_1=LCM_WEIGHT,
-                    lora_2=STYLE_LORA, weight_2=style_weight, lora_3="None", weight_3=1.0,
-                    lora_4="None", weight_4=1.0, rank=0)[0]
+    return run_node(
+        nodes,
+        "LCMAdapterMixer",
+        model=model,
+        lora_1=LCM_LORA,
+        weight_1=LCM_WEIGHT,
+        lora_2=STYLE_LORA,
+        weight_2=style_weight,
+        lora_3="None",
+        weight_3=1.0,
+        lora_4="None",
+        weight_4=1.0,
+        rank=0,
+    )[0]
 
 
 def restore_state_bytes(patched) -> tuple[int, int]:
@@ -287,10 +320,20 @@ def worker_load(cache: Path, variant: str, threads: int | None, weights_out: Pat
         save_file(tensors, str(weights_out))
     changed = sum(1 for k in COMPARE if not torch.equal(comfy.utils.get_attr(patched.model, k), originals[k]))
     state, patched_bytes = restore_state_bytes(patched)
-    return {"restore_state_mib": state / 2**20, "patched_mib": patched_bytes / 2**20, "seconds": seconds, "nodes_seconds": nodes_s, "peak_extra_mib": peak - base,
-            "resident_extra_mib": now - base, "baseline_rss_mib": base, "threads": torch.get_num_threads(),
-            "patch_keys": len(patched.patches), "lora_warnings": len(warnings.messages),
-            "warning_examples": warnings.messages[:3], "compared_layers_changed": changed}
+    return {
+        "restore_state_mib": state / 2**20,
+        "patched_mib": patched_bytes / 2**20,
+        "seconds": seconds,
+        "nodes_seconds": nodes_s,
+        "peak_extra_mib": peak - base,
+        "resident_extra_mib": now - base,
+        "baseline_rss_mib": base,
+        "threads": torch.get_num_threads(),
+        "patch_keys": len(patched.patches),
+        "lora_warnings": len(warnings.messages),
+        "warning_examples": warnings.messages[:3],
+        "compared_layers_changed": changed,
+    }
 
 
 def worker_reweight(cache: Path, variant: str, threads: int | None, repeats: int) -> dict:
@@ -316,8 +359,11 @@ def worker_reweight(cache: Path, variant: str, threads: int | None, repeats: int
         keep.append(patched)  # ComfyUI's cache holds the previous outputs too
         print(f"{PROGRESS}strength change {variant} -> {weight}: {times[-1]:.2f} s", flush=True)
     key = COMPARE[0]
-    return {"seconds": min(times), "all": times,
-            "checksum": float(comfy.utils.get_attr(keep[-1].model, key).double().sum())}
+    return {
+        "seconds": min(times),
+        "all": times,
+        "checksum": float(comfy.utils.get_attr(keep[-1].model, key).double().sum()),
+    }
 
 
 def worker_peft_keys(cache: Path) -> dict:
@@ -332,8 +378,12 @@ def worker_peft_keys(cache: Path) -> dict:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     sd = comfy.utils.load_torch_file(str(cache / "models" / "loras" / STYLE_LORA_PEFT), safe_load=True)
     loaded = comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map)
-    return {"file_keys": len(sd), "mapped_layers": len(loaded), "unloaded_keys": len(warnings.messages),
-            "examples": warnings.messages[:2]}
+    return {
+        "file_keys": len(sd),
+        "mapped_layers": len(loaded),
+        "unloaded_keys": len(warnings.messages),
+        "examples": warnings.messages[:2],
+    }
 
 
 class ForwardCounter:
@@ -372,28 +422,72 @@ def worker_sample(cache: Path, threads: int | None, size: int, repeats: int) -> 
 
     def comfy_route():
         lcm_model = run_node(nodes, "ModelSamplingDiscrete", model=patched, sampling="lcm", zsnr=False)[0]
-        return run_node(nodes, "KSampler", model=lcm_model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="lcm",
-                        scheduler="sgm_uniform", positive=positive, negative=negative, latent_image=latent,
-                        denoise=1.0)[0]
+        return run_node(
+            nodes,
+            "KSampler",
+            model=lcm_model,
+            seed=SEED,
+            steps=STEPS,
+            cfg=1.0,
+            sampler_name="lcm",
+            scheduler="sgm_uniform",
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            denoise=1.0,
+        )[0]
 
     def lcm_ksampler():
-        return run_node(nodes, "LCMKSampler", model=patched, seed=SEED, steps=STEPS, cfg=1.0, positive=positive,
-                        negative=negative, latent_image=latent, original_inference_steps=50, gamma=0.0,
-                        denoise=1.0)[0]
+        return run_node(
+            nodes,
+            "LCMKSampler",
+            model=patched,
+            seed=SEED,
+            steps=STEPS,
+            cfg=1.0,
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            original_inference_steps=50,
+            gamma=0.0,
+            denoise=1.0,
+        )[0]
 
     def sampler_custom():
-        sigmas = run_node(nodes, "LCMScheduler", model=patched, steps=STEPS, original_inference_steps=50,
-                          strength=1.0)[0]
+        sigmas = run_node(nodes, "LCMScheduler", model=patched, steps=STEPS, original_inference_steps=50, strength=1.0)[
+            0
+        ]
         sampler = run_node(nodes, "LCMSampler", gamma=0.0)[0]
-        return run_node(nodes, "SamplerCustom", model=patched, add_noise=True, noise_seed=SEED, cfg=1.0,
-                        positive=positive, negative=negative, sampler=sampler, sigmas=sigmas,
-                        latent_image=latent)[0]
+        return run_node(
+            nodes,
+            "SamplerCustom",
+            model=patched,
+            add_noise=True,
+            noise_seed=SEED,
+            cfg=1.0,
+            positive=positive,
+            negative=negative,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=latent,
+        )[0]
 
     def lcm_fast():
         fast = run_node(nodes, "LCMFastMode", model=patched, enable=True, backend="cuda_graph")[0]
-        return run_node(nodes, "LCMKSampler", model=fast, seed=SEED, steps=STEPS, cfg=1.0, positive=positive,
-                        negative=negative, latent_image=latent, original_inference_steps=50, gamma=0.0,
-                        denoise=1.0)[0]
+        return run_node(
+            nodes,
+            "LCMKSampler",
+            model=fast,
+            seed=SEED,
+            steps=STEPS,
+            cfg=1.0,
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            original_inference_steps=50,
+            gamma=0.0,
+            denoise=1.0,
+        )[0]
 
     routes = {"ComfyUI KSampler lcm/sgm_uniform": comfy_route}
     if "LCMKSampler" in nodes.NODE_CLASS_MAPPINGS:
@@ -411,8 +505,11 @@ def worker_sample(cache: Path, threads: int | None, size: int, repeats: int) -> 
                 out = route()
             wall = time.perf_counter() - start
             samples[name] = out["samples"]
-            print(f"{PROGRESS}{'warm-up' if run == 0 else f'run {run}'} {name}: {wall:.2f} s, "
-                  f"UNet {counter.calls} calls {counter.seconds:.2f} s", flush=True)
+            print(
+                f"{PROGRESS}{'warm-up' if run == 0 else f'run {run}'} {name}: {wall:.2f} s, "
+                f"UNet {counter.calls} calls {counter.seconds:.2f} s",
+                flush=True,
+            )
             if run and (name not in best or wall < best[name]["seconds"]):
                 best[name] = {"seconds": wall, "unet_calls": counter.calls, "unet_seconds": counter.seconds}
     ref = samples.get("ours LCMKSampler")
@@ -420,8 +517,12 @@ def worker_sample(cache: Path, threads: int | None, size: int, repeats: int) -> 
         best[name]["max_abs_diff_vs_lcmksampler"] = None if ref is None else float((out - ref).abs().max())
         best[name]["finite"] = bool(torch.isfinite(out).all())
         best[name]["output_abs_max"] = float(out.abs().max())
-    return {"routes": best, "lora_route": "LCMAdapterMixer" if mixer else "2x LoraLoaderModelOnly",
-            "size": size, "threads": torch.get_num_threads()}
+    return {
+        "routes": best,
+        "lora_route": "LCMAdapterMixer" if mixer else "2x LoraLoaderModelOnly",
+        "size": size,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ---------------------------------------------------------------- orchestration (fresh processes)
@@ -440,7 +541,7 @@ def spawn(args: argparse.Namespace, *worker: str) -> dict:
         lines = []
         for line in proc.stdout:  # echo the worker's progress lines as they come
             if line.startswith(PROGRESS):
-                print("  " + line[len(PROGRESS):].rstrip(), flush=True)
+                print("  " + line[len(PROGRESS) :].rstrip(), flush=True)
             lines.append(line)
         proc.wait()
         results = [line for line in lines if line.startswith(RESULT)]
@@ -448,7 +549,7 @@ def spawn(args: argparse.Namespace, *worker: str) -> dict:
             errors.seek(0)
             sys.stderr.write("".join(lines)[-3000:] + errors.read()[-5000:])
             raise SystemExit(f"worker {' '.join(worker)} failed (exit {proc.returncode})")
-    return json.loads(results[-1][len(RESULT):])
+    return json.loads(results[-1][len(RESULT) :])
 
 
 def compare_weights(files_a: list[Path], files_b: list[Path]) -> None:
@@ -461,10 +562,11 @@ def compare_weights(files_a: list[Path], files_b: list[Path]) -> None:
     for key in COMPARE:
         delta = (a[key] - a[f"original.{key}"]).abs().max()
         diff = (a[key] - b[key]).abs().max()
-        print(f"  {key[len('diffusion_model.'):]:<62} max|a-b| {diff:.2e}  max|LoRA change| {delta:.2e}")
+        print(f"  {key[len('diffusion_model.') :]:<62} max|a-b| {diff:.2e}  max|LoRA change| {delta:.2e}")
     worst = max(float((x[key] - a[key]).abs().max()) for x in runs_a + runs_b for key in COMPARE)
-    print(f"  every run of a and b against a's first run: max abs diff {worst:.2e} "
-          f"({len(runs_a)} + {len(runs_b)} runs)")
+    print(
+        f"  every run of a and b against a's first run: max abs diff {worst:.2e} ({len(runs_a)} + {len(runs_b)} runs)"
+    )
 
 
 def bench_load(args: argparse.Namespace, repeats: int, work: Path) -> None:
@@ -473,16 +575,23 @@ def bench_load(args: argparse.Namespace, repeats: int, work: Path) -> None:
         for variant in ("a", "b"):
             if runs[variant] and "skipped" in runs[variant][0]:
                 continue
-            res = spawn(args, "--worker-load", variant, "--weights-out", str(work / f"weights_{variant}_{r}.safetensors"))
+            res = spawn(
+                args, "--worker-load", variant, "--weights-out", str(work / f"weights_{variant}_{r}.safetensors")
+            )
             runs[variant].append(res)
             if "skipped" not in res:
-                print(f"  load {variant} run {r + 1}: {res['seconds']:.2f} s (nodes {res['nodes_seconds']:.2f} s), "
-                      f"peak +{res['peak_extra_mib']:.0f} MiB, resident +{res['resident_extra_mib']:.0f} MiB, "
-                      f"{res['patch_keys']} ComfyUI patch keys, restore state {res['restore_state_mib']:.1f} MiB of "
-                      f"{res['patched_mib']:.0f} MiB patched, {res['lora_warnings']} LoRA-key warnings", flush=True)
+                print(
+                    f"  load {variant} run {r + 1}: {res['seconds']:.2f} s (nodes {res['nodes_seconds']:.2f} s), "
+                    f"peak +{res['peak_extra_mib']:.0f} MiB, resident +{res['resident_extra_mib']:.0f} MiB, "
+                    f"{res['patch_keys']} ComfyUI patch keys, restore state {res['restore_state_mib']:.1f} MiB of "
+                    f"{res['patched_mib']:.0f} MiB patched, {res['lora_warnings']} LoRA-key warnings",
+                    flush=True,
+                )
     labels = {"a": "a: 2x LoraLoaderModelOnly", "b": "b: LCMAdapterMixer"}
-    print(f"\nLoRA load + patch (node execution + load_models_gpu), fresh process each, best of {repeats}; "
-          f"threads {runs['a'][0]['threads']}, baseline RSS {runs['a'][0]['baseline_rss_mib']:.0f} MiB")
+    print(
+        f"\nLoRA load + patch (node execution + load_models_gpu), fresh process each, best of {repeats}; "
+        f"threads {runs['a'][0]['threads']}, baseline RSS {runs['a'][0]['baseline_rss_mib']:.0f} MiB"
+    )
     print(f"{'variant':<28}{'best s':>8}{'all runs s':>22}{'peak MiB':>10}{'resid MiB':>11}{'warnings':>10}")
     best = {}
     for variant, results in runs.items():
@@ -490,67 +599,101 @@ def bench_load(args: argparse.Namespace, repeats: int, work: Path) -> None:
             print(f"{labels[variant]:<28} skipped: {results[0]['skipped']}")
             continue
         best[variant] = min(results, key=lambda x: x["seconds"])
-        print(f"{labels[variant]:<28}{best[variant]['seconds']:>8.2f}"
-              f"{', '.join('%.2f' % x['seconds'] for x in results):>22}"
-              f"{min(x['peak_extra_mib'] for x in results):>10.0f}{best[variant]['resident_extra_mib']:>11.0f}"
-              f"{max(x['lora_warnings'] for x in results):>10d}")
+        print(
+            f"{labels[variant]:<28}{best[variant]['seconds']:>8.2f}"
+            f"{', '.join(format(x['seconds'], '.2f') for x in results):>22}"
+            f"{min(x['peak_extra_mib'] for x in results):>10.0f}{best[variant]['resident_extra_mib']:>11.0f}"
+            f"{max(x['lora_warnings'] for x in results):>10d}"
+        )
         for text in best[variant]["warning_examples"]:
             print(f"    {text}")
     if len(best) == 2:
         a, b = best["a"], best["b"]
-        print(f"ratio a/b: time {a['seconds'] / b['seconds']:.2f}x, "
-              f"peak memory {a['peak_extra_mib'] / max(b['peak_extra_mib'], 1):.2f}x")
-        print(f"host memory held after loading: b/a = {b['resident_extra_mib'] / max(a['resident_extra_mib'], 1):.3f} "
-              f"(target <= 0.1); our restore state {b['restore_state_mib']:.1f} MiB = "
-              f"{b['restore_state_mib'] / max(b['patched_mib'], 1e-9):.2%} of the {b['patched_mib']:.0f} MiB patched")
+        print(
+            f"ratio a/b: time {a['seconds'] / b['seconds']:.2f}x, "
+            f"peak memory {a['peak_extra_mib'] / max(b['peak_extra_mib'], 1):.2f}x"
+        )
+        print(
+            f"host memory held after loading: b/a = {b['resident_extra_mib'] / max(a['resident_extra_mib'], 1):.3f} "
+            f"(target <= 0.1); our restore state {b['restore_state_mib']:.1f} MiB = "
+            f"{b['restore_state_mib'] / max(b['patched_mib'], 1e-9):.2%} of the {b['patched_mib']:.0f} MiB patched"
+        )
         compare_weights(*([work / f"weights_{v}_{r}.safetensors" for r in range(len(runs[v]))] for v in "ab"))
 
 
 def bench_reweight(args: argparse.Namespace, repeats: int) -> None:
     res = {v: spawn(args, "--worker-reweight", v, "--repeats", str(repeats)) for v in ("a", "b")}
-    print(f"\nOne strength change before the next image (style 0.8 <-> 0.5: node(s) + load_models_gpu), "
-          f"best of {repeats}, one process per variant")
-    print(f"  a: 2x LoraLoaderModelOnly (ComfyUI unpatch + re-patch): {res['a']['seconds']:.3f} s  "
-          f"(all: {', '.join('%.3f' % t for t in res['a']['all'])})")
-    print(f"  b: LCMAdapterMixer (in-place re-weight):               {res['b']['seconds']:.3f} s  "
-          f"(all: {', '.join('%.3f' % t for t in res['b']['all'])})")
-    print(f"  ratio a/b: {res['a']['seconds'] / res['b']['seconds']:.2f}x (target: >= 1 on the CPU); "
-          f"checksum of {COMPARE[0].split('.', 1)[1]} a {res['a']['checksum']:.6f} b {res['b']['checksum']:.6f}")
+    print(
+        f"\nOne strength change before the next image (style 0.8 <-> 0.5: node(s) + load_models_gpu), "
+        f"best of {repeats}, one process per variant"
+    )
+    print(
+        f"  a: 2x LoraLoaderModelOnly (ComfyUI unpatch + re-patch): {res['a']['seconds']:.3f} s  "
+        f"(all: {', '.join(f'{t:.3f}' for t in res['a']['all'])})"
+    )
+    print(
+        f"  b: LCMAdapterMixer (in-place re-weight):               {res['b']['seconds']:.3f} s  "
+        f"(all: {', '.join(f'{t:.3f}' for t in res['b']['all'])})"
+    )
+    print(
+        f"  ratio a/b: {res['a']['seconds'] / res['b']['seconds']:.2f}x (target: >= 1 on the CPU); "
+        f"checksum of {COMPARE[0].split('.', 1)[1]} a {res['a']['checksum']:.6f} b {res['b']['checksum']:.6f}"
+    )
 
 
 def bench_sampling(args: argparse.Namespace, size: int, repeats: int) -> None:
     res = spawn(args, "--worker-sample", "--size", str(size), "--repeats", str(repeats))
     routes = res["routes"]
-    print(f"\nLCM sampling, {STEPS} steps, {size}x{size}, batch 1, cfg 1.0, on the {res['lora_route']} model "
-          f"(patched before timing), best of {repeats} after a warm-up; threads {res['threads']}")
-    print(f"{'route':<44}{'s/run':>7}{'s/step':>8}{'UNet calls':>11}{'UNet s':>8}{'non-UNet ms/step':>17}"
-          f"{'max|x-LCMKSampler|':>19}")
+    print(
+        f"\nLCM sampling, {STEPS} steps, {size}x{size}, batch 1, cfg 1.0, on the {res['lora_route']} model "
+        f"(patched before timing), best of {repeats} after a warm-up; threads {res['threads']}"
+    )
+    print(
+        f"{'route':<44}{'s/run':>7}{'s/step':>8}{'UNet calls':>11}{'UNet s':>8}{'non-UNet ms/step':>17}"
+        f"{'max|x-LCMKSampler|':>19}"
+    )
     for name, r in routes.items():
         diff = r["max_abs_diff_vs_lcmksampler"]
-        print(f"{name:<44}{r['seconds']:>7.2f}{r['seconds'] / STEPS:>8.3f}{r['unet_calls']:>11d}"
-              f"{r['unet_seconds']:>8.2f}{(r['seconds'] - r['unet_seconds']) / STEPS * 1000:>17.1f}"
-              + (f"{diff:>19.2e}" if diff is not None and name.startswith("ours") else f"{'-':>19}")
-              + ("" if r["finite"] else "  NOT FINITE"))
+        print(
+            f"{name:<44}{r['seconds']:>7.2f}{r['seconds'] / STEPS:>8.3f}{r['unet_calls']:>11d}"
+            f"{r['unet_seconds']:>8.2f}{(r['seconds'] - r['unet_seconds']) / STEPS * 1000:>17.1f}"
+            + (f"{diff:>19.2e}" if diff is not None and name.startswith("ours") else f"{'-':>19}")
+            + ("" if r["finite"] else "  NOT FINITE")
+        )
     comfy = routes["ComfyUI KSampler lcm/sgm_uniform"]
     comfy_other = (comfy["seconds"] - comfy["unet_seconds"]) / STEPS
     for name, r in routes.items():
         if name.startswith("ours"):
             other = (r["seconds"] - r["unet_seconds"]) / STEPS
-            print(f"{name}: {r['seconds'] / comfy['seconds']:.3f}x ComfyUI's time per step "
-                  f"({(r['seconds'] - comfy['seconds']) / STEPS * 1000:+.0f} ms/step, of which outside the UNet "
-                  f"{(other - comfy_other) * 1000:+.1f} ms/step)")
-    print("(ComfyUI's route runs sgm_uniform timesteps and its own per-step noise, so its latent differs "
-          "from ours by design; the UNet time is what the shared machine makes noisy)")
+            print(
+                f"{name}: {r['seconds'] / comfy['seconds']:.3f}x ComfyUI's time per step "
+                f"({(r['seconds'] - comfy['seconds']) / STEPS * 1000:+.0f} ms/step, of which outside the UNet "
+                f"{(other - comfy_other) * 1000:+.1f} ms/step)"
+            )
+    print(
+        "(ComfyUI's route runs sgm_uniform timesteps and its own per-step noise, so its latent differs "
+        "from ours by design; the UNet time is what the shared machine makes noisy)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "lcm_accel" / "bench_comfyui",
-                        help="where the model files are built once and kept (also ComfyUI's --base-directory)")
-    parser.add_argument("--build-python", default="python",
-                        help="a python with diffusers, transformers and lcm_accel, to build the model files")
-    parser.add_argument("--relative-delta", default=None,
-                        help="adapter strength: delta entries ~ this x the weight's std (default 3e-02)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "lcm_accel" / "bench_comfyui",
+        help="where the model files are built once and kept (also ComfyUI's --base-directory)",
+    )
+    parser.add_argument(
+        "--build-python",
+        default="python",
+        help="a python with diffusers, transformers and lcm_accel, to build the model files",
+    )
+    parser.add_argument(
+        "--relative-delta",
+        default=None,
+        help="adapter strength: delta entries ~ this x the weight's std (default 3e-02)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 load run per variant; sampling 256x256, best of 1")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the workers")
     parser.add_argument("--load-repeats", type=int, default=None, help="fresh-process load runs per variant (3)")
@@ -559,8 +702,11 @@ def main() -> None:
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--skip-reweight", action="store_true")
-    parser.add_argument("--cuda", action="store_true",
-                        help="run ComfyUI on its default GPU (no --cpu / --force-fp32) and add the LCMFastMode route")
+    parser.add_argument(
+        "--cuda",
+        action="store_true",
+        help="run ComfyUI on its default GPU (no --cpu / --force-fp32) and add the LCMFastMode route",
+    )
     parser.add_argument("--worker-reweight", choices=("a", "b"), help=argparse.SUPPRESS)
     parser.add_argument("--build-models", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-load", choices=("a", "b"), help=argparse.SUPPRESS)
@@ -589,13 +735,19 @@ def main() -> None:
     load_repeats = args.load_repeats or (1 if args.quick else 3)
     sample_repeats = args.sample_repeats or (1 if args.quick else 3)
     size = args.size or (256 if args.quick else 512)
-    print(f"ComfyUI at {os.environ.get('COMFYUI_PATH')}, --cpu --force-fp32; full-size SD1.5 random weights "
-          f"(fp32); LCM-LoRA-shaped rank 64 kohya + style rank 16 (kohya) on {manifest['layers']} layers, "
-          f"delta ~{REL} x std(W); "
-          f"{os.cpu_count()} CPU cores shared with other jobs: timings are noisy", flush=True)
+    print(
+        f"ComfyUI at {os.environ.get('COMFYUI_PATH')}, --cpu --force-fp32; full-size SD1.5 random weights "
+        f"(fp32); LCM-LoRA-shaped rank 64 kohya + style rank 16 (kohya) on {manifest['layers']} layers, "
+        f"delta ~{REL} x std(W); "
+        f"{os.cpu_count()} CPU cores shared with other jobs: timings are noisy",
+        flush=True,
+    )
     peft = spawn(args, "--worker-peft")
-    print(f"PEFT-layout twin of the style LoRA in ComfyUI: {peft['unloaded_keys']} of {peft['file_keys']} keys "
-          f"not loaded ({peft['mapped_layers']} layers mapped); the kohya file is used below", flush=True)
+    print(
+        f"PEFT-layout twin of the style LoRA in ComfyUI: {peft['unloaded_keys']} of {peft['file_keys']} keys "
+        f"not loaded ({peft['mapped_layers']} layers mapped); the kohya file is used below",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench_comfyui_") as work:
         if not args.skip_load:
             bench_load(args, load_repeats, Path(work))

@@ -30,6 +30,7 @@ took 16-22 min. `--latent 64` measures 512 px images. Part 2 prints each run's m
 speedup normalized by it, since a change of load between a run and its baseline skews the ratio.
 `--quick` is a smoke run (latent 16, 4 euler steps, 2- and 4-step LCM, interval 2, one repeat).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,9 @@ def sample(model, kind: RunKind, positive: list, negative: list, latent: dict) -
     from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
 
     if kind.sampler == "euler":
-        out = CORE["KSampler"]().sample(model, SEED, kind.steps, kind.cfg, "euler", "normal", positive, negative,
-                                        latent, 1.0)
+        out = CORE["KSampler"]().sample(
+            model, SEED, kind.steps, kind.cfg, "euler", "normal", positive, negative, latent, 1.0
+        )
     else:
         out = PACK["LCMKSampler"]().sample(model, SEED, kind.steps, kind.cfg, positive, negative, latent)
     return out[0]["samples"]
@@ -161,8 +163,9 @@ def time_calls(unet: torch.nn.Module, latent_size: int, branches: list[int], rep
         with DeepCacheUNet(unet, branch, [True, False] * repeats) as cached:
             times = [timed_call() for _ in range(2 * repeats)]
             if cached.stats != {"full": repeats, "partial": repeats, "forced_full": 0}:
-                raise RuntimeError(f"branch {branch}: expected {repeats} full and {repeats} partial calls, "
-                                   f"got {cached.stats}")
+                raise RuntimeError(
+                    f"branch {branch}: expected {repeats} full and {repeats} partial calls, got {cached.stats}"
+                )
         full += times[0::2]
         partial[branch] = min(times[1::2])
     return min(full), partial
@@ -180,10 +183,11 @@ class TimedRun:
 
 
 @torch.no_grad()
-def time_runs(unet: torch.nn.Module, latent_size: int, kinds: list[RunKind], intervals: list[int],
-              branch: int) -> list[TimedRun]:
+def time_runs(
+    unet: torch.nn.Module, latent_size: int, kinds: list[RunKind], intervals: list[int], branch: int
+) -> list[TimedRun]:
     """One timed run per (kind, interval), uncached first, through the nodes on a ModelHost."""
-    from lcm_accel.hosts.standalone.types import ModelHost
+    from lcm_accel.runtime.model_types import ModelHost
 
     model = ModelHost(unet=unet, family="sd15")
     generator = torch.Generator().manual_seed(SEED + 1)
@@ -202,8 +206,11 @@ def time_runs(unet: torch.nn.Module, latent_size: int, kinds: list[RunKind], int
                 full, partial = timer.calls["full"], timer.calls["partial"]
                 results.append(TimedRun(kind, interval, wall, full, partial, timer.seconds["full"] / max(full, 1)))
                 label = "none" if interval is None else interval
-                print(f"  {kind.name:16s} interval {label!s:4s} {wall:8.1f} s  ({full} full / {partial} partial "
-                      f"calls, {results[-1].full_seconds:.2f} s per full call)", flush=True)
+                print(
+                    f"  {kind.name:16s} interval {label!s:4s} {wall:8.1f} s  ({full} full / {partial} partial "
+                    f"calls, {results[-1].full_seconds:.2f} s per full call)",
+                    flush=True,
+                )
     finally:
         timer.close()
     return results
@@ -221,7 +228,7 @@ def tiny_psnr(kinds: list[RunKind], intervals: list[int], branches: list[int], i
     """{(kind name, branch, interval): PSNR of the cached run's image vs the uncached one}."""
     from lcm_accel.fixtures import shared_models_root
     from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     model, clip, vae = load_checkpoint(shared_models_root() / "models" / "checkpoints" / "tiny_sd15.safetensors")
     encode, decode = CORE["CLIPTextEncode"]().encode, CORE["VAEDecode"]().decode
@@ -236,8 +243,9 @@ def tiny_psnr(kinds: list[RunKind], intervals: list[int], branches: list[int], i
         reference = image(model, kind)
         for branch in branches:
             for interval in intervals:
-                table[(kind.name, branch, interval)] = psnr(image(with_deepcache(model, interval, branch), kind),
-                                                            reference)
+                table[(kind.name, branch, interval)] = psnr(
+                    image(with_deepcache(model, interval, branch), kind), reference
+                )
     return table
 
 
@@ -247,13 +255,17 @@ def print_part1(latent: int, t_full: float, partial: dict, skipped: dict) -> Non
     print(f"full call: {t_full:.3f} s")
     print("branch  partial s  full/partial  skipped MACs  MAC bound 1/(1-skipped)")
     for branch, t_partial in partial.items():
-        print(f"{branch:6d}  {t_partial:9.3f}  {t_full / t_partial:12.2f}x  {skipped[branch]:12.4f}  "
-              f"{1 / (1 - skipped[branch]):10.2f}x")
+        print(
+            f"{branch:6d}  {t_partial:9.3f}  {t_full / t_partial:12.2f}x  {skipped[branch]:12.4f}  "
+            f"{1 / (1 - skipped[branch]):10.2f}x"
+        )
 
 
 def print_part2(runs: list[TimedRun], t_full: float, t_partial: float, branch: int) -> None:
     print(f"\n## 2. Whole runs through the nodes, DeepCache branch {branch} (expected from part 1's per-call times)")
-    print("run               interval  full/partial calls   wall s  s/full call  measured speedup  load-normalized  expected speedup")
+    print(
+        "run               interval  full/partial calls   wall s  s/full call  measured speedup  load-normalized  expected speedup"
+    )
     base = {}
     for run in runs:
         partial = run.partial
@@ -266,11 +278,15 @@ def print_part2(runs: list[TimedRun], t_full: float, t_partial: float, branch: i
             measured = ref.wall / run.wall
             normalized = measured * run.full_seconds / ref.full_seconds
             expected = (ref.full + ref.partial) * t_full / (run.full * t_full + partial * t_partial)
-        print(f"{run.kind.name:17s} {label:>8s}  {run.full:5d} / {partial:<5d}      {run.wall:8.1f}  "
-              f"{run.full_seconds:11.2f}  {measured:15.2f}x  {normalized:14.2f}x  {expected:15.2f}x")
-    print("(s/full call: mean of the run's full UNet calls; where it differs between a run and its baseline the "
-          "machine's load changed;\n load-normalized = measured x (s/full call of the run / of its baseline), "
-          "assuming partial calls slowed by the same factor)")
+        print(
+            f"{run.kind.name:17s} {label:>8s}  {run.full:5d} / {partial:<5d}      {run.wall:8.1f}  "
+            f"{run.full_seconds:11.2f}  {measured:15.2f}x  {normalized:14.2f}x  {expected:15.2f}x"
+        )
+    print(
+        "(s/full call: mean of the run's full UNet calls; where it differs between a run and its baseline the "
+        "machine's load changed;\n load-normalized = measured x (s/full call of the run / of its baseline), "
+        "assuming partial calls slowed by the same factor)"
+    )
 
 
 def print_part3(table: dict, kinds: list[RunKind], intervals: list[int], branches: list[int], size: int) -> None:
@@ -285,22 +301,45 @@ def print_part3(table: dict, kinds: list[RunKind], intervals: list[int], branche
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latent", type=int, default=32,
-                        help="latent height and width of the full-size runs (default 32 = 256 px; 64 = 512 px, ~2x slower)")
-    parser.add_argument("--branches", type=int, nargs="+", default=[0],
-                        help="DeepCache branches timed in part 1; part 2 uses the first (default 0)")
+    parser.add_argument(
+        "--latent",
+        type=int,
+        default=32,
+        help="latent height and width of the full-size runs (default 32 = 256 px; 64 = 512 px, ~2x slower)",
+    )
+    parser.add_argument(
+        "--branches",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="DeepCache branches timed in part 1; part 2 uses the first (default 0)",
+    )
     parser.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5], help="cache intervals (default 2 3 5)")
     parser.add_argument("--euler-steps", type=int, default=25, help="steps of the euler cfg-7 run (default 25)")
     parser.add_argument("--lcm-steps", type=int, nargs="+", default=[4, 8], help="steps of the LCM runs (default 4 8)")
     parser.add_argument("--repeats", type=int, default=5, help="per-call timings: the fastest of N (default 5)")
-    parser.add_argument("--psnr-branches", type=int, nargs="+", default=[0, 3, 6],
-                        help="branches of the tiny-model PSNR table (default 0 3 6)")
+    parser.add_argument(
+        "--psnr-branches",
+        type=int,
+        nargs="+",
+        default=[0, 3, 6],
+        help="branches of the tiny-model PSNR table (default 0 3 6)",
+    )
     parser.add_argument("--tiny-size", type=int, default=128, help="image size of the tiny-model runs (default 128)")
-    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                        help="which parts to run (default all; part 2 needs part 1's times)")
+    parser.add_argument(
+        "--parts",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        choices=[1, 2, 3],
+        help="which parts to run (default all; part 2 needs part 1's times)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: latent 16, 4 euler steps, LCM 2 and 4 steps, interval 2, 1 repeat")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: latent 16, 4 euler steps, LCM 2 and 4 steps, interval 2, 1 repeat",
+    )
     args = parser.parse_args()
     if args.quick:
         args.latent, args.euler_steps, args.lcm_steps, args.intervals, args.repeats = 16, 4, [2, 4], [2], 1
@@ -312,8 +351,10 @@ def main() -> None:
 
     started = time.perf_counter()
     print("$ python " + shlex.join(sys.argv))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU; timings are noisy "
-          "(other processes share the cores): per-call times are the fastest of repeats, runs are timed once")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU; timings are noisy "
+        "(other processes share the cores): per-call times are the fastest of repeats, runs are timed once"
+    )
     kinds = run_kinds(args.euler_steps, args.lcm_steps)
 
     if 1 in args.parts:
@@ -331,8 +372,10 @@ def main() -> None:
                 n_full += kind.calls_per_step * (kind.steps + sum(steps_full))
             n_calls = sum(kind.calls_per_step * kind.steps for kind in kinds) * (1 + len(args.intervals))
             estimate = n_full * t_full + (n_calls - n_full) * partial[branch]
-            print(f"\npart 2: {n_full} full + {n_calls - n_full} partial UNet calls, about {estimate / 60:.1f} min",
-                  flush=True)
+            print(
+                f"\npart 2: {n_full} full + {n_calls - n_full} partial UNet calls, about {estimate / 60:.1f} min",
+                flush=True,
+            )
             runs = time_runs(unet, args.latent, kinds, args.intervals, branch)
             print_part2(runs, t_full, partial[branch], branch)
         del unet

@@ -7,6 +7,7 @@ counted by `feature_cache.count_macs` on one call of the full and of the partial
 elementwise ops left out). This bounds the speed-up a cached step can give; times per step come
 with the DeepCache node's benchmark.
 """
+
 from __future__ import annotations
 
 import argparse

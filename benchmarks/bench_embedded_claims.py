@@ -18,6 +18,7 @@ node settings, LCMQuantizeUNet), and the shipped scorer reads each picture back:
 Claims checked: LCM-LoRA at 4 steps within 5 points of the teacher's accuracy and clearly above the
 base at 4 steps; the style LoRA kept next to the LCM-LoRA at the paper's weights (0.8, 1.0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT.parent))
 
 from lcm_accel.embedded.evaluate import (  # noqa: E402
-    PAPER_WEIGHTS, TEACHER_STEPS, EmbeddedPipeline, eval_scenes, measure,
+    PAPER_WEIGHTS,
+    TEACHER_STEPS,
+    EmbeddedPipeline,
+    eval_scenes,
+    measure,
 )
 from lcm_accel.quantize.formats import FORMATS  # noqa: E402
 
@@ -40,13 +45,17 @@ def methods(step_list: list[int]) -> list[tuple[str, dict]]:
     rows = [(f"teacher DDIM {TEACHER_STEPS} + CFG", dict(steps=TEACHER_STEPS))]
     rows += [(f"base DDIM {k} + CFG", dict(steps=k)) for k in step_list]
     rows += [(f"LCM-LoRA {k}", dict(steps=k, lcm=1.0)) for k in step_list]
-    rows += [("LCM-LoRA 8 + DeepCache i2", dict(steps=8, lcm=1.0, deepcache=2)),
-             (f"teacher {TEACHER_STEPS} + DeepCache i3", dict(steps=TEACHER_STEPS, deepcache=3))]
+    rows += [
+        ("LCM-LoRA 8 + DeepCache i2", dict(steps=8, lcm=1.0, deepcache=2)),
+        (f"teacher {TEACHER_STEPS} + DeepCache i3", dict(steps=TEACHER_STEPS, deepcache=3)),
+    ]
     rows += [(f"LCM-LoRA 4 + {fmt}", dict(steps=4, lcm=1.0, quantize=fmt)) for fmt in FORMATS]
     style = PAPER_WEIGHTS["style"]
-    rows += [(f"style {style} on teacher {TEACHER_STEPS}", dict(steps=TEACHER_STEPS, style=style)),
-             (f"style {style} + LCM {PAPER_WEIGHTS['lcm']} 4", dict(steps=4, lcm=PAPER_WEIGHTS["lcm"], style=style)),
-             ("style + LCM 8 + DeepCache i2", dict(steps=8, lcm=1.0, style=style, deepcache=2))]
+    rows += [
+        (f"style {style} on teacher {TEACHER_STEPS}", dict(steps=TEACHER_STEPS, style=style)),
+        (f"style {style} + LCM {PAPER_WEIGHTS['lcm']} 4", dict(steps=4, lcm=PAPER_WEIGHTS["lcm"], style=style)),
+        ("style + LCM 8 + DeepCache i2", dict(steps=8, lcm=1.0, style=style, deepcache=2)),
+    ]
     rows += [(f"style + LCM 4 + {fmt}", dict(steps=4, lcm=1.0, style=style, quantize=fmt)) for fmt in FORMATS]
     return rows
 
@@ -81,21 +90,27 @@ def main(argv: list[str] | None = None) -> int:
         mean = lambda key: sum(getattr(m, key) for m in found) / len(found)  # noqa: E731
         results.append((label, calls, seconds, mean("accuracy"), mean("position"), mean("distance"), mean("style")))
     style_reference = next(r[6] for r in results if r[0].startswith("style") and "teacher" in r[0])
-    print(f"\n{args.count} prompts x {len(args.seeds)} seeds, torch threads {args.threads}, CPU; "
-          "distance: RMS pixel distance to the teacher's picture (same prompt and seed)")
+    print(
+        f"\n{args.count} prompts x {len(args.seeds)} seeds, torch threads {args.threads}, CPU; "
+        "distance: RMS pixel distance to the teacher's picture (same prompt and seed)"
+    )
     header = f"| {'method':34} | UNet calls | s / image | prompt acc | position acc | dist. to teacher | style rate | style retained |"
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
     for label, calls, seconds, acc, pos, dist, style in results:
         retained = f"{style / style_reference:.2f}" if label.startswith("style") and style_reference else ""
-        print(f"| {label:34} | {calls:10d} | {seconds:9.4f} | {acc:10.1%} | {pos:12.1%} | {dist:16.3f} | "
-              f"{style:10.1%} | {retained:>14} |")
+        print(
+            f"| {label:34} | {calls:10d} | {seconds:9.4f} | {acc:10.1%} | {pos:12.1%} | {dist:16.3f} | "
+            f"{style:10.1%} | {retained:>14} |"
+        )
     by_label = {r[0]: r for r in results}
     teacher_acc = results[0][3]
     lcm4, base4 = by_label.get("LCM-LoRA 4"), by_label.get("base DDIM 4 + CFG")
     if lcm4 and base4:
-        print(f"\nLCM-LoRA 4 steps: {lcm4[3]:.1%} vs teacher {teacher_acc:.1%} ({(lcm4[3] - teacher_acc) * 100:+.1f} points; "
-              f"target within 5) and base DDIM 4 + CFG {base4[3]:.1%} ({(lcm4[3] - base4[3]) * 100:+.1f} points)")
+        print(
+            f"\nLCM-LoRA 4 steps: {lcm4[3]:.1%} vs teacher {teacher_acc:.1%} ({(lcm4[3] - teacher_acc) * 100:+.1f} points; "
+            f"target within 5) and base DDIM 4 + CFG {base4[3]:.1%} ({(lcm4[3] - base4[3]) * 100:+.1f} points)"
+        )
     return 0
 
 

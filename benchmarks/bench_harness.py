@@ -6,6 +6,7 @@ conversion, validation, a cold execution and a fully cached one.
 Prints microseconds per node (best of the repeats); the node bodies do nothing, so this is
 the harness's own cost.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -14,6 +14,7 @@ hooks on the UNet, the VAE decoder and the text encoder time every model forward
 same run, so `wall / forwards` is the harness+nodes overhead. u (one UNet forward) and F (the
 text encodes + VAE decode) come from the same run, giving the speedup bound (50u+F)/(4u+F).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,31 @@ def build_full_sd15_checkpoint(path: Path, tokenizer_dir: Path) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)  # the SD1.5 layout
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
         scaling_factor=0.18215,
     )
     write_clip_tokenizer(tokenizer_dir)
     vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=768,  # the offline tokenizer's vocabulary; the layers are CLIP-L's
-        intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-    ))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=768,  # the offline tokenizer's vocabulary; the layers are CLIP-L's
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
     save_ldm_checkpoint(TinyModel("sd15", unet, vae, [text]), path)
 
 
@@ -78,12 +92,14 @@ class ForwardTimer:
     def _pre(self, name):
         def hook(module, args):
             self._start[name] = time.perf_counter()
+
         return hook
 
     def _post(self, name):
         def hook(module, args, output):
             self.seconds[name] += time.perf_counter() - self._start.pop(name)
             self.calls[name] += 1
+
         return hook
 
     def reset(self) -> None:
@@ -95,15 +111,16 @@ class ForwardTimer:
             handle.remove()
 
 
-def timed_runs(workflow: Path, models_root: Path, out: Path, size: int, timer: ForwardTimer,
-               repeats: int = 1) -> tuple[float, dict, dict]:
+def timed_runs(
+    workflow: Path, models_root: Path, out: Path, size: int, timer: ForwardTimer, repeats: int = 1
+) -> tuple[float, dict, dict]:
     """Run `workflow` once (loads and patches the model), then `repeats` more times, each with new
     prompts and seed; (wall, forward seconds, forward calls) of the fastest timed run."""
     from lcm_accel.harness.executor import Executor
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
     from lcm_accel.harness.registry import default_registry
     from lcm_accel.harness.runner import api_prompt, apply_overrides
     from lcm_accel.harness.workflow_io import load_workflow
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
     registry = default_registry()
     paths = ModelPaths(models_root / "models", input_dir=models_root / "input", output_dir=out)
@@ -138,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="lcm_bench_") as tmp:
         root = Path(tmp)
@@ -147,14 +164,17 @@ def main() -> None:
         build_full_sd15_checkpoint(checkpoint, root / "models" / "tokenizers" / "clip")
         build_lcm_lora(root / "models" / "loras" / "lcm-lora-sdv1-5.safetensors", checkpoint)
         (root / "input").mkdir()
-        print(f"wrote full-size SD1.5 checkpoint + rank-64 LCM-LoRA in {time.perf_counter() - t0:.1f} s; "
-              f"{torch.get_num_threads()} threads, {args.size}x{args.size}")
+        print(
+            f"wrote full-size SD1.5 checkpoint + rank-64 LCM-LoRA in {time.perf_counter() - t0:.1f} s; "
+            f"{torch.get_num_threads()} threads, {args.size}x{args.size}"
+        )
         model, clip, vae = load_checkpoint(checkpoint)
         timer = ForwardTimer({"unet": model.unet, "text": clip.text_encoders[0], "vae_decode": vae.vae.decoder})
         results = {}
         for name, repeats in (("baseline_25step_cfg7", 1), ("lcm_lora_txt2img", args.repeats)):
-            results[name] = timed_runs(ROOT / "workflows" / f"{name}.json", root, root / "output", args.size, timer,
-                                       repeats)
+            results[name] = timed_runs(
+                ROOT / "workflows" / f"{name}.json", root, root / "output", args.size, timer, repeats
+            )
         timer.close()
 
     lcm_wall, lcm_fwd, lcm_calls = results["lcm_lora_txt2img"]
@@ -166,14 +186,20 @@ def main() -> None:
     speedup = base_wall / lcm_wall
     print("\nrun                    wall s   forwards s   unet calls  unet s   text s   vae s")
     for name, (wall, fwd, calls) in results.items():
-        print(f"{name:22s} {wall:7.2f}   {sum(fwd.values()):9.2f}   {calls['unet']:9d}  {fwd['unet']:6.2f}  "
-              f"{fwd['text']:6.2f}  {fwd['vae_decode']:6.2f}")
-    print(f"\nLCM workflow wall / its model forwards: {lcm_wall / forwards:.4f}  (target <= 1.03; "
-          f"overhead {lcm_wall - forwards:.3f} s)")
+        print(
+            f"{name:22s} {wall:7.2f}   {sum(fwd.values()):9.2f}   {calls['unet']:9d}  {fwd['unet']:6.2f}  "
+            f"{fwd['text']:6.2f}  {fwd['vae_decode']:6.2f}"
+        )
+    print(
+        f"\nLCM workflow wall / its model forwards: {lcm_wall / forwards:.4f}  (target <= 1.03; "
+        f"overhead {lcm_wall - forwards:.3f} s)"
+    )
     print(f"baseline workflow wall / its model forwards: {base_wall / sum(base_fwd.values()):.4f}")
     print(f"u (one UNet forward, batch 1) = {u:.3f} s, F (text encodes + VAE decode) = {f:.3f} s")
-    print(f"speedup over the 25-step cfg-7 baseline: {speedup:.2f}x; bound (50u+F)/(4u+F) = {bound:.2f}x; "
-          f"ratio {speedup / bound:.3f} (target >= 0.97)")
+    print(
+        f"speedup over the 25-step cfg-7 baseline: {speedup:.2f}x; bound (50u+F)/(4u+F) = {bound:.2f}x; "
+        f"ratio {speedup / bound:.3f} (target >= 0.97)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ LoRA adapter of one model together, and its unmerge is not exact).
 the restore state's size (% of the patched weights' bytes), the exception rate (elements where
 t(t(W + D) - D) != W) and apply / re-weight / restore seconds; every restore is checked bit-exact.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,13 @@ def write_adapters(unet, folder: Path, quick: bool, args_relative: float) -> tup
             up = (torch.randn((shape[0], rank, *([1, 1] if len(shape) == 4 else [])), generator=g) * u).half()
             if kohya:
                 key = "lora_unet_" + module.replace(".", "_")
-                store.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                              f"{key}.alpha": torch.tensor(8.0).half()})
+                store.update(
+                    {
+                        f"{key}.lora_down.weight": down,
+                        f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(8.0).half(),
+                    }
+                )
             else:
                 store.update({f"unet.{module}.lora_A.weight": down, f"unet.{module}.lora_B.weight": up})
     save_file(lcm, str(folder / "lcm_lora_shaped.safetensors"))
@@ -112,8 +118,11 @@ def _patch_cycle(unet, params: dict, loras: list, repeat: int) -> dict:
     exact, report = True, None
     for _ in range(repeat):
         patcher = LoraPatcher(unet, params=params)
-        for phase, fn in (("apply", lambda: patcher.apply([(loras[0], 1.0), (loras[1], 0.8)])),
-                          ("reweight", lambda: patcher.reweight([0.9, 0.5])), ("restore", patcher.restore)):
+        for phase, fn in (
+            ("apply", lambda: patcher.apply([(loras[0], 1.0), (loras[1], 0.8)])),
+            ("reweight", lambda: patcher.reweight([0.9, 0.5])),
+            ("restore", patcher.restore),
+        ):
             if phase == "restore":
                 report = patcher.report
             wall, cpu = time.perf_counter(), time.process_time()
@@ -127,8 +136,10 @@ def _patch_cycle(unet, params: dict, loras: list, repeat: int) -> dict:
 
 def state_table(unet, folder: Path, quick: bool, repeat: int) -> None:
     """Restore-state size and exception rate vs adapter strength and weight dtype (CPU)."""
-    print(f"\n{'dtype':<6}{'rel. delta':>11}{'state % of patched':>20}{'exceptions %':>14}"
-          f"{'apply s':>9}{'reweight s':>11}{'restore s':>10}{'rw/apply (cpu)':>16}  exact")
+    print(
+        f"\n{'dtype':<6}{'rel. delta':>11}{'state % of patched':>20}{'exceptions %':>14}"
+        f"{'apply s':>9}{'reweight s':>11}{'restore s':>10}{'rw/apply (cpu)':>16}  exact"
+    )
     for rel in (1e-3, 1e-2, 3e-2, 1e-1):
         sub = folder / f"rel{rel:g}"
         sub.mkdir(exist_ok=True)
@@ -141,10 +152,12 @@ def state_table(unet, folder: Path, quick: bool, repeat: int) -> None:
                 params[name] = torch.nn.Parameter(params[name].detach().to(DTYPES[dtype_name]), requires_grad=False)
             out = _patch_cycle(unet, params, loras, repeat)
             r, t = out["report"], out["times"]
-            print(f"{dtype_name:<6}{rel:>11g}{100 * r.restore_state_bytes / r.patched_weight_bytes:>19.3f}%"
-                  f"{100 * r.exceptions * DTYPES[dtype_name].itemsize / r.patched_weight_bytes:>13.3f}%"
-                  f"{t['apply'][0]:>9.3f}{t['reweight'][0]:>11.3f}{t['restore'][0]:>10.3f}"
-                  f"{t['reweight'][1] / t['apply'][1]:>16.2f}  {out['exact']}")
+            print(
+                f"{dtype_name:<6}{rel:>11g}{100 * r.restore_state_bytes / r.patched_weight_bytes:>19.3f}%"
+                f"{100 * r.exceptions * DTYPES[dtype_name].itemsize / r.patched_weight_bytes:>13.3f}%"
+                f"{t['apply'][0]:>9.3f}{t['reweight'][0]:>11.3f}{t['restore'][0]:>10.3f}"
+                f"{t['reweight'][1] / t['apply'][1]:>16.2f}  {out['exact']}"
+            )
 
 
 def write_lokr(unet, folder: Path, quick: bool, relative: float):
@@ -152,8 +165,11 @@ def write_lokr(unet, folder: Path, quick: bool, relative: float):
     is ~`relative` of the weight's std; returns (kohya LyCORIS file, PeftModel wrapping `unet`)."""
     from peft import LoKrConfig, get_peft_model
 
-    names = [n[: -len(".weight")] for n, p in unet.named_parameters()
-             if n.endswith(".weight") and n[: -len(".weight")].endswith(LAYERS) and p.dim() in (2, 4)]
+    names = [
+        n[: -len(".weight")]
+        for n, p in unet.named_parameters()
+        if n.endswith(".weight") and n[: -len(".weight")].endswith(LAYERS) and p.dim() in (2, 4)
+    ]
     names = names[:40] if quick else names
     rank = 8
     model = get_peft_model(unet, LoKrConfig(r=rank, alpha=rank, target_modules=names, init_weights=False))
@@ -188,21 +204,30 @@ def lokr_row(unet, folder: Path, quick: bool, relative: float, lcm_path: Path, d
     timed("reweight", device, lambda: patcher.reweight([0.8, 1.0]), ours)
     report = patcher.report
     timed("restore", device, patcher.restore, ours)
-    exact = all(torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8))
-                for n, p in base.named_parameters())
-    print(f"\nLoKr (rank 8, peft-made, {len(loras[0].unet)} layers) + LCM-LoRA, relative delta {relative:g}: "
-          f"bitwise restore {exact}")
-    print(f"{'phase':<10}{'ours s':>9}{'ours cpu s':>12}{'peft LoKr alone s':>19}{'peft cpu s':>12}"
-          f"{'ours peak MiB':>15}{'peft peak MiB':>15}")
+    exact = all(
+        torch.equal(p.detach().view(torch.uint8), before[n].view(torch.uint8)) for n, p in base.named_parameters()
+    )
+    print(
+        f"\nLoKr (rank 8, peft-made, {len(loras[0].unet)} layers) + LCM-LoRA, relative delta {relative:g}: "
+        f"bitwise restore {exact}"
+    )
+    print(
+        f"{'phase':<10}{'ours s':>9}{'ours cpu s':>12}{'peft LoKr alone s':>19}{'peft cpu s':>12}"
+        f"{'ours peak MiB':>15}{'peft peak MiB':>15}"
+    )
     nan = {"seconds": float("nan"), "cpu_seconds": float("nan"), "rss_peak_extra_mib": float("nan")}
     for phase in ("apply", "reweight", "restore"):
         o, t = ours[phase], theirs.get(phase, nan)
-        print(f"{phase:<10}{o['seconds']:>9.2f}{o['cpu_seconds']:>12.2f}{t['seconds']:>19.2f}{t['cpu_seconds']:>12.2f}"
-              f"{o['rss_peak_extra_mib']:>15.0f}{t['rss_peak_extra_mib']:>15.0f}")
-    print(f"restore state {report.restore_state_bytes / 2**20:.1f} MiB "
-          f"({100 * report.restore_state_bytes / report.patched_weight_bytes:.3f}% of "
-          f"{report.patched_weight_bytes / 2**20:.0f} MiB patched), {report.exceptions} exceptions; "
-          "peft keeps no restore state (its unmerge subtracts the delta again, inexactly)")
+        print(
+            f"{phase:<10}{o['seconds']:>9.2f}{o['cpu_seconds']:>12.2f}{t['seconds']:>19.2f}{t['cpu_seconds']:>12.2f}"
+            f"{o['rss_peak_extra_mib']:>15.0f}{t['rss_peak_extra_mib']:>15.0f}"
+        )
+    print(
+        f"restore state {report.restore_state_bytes / 2**20:.1f} MiB "
+        f"({100 * report.restore_state_bytes / report.patched_weight_bytes:.3f}% of "
+        f"{report.patched_weight_bytes / 2**20:.0f} MiB patched), {report.exceptions} exceptions; "
+        "peft keeps no restore state (its unmerge subtracts the delta again, inexactly)"
+    )
 
 
 def changed_fraction(unet, originals: dict) -> float:
@@ -220,10 +245,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="only the first 40 target layers")
     parser.add_argument("--skip-diffusers", action="store_true")
-    parser.add_argument("--relative-delta", type=float, default=1e-3,
-                        help="each adapter's delta entries ~ this times the weight's std (default 1e-3)")
-    parser.add_argument("--state-table", action="store_true",
-                        help="only the restore-state / exception-rate table over strengths and dtypes (CPU)")
+    parser.add_argument(
+        "--relative-delta",
+        type=float,
+        default=1e-3,
+        help="each adapter's delta entries ~ this times the weight's std (default 1e-3)",
+    )
+    parser.add_argument(
+        "--state-table",
+        action="store_true",
+        help="only the restore-state / exception-rate table over strengths and dtypes (CPU)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="--state-table: fastest of N cycles")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--lokr", action="store_true", help="only the LoKr + LCM-LoRA row (beside peft's LoKr)")
@@ -246,8 +278,10 @@ def main() -> None:
         return
     originals = {n: p.detach().clone() for n, p in unet.named_parameters()}
     ptrs = {n: p.data_ptr() for n, p in unet.named_parameters()}
-    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, {args.dtype} on {device}; "
-          f"{n_layers} target layers; threads {torch.get_num_threads()}")
+    print(
+        f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M params, {args.dtype} on {device}; "
+        f"{n_layers} target layers; threads {torch.get_num_threads()}"
+    )
 
     ours: dict = {}
     loras = timed("load files", device, lambda: [load_lora(lcm_path), load_lora(style_path)], ours)
@@ -256,15 +290,19 @@ def main() -> None:
     timed("reweight", device, lambda: patcher.reweight([0.9, 0.5]), ours)
     report = patcher.report
     timed("restore", device, patcher.restore, ours)
-    exact = all(torch.equal(p.detach().view(torch.uint8), originals[n].view(torch.uint8))
-                for n, p in unet.named_parameters())
+    exact = all(
+        torch.equal(p.detach().view(torch.uint8), originals[n].view(torch.uint8)) for n, p in unet.named_parameters()
+    )
     same_storage = all(p.data_ptr() == ptrs[n] for n, p in unet.named_parameters())
     print(report.summary())
-    print(f"ours: bitwise restore {exact}, same data_ptrs {same_storage}, "
-          f"sparse exceptions {report.exceptions} of {report.patched_weight_bytes // unet.dtype.itemsize} elements")
+    print(
+        f"ours: bitwise restore {exact}, same data_ptrs {same_storage}, "
+        f"sparse exceptions {report.exceptions} of {report.patched_weight_bytes // unet.dtype.itemsize} elements"
+    )
 
     theirs: dict = {}
     if not args.skip_diffusers:
+
         def load():
             for name, path in (("lcm", lcm_path), ("style", style_path)):
                 sd, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
@@ -285,19 +323,25 @@ def main() -> None:
         frac = changed_fraction(unet, originals)
         print(f"diffusers: {100 * frac:.3f}% of weights differ from the originals after unfuse_lora")
 
-    print(f"\n{'phase':<11}{'ours s':>9}{'ours cpu s':>12}{'diffusers s':>13}{'ratio':>8}{'ours peak MiB':>15}"
-          f"{'diff peak MiB':>15}{'ours resid MiB':>16}")
+    print(
+        f"\n{'phase':<11}{'ours s':>9}{'ours cpu s':>12}{'diffusers s':>13}{'ratio':>8}{'ours peak MiB':>15}"
+        f"{'diff peak MiB':>15}{'ours resid MiB':>16}"
+    )
     for phase in ("load files", "apply", "reweight", "restore"):
         o, t = ours[phase], theirs.get(phase)
         ratio = f"{t['seconds'] / o['seconds']:.1f}x" if t else "-"
         theirs_s = t["seconds"] if t else float("nan")
-        print(f"{phase:<11}{o['seconds']:>9.2f}{o['cpu_seconds']:>12.2f}{theirs_s:>13.2f}{ratio:>8}"
-              f"{o['rss_peak_extra_mib']:>15.0f}{(t['rss_peak_extra_mib'] if t else float('nan')):>15.0f}"
-              f"{o['rss_resident_extra_mib']:>16.0f}")
+        print(
+            f"{phase:<11}{o['seconds']:>9.2f}{o['cpu_seconds']:>12.2f}{theirs_s:>13.2f}{ratio:>8}"
+            f"{o['rss_peak_extra_mib']:>15.0f}{(t['rss_peak_extra_mib'] if t else float('nan')):>15.0f}"
+            f"{o['rss_resident_extra_mib']:>16.0f}"
+        )
     pct = 100 * report.restore_state_bytes / report.patched_weight_bytes
-    print(f"\nresident tensor bytes kept by ours: restore state {report.restore_state_bytes / 2**20:.1f} MiB "
-          f"({pct:.3f}% of {report.patched_weight_bytes / 2**20:.0f} MiB patched weights), "
-          f"factors {report.factor_bytes / 2**20:.1f} MiB ({100 * report.factor_bytes / report.patched_weight_bytes:.2f}%)")
+    print(
+        f"\nresident tensor bytes kept by ours: restore state {report.restore_state_bytes / 2**20:.1f} MiB "
+        f"({pct:.3f}% of {report.patched_weight_bytes / 2**20:.0f} MiB patched weights), "
+        f"factors {report.factor_bytes / 2**20:.1f} MiB ({100 * report.factor_bytes / report.patched_weight_bytes:.2f}%)"
+    )
     if device.type == "cuda":
         print({k: {m: round(v, 1) for m, v in d.items()} for k, d in ours.items()})
 

@@ -16,6 +16,7 @@ and the held-out distillation MSE (eps, on trajectories of other seeds). The fin
 with `QALoRATask` (act_bits=None, matching the weight-only export) on the teacher's own trajectories (data-free).
 PASS when every format's image PSNR rises by at least MIN_GAIN_DB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ import tempfile
 import time
 
 import torch
-
 from bench_train_toy import ACP, CLASSES, embed, to_rgb, train_teacher
 
 FORMATS = {"int8": dict(lr=1e-3, step_lr=0.0), "int4": dict(lr=3e-3, step_lr=1e-3)}
@@ -53,8 +53,15 @@ def lcm_images(unet: torch.nn.Module) -> torch.Tensor:
     g = torch.Generator().manual_seed(10_000)
     x = torch.randn(SAMPLES, 4, SIDE, SIDE, generator=g)
     cond = conditioning(labels(SAMPLES))
-    latents = sample_lcm_vp(lambda x_t, t, **kw: unet(x_t, t, **kw).sample, x, lcm_timesteps(STEPS, 50), ACP,
-                            extra_args=cond, disable=True, generator=g)
+    latents = sample_lcm_vp(
+        lambda x_t, t, **kw: unet(x_t, t, **kw).sample,
+        x,
+        lcm_timesteps(STEPS, 50),
+        ACP,
+        extra_args=cond,
+        disable=True,
+        generator=g,
+    )
     return to_rgb(latents)
 
 
@@ -74,10 +81,14 @@ def main() -> int:
 
     start = time.perf_counter()
     teacher = train_teacher(teacher_steps)
-    print(f"toy teacher: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params, {teacher_steps} training "
-          f"steps ({time.perf_counter() - start:.0f} s)")
-    held_out = [TrajectoryBatches(OnDevice(teacher), conditioning, labels(8), STEPS, (8, 4, SIDE, SIDE),
-                                  seed=777).trajectory(i) for i in range(2)]
+    print(
+        f"toy teacher: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params, {teacher_steps} training "
+        f"steps ({time.perf_counter() - start:.0f} s)"
+    )
+    held_out = [
+        TrajectoryBatches(OnDevice(teacher), conditioning, labels(8), STEPS, (8, 4, SIDE, SIDE), seed=777).trajectory(i)
+        for i in range(2)
+    ]
     with torch.no_grad():
         reference = lcm_images(teacher)
 
@@ -86,10 +97,14 @@ def main() -> int:
             mse = sum(float(qalora_step(unet, teacher, h, i)) for h in held_out for i in range(STEPS))
             return (*psnr(lcm_images(unet), reference), mse / (len(held_out) * STEPS))
 
-    print(f"{STEPS}-step LCM, {SAMPLES} fixed seeds, weight-only export (fp32 activations); fine-tune: {steps} steps, "
-          f"rank {RANK}, batch {BATCH} trajectories, threads {args.threads}")
-    print(f"{'format':7} {'lr':>7} {'step_lr':>8} | {'img PSNR before':>15} {'after':>7} | {'per-sample before':>17} "
-          f"{'after':>7} | {'eps MSE before':>14} {'after':>9} | {'train s':>7}")
+    print(
+        f"{STEPS}-step LCM, {SAMPLES} fixed seeds, weight-only export (fp32 activations); fine-tune: {steps} steps, "
+        f"rank {RANK}, batch {BATCH} trajectories, threads {args.threads}"
+    )
+    print(
+        f"{'format':7} {'lr':>7} {'step_lr':>8} | {'img PSNR before':>15} {'after':>7} | {'per-sample before':>17} "
+        f"{'after':>7} | {'eps MSE before':>14} {'after':>9} | {'train s':>7}"
+    )
     ok = True
     for fmt, lrs in FORMATS.items():
         torch.manual_seed(0)
@@ -103,10 +118,15 @@ def main() -> int:
         seconds = time.perf_counter() - began
         after = measure(export_qalora(student))
         ok &= after[0] >= before[0] + MIN_GAIN_DB
-        print(f"{fmt:7} {lrs['lr']:7.0e} {lrs['step_lr']:8.0e} | {before[0]:15.2f} {after[0]:7.2f} | {before[1]:17.2f} "
-              f"{after[1]:7.2f} | {before[2]:14.3e} {after[2]:9.3e} | {seconds:7.1f}")
-    print(f"PASS: the QALoRA fine-tune raises image PSNR by >= {MIN_GAIN_DB} dB for every format" if ok
-          else f"FAIL: the fine-tune did not raise image PSNR by >= {MIN_GAIN_DB} dB for every format")
+        print(
+            f"{fmt:7} {lrs['lr']:7.0e} {lrs['step_lr']:8.0e} | {before[0]:15.2f} {after[0]:7.2f} | {before[1]:17.2f} "
+            f"{after[1]:7.2f} | {before[2]:14.3e} {after[2]:9.3e} | {seconds:7.1f}"
+        )
+    print(
+        f"PASS: the QALoRA fine-tune raises image PSNR by >= {MIN_GAIN_DB} dB for every format"
+        if ok
+        else f"FAIL: the fine-tune did not raise image PSNR by >= {MIN_GAIN_DB} dB for every format"
+    )
     print(f"total {time.perf_counter() - start:.0f} s (timings are noisy: other engineers share this machine's cores)")
     return 0 if ok else 1
 

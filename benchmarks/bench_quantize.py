@@ -15,6 +15,7 @@ for every format). On the CPU the 4-step column needs --e2e (it is 4x the per-ca
 Timings on a shared 2-core machine are noisy; the memory figures are exact.
 (The tiny-model PSNR before/after a QALoRA fine-tune: benchmarks/bench_qalora.py.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,11 @@ def _unet(latent: int):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=latent, cross_attention_dim=768, attention_head_dim=8).eval().requires_grad_(False)
+    return (
+        UNet2DConditionModel(sample_size=latent, cross_attention_dim=768, attention_head_dim=8)
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 class _Fp16Stored(torch.nn.Module):
@@ -80,7 +85,7 @@ def _place(unet, device: torch.device, dtype: torch.dtype):
     for module in unet.modules():
         if isinstance(module, QUANT_MODULES):
             continue
-        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        for _, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if tensor is not None and tensor.is_floating_point():
                 tensor.data = tensor.data.to(dtype)
     return unet.to(device)
@@ -91,8 +96,15 @@ def _lcm_loop(unet, x: torch.Tensor, cond: torch.Tensor):
 
     acp, timesteps = make_alphas_cumprod().to(x.device), lcm_timesteps(4, 50)
     generator = torch.Generator().manual_seed(0)  # per-step noise drawn on the CPU, then moved
-    return lambda: sample_lcm_vp(lambda x_t, t, c: unet(x_t, t, c).sample, x, timesteps, acp, extra_args={"c": cond},
-                                 disable=True, generator=generator)
+    return lambda: sample_lcm_vp(
+        lambda x_t, t, c: unet(x_t, t, c).sample,
+        x,
+        timesteps,
+        acp,
+        extra_args={"c": cond},
+        disable=True,
+        generator=generator,
+    )
 
 
 def main(argv=None) -> None:
@@ -139,15 +151,22 @@ def main(argv=None) -> None:
         if on_cuda:
             torch.cuda.empty_cache()
     fp32_bytes, fp32_time = rows[0][1], rows[0][2]
-    where = f"fp16 compute on {torch.cuda.get_device_name(device)} (fp32 row: fp32)" if on_cuda else \
-        f"fp32 compute on CPU, {torch.get_num_threads()} threads"
+    where = (
+        f"fp16 compute on {torch.cuda.get_device_name(device)} (fp32 row: fp32)"
+        if on_cuda
+        else f"fp32 compute on CPU, {torch.get_num_threads()} threads"
+    )
     print(f"SD1.5 UNet, random weights, batch 1, {args.latent}x{args.latent} latent, {where}, {repeats} timed call(s)")
-    print(f"{'format':10} {'weights MiB':>12} {'vs fp32':>8} {'vs fp16':>8} {'s / step':>9} {'vs fp32':>8} "
-          f"{'4-step s':>9}")
+    print(
+        f"{'format':10} {'weights MiB':>12} {'vs fp32':>8} {'vs fp16':>8} {'s / step':>9} {'vs fp32':>8} "
+        f"{'4-step s':>9}"
+    )
     fp16_bytes = rows[1][1]
     for fmt, nbytes, seconds, loop in rows:
-        print(f"{fmt:10} {nbytes / 2**20:12.1f} {nbytes / fp32_bytes:8.3f} {nbytes / fp16_bytes:8.3f} "
-              f"{seconds:9.4f} {seconds / fp32_time:8.2f} {loop:9.4f}")
+        print(
+            f"{fmt:10} {nbytes / 2**20:12.1f} {nbytes / fp32_bytes:8.3f} {nbytes / fp16_bytes:8.3f} "
+            f"{seconds:9.4f} {seconds / fp32_time:8.2f} {loop:9.4f}"
+        )
 
 
 if __name__ == "__main__":

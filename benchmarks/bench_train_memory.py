@@ -39,6 +39,7 @@ Measured per configuration, one configuration at a time, everything freed in bet
 Timings on a shared CPU are noisy; the CPU run is a smoke check of the code path, not a result.
 Without CUDA, --device cuda exits with status 2; full-size runs on the CPU are refused (status 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,16 @@ import time
 import torch
 
 SD15 = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the rest: diffusers' defaults = SD1.5
-SMALL = dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
-             attention_head_dim=8, norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+SMALL = dict(
+    sample_size=16,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)
 QUOTED_LORA_PARAMS = 67.5e6  # the LCM-LoRA report's SD1.5 figure, quoted in issue 10
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 W = 7.5
@@ -99,8 +107,11 @@ def random_batch(batch: int, latent: int, cross_dim: int, device: torch.device) 
     latents = torch.randn(batch, 4, latent, latent, generator=g)
     cond = torch.randn(batch, 77, cross_dim, generator=g)
     uncond = torch.randn(batch, 77, cross_dim, generator=g) * 0.1
-    return {"latents": latents.to(device), "cond": {"encoder_hidden_states": cond.to(device)},
-            "uncond": {"encoder_hidden_states": uncond.to(device)}}
+    return {
+        "latents": latents.to(device),
+        "cond": {"encoder_hidden_states": cond.to(device)},
+        "uncond": {"encoder_hidden_states": uncond.to(device)},
+    }
 
 
 def state_bytes(modules: list, optimizer, task) -> int:
@@ -138,8 +149,14 @@ def run_config(mode: str, variant: str, args, device: torch.device, unet_config:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    config = LoopConfig(steps=args.warmup + args.steps, work_dir="unused", mixed_precision=args.mixed_precision,
-                        device=device.type, gradient_checkpointing=args.gradient_checkpointing, progress=False)
+    config = LoopConfig(
+        steps=args.warmup + args.steps,
+        work_dir="unused",
+        mixed_precision=args.mixed_precision,
+        device=device.type,
+        gradient_checkpointing=args.gradient_checkpointing,
+        progress=False,
+    )
     accelerator = make_accelerator(config)
     half = HALF.get(args.mixed_precision) if on_cuda else None  # frozen weights stored in half on CUDA, as the CLI does
     ema = args.ema if (mode == "lcd" or args.guidance_ema) and args.ema > 0 else None
@@ -164,8 +181,9 @@ def run_config(mode: str, variant: str, args, device: torch.device, unet_config:
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=config.lr, betas=config.adam_betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
     model, optimizer = accelerator.prepare(unet, optimizer)
     batches = FixedBatch(random_batch(args.batch, latent, unet_config["cross_attention_dim"], device))
     generator = torch.Generator("cpu").manual_seed(0)
@@ -179,9 +197,17 @@ def run_config(mode: str, variant: str, args, device: torch.device, unet_config:
     sync(device)
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if on_cuda else float("nan")
-    result = {"mode": mode, "variant": variant, "trainable": sum(p.numel() for _, p in params),
-              "state": state_bytes(modules, optimizer, task) / 2**20, "setup": setup, "peak": peak,
-              "steps_s": args.steps / seconds, "loss": rows[-1]["loss"], "ema": ema is not None}
+    result = {
+        "mode": mode,
+        "variant": variant,
+        "trainable": sum(p.numel() for _, p in params),
+        "state": state_bytes(modules, optimizer, task) / 2**20,
+        "setup": setup,
+        "peak": peak,
+        "steps_s": args.steps / seconds,
+        "loss": rows[-1]["loss"],
+        "ema": ema is not None,
+    }
     accelerator.free_memory()  # drops the accelerator's references; the rest goes with this frame
     return result
 
@@ -192,16 +218,24 @@ def mib(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="default: cuda if available")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda if available",
+    )
     parser.add_argument("--small", action="store_true", help="a small UNet and 16x16 latents: a CPU smoke run")
     parser.add_argument("--modes", default="lcd,guidance", help="comma-separated: lcd, guidance (default both)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default 64; 8 with --small)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; 3 with --small)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 with --small)")
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
-                        help="accelerate autocast (default bf16 on CUDA, no on CPU)")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="accelerate autocast (default bf16 on CUDA, no on CPU)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--ema", type=float, default=0.95, help="EMA rate of the lcd target (0: no EMA)")
     parser.add_argument("--guidance-ema", action="store_true", help="keep an (unused) EMA in guidance mode too")
@@ -209,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: benchmarks/bench_train_memory.py --device cuda: no CUDA device (torch.cuda.is_available() is "
-              "False); run it on a CUDA machine, or pass --device cpu --small for a smoke run", file=sys.stderr)
+        print(
+            "error: benchmarks/bench_train_memory.py --device cuda: no CUDA device (torch.cuda.is_available() is "
+            "False); run it on a CUDA machine, or pass --device cpu --small for a smoke run",
+            file=sys.stderr,
+        )
         return 2
     if device.type == "cpu" and not args.small:
         print("error: the SD1.5-size run is for CUDA; pass --small with --device cpu", file=sys.stderr)
@@ -230,37 +267,56 @@ def main(argv: list[str] | None = None) -> int:
     require_training_packages()
     unet_config, latent = (SMALL, 16) if args.small else (SD15, 64)
 
-    results = [run_config(mode, variant, args, device, unet_config, latent)
-               for mode in modes for variant in ("LoRA", "full")]
+    results = [
+        run_config(mode, variant, args, device, unet_config, latent) for mode in modes for variant in ("LoRA", "full")
+    ]
 
-    where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} thread(s)")
-    size = "small UNet (32/64 channels), 16x16 latents (128 px)" if args.small else \
-        "SD1.5-size UNet (random weights), 64x64 latents (512 px)"
-    print(f"{size}, batch {args.batch}, {where}, mixed precision {args.mixed_precision}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, LoRA rank {args.rank}, "
-          f"w {W}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'mode':9} {'variant':7} {'trainable':>11} {'EMA':>4} {'state MiB':>10} {'setup MiB':>10} "
-          f"{'peak MiB':>10} {'steps/s':>8} {'last loss':>10}")
+    where = (
+        f"{torch.cuda.get_device_name(device)}"
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} thread(s)"
+    )
+    size = (
+        "small UNet (32/64 channels), 16x16 latents (128 px)"
+        if args.small
+        else "SD1.5-size UNet (random weights), 64x64 latents (512 px)"
+    )
+    print(
+        f"{size}, batch {args.batch}, {where}, mixed precision {args.mixed_precision}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, LoRA rank {args.rank}, "
+        f"w {W}, {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    print(
+        f"{'mode':9} {'variant':7} {'trainable':>11} {'EMA':>4} {'state MiB':>10} {'setup MiB':>10} "
+        f"{'peak MiB':>10} {'steps/s':>8} {'last loss':>10}"
+    )
     for r in results:
-        print(f"{r['mode']:9} {r['variant']:7} {r['trainable'] / 1e6:10.2f}M {'yes' if r['ema'] else 'no':>4} "
-              f"{r['state']:10.1f} {mib(r['setup']):>10} {mib(r['peak']):>10} {r['steps_s']:8.3f} {r['loss']:10.4g}")
+        print(
+            f"{r['mode']:9} {r['variant']:7} {r['trainable'] / 1e6:10.2f}M {'yes' if r['ema'] else 'no':>4} "
+            f"{r['state']:10.1f} {mib(r['setup']):>10} {mib(r['peak']):>10} {r['steps_s']:8.3f} {r['loss']:10.4g}"
+        )
     print("full / LoRA (memory > 1: LoRA saves memory; steps/s < 1: full is slower):")
     print(f"{'mode':9} {'state':>8} {'peak':>8} {'steps/s':>8}   LoRA's memory cut (peak; state if no peak)")
     for mode in modes:
         lora, full = (next(r for r in results if r["mode"] == mode and r["variant"] == v) for v in ("LoRA", "full"))
         peak = f"{full['peak'] / lora['peak']:.2f}" if device.type == "cuda" else "n/a"
         cut = 1 - (lora["peak"] / full["peak"] if device.type == "cuda" else lora["state"] / full["state"])
-        print(f"{mode:9} {full['state'] / lora['state']:8.2f} {peak:>8} {full['steps_s'] / lora['steps_s']:8.2f}"
-              f"   {100 * cut:.0f}% (claimed: ~50%)")
+        print(
+            f"{mode:9} {full['state'] / lora['state']:8.2f} {peak:>8} {full['steps_s'] / lora['steps_s']:8.2f}"
+            f"   {100 * cut:.0f}% (claimed: ~50%)"
+        )
     if device.type == "cpu":
-        print("peak MiB: not measured on the CPU (state MiB is counted from the tensors); CPU timings are a smoke check")
+        print(
+            "peak MiB: not measured on the CPU (state MiB is counted from the tensors); CPU timings are a smoke check"
+        )
 
     lora_count, layers, base = sd15_lora_count(64)
-    print(f"LoRA rank 64 on SD1.5 ({layers} layers: attention q/k/v/out, feed-forward, proj_in/out, resnet conv1/conv2/"
-          f"shortcut/time_emb_proj, down/up-sampler convs): {lora_count / 1e6:.2f}M trainable parameters "
-          f"(UNet: {base / 1e6:.2f}M); issue 10 quotes {QUOTED_LORA_PARAMS / 1e6:.1f}M "
-          f"({100 * (lora_count / QUOTED_LORA_PARAMS - 1):+.1f}%)")
+    print(
+        f"LoRA rank 64 on SD1.5 ({layers} layers: attention q/k/v/out, feed-forward, proj_in/out, resnet conv1/conv2/"
+        f"shortcut/time_emb_proj, down/up-sampler convs): {lora_count / 1e6:.2f}M trainable parameters "
+        f"(UNet: {base / 1e6:.2f}M); issue 10 quotes {QUOTED_LORA_PARAMS / 1e6:.1f}M "
+        f"({100 * (lora_count / QUOTED_LORA_PARAMS - 1):+.1f}%)"
+    )
     return 0
 
 

@@ -48,6 +48,7 @@ Why it is fair:
     python benchmarks/bench_train_toy.py [--quick] [--threads 1] [--seed 0] [--grid 10]
 Timings are wall-clock on a shared machine: noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -135,9 +136,17 @@ def toy_unet(seed: int = 0):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64), cross_attention_dim=CROSS, attention_head_dim=8, norm_num_groups=8)
+        sample_size=SIZE,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        cross_attention_dim=CROSS,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
 
 
 def train_teacher(steps: int, batch: int = 32, seed: int = 0):
@@ -195,11 +204,15 @@ def continue_distill(student, settings: DistillSettings, steps: int, lr: float, 
 
 
 def _train(unet, params, settings: DistillSettings, steps: int, lr: float, batch: int, seed: int):
-    task = LCMDistillTask(unet, params, ACP, settings, reward=colorfulness if settings.reward_scale else None,
-                          decode=to_rgb)
+    task = LCMDistillTask(
+        unet, params, ACP, settings, reward=colorfulness if settings.reward_scale else None, decode=to_rgb
+    )
     with tempfile.TemporaryDirectory() as work:
-        train(task, ToyData(batch, 5 + seed), LoopConfig(steps=steps, work_dir=work, lr=lr, device="cpu", progress=False,
-                                                         seed=seed))
+        train(
+            task,
+            ToyData(batch, 5 + seed),
+            LoopConfig(steps=steps, work_dir=work, lr=lr, device="cpu", progress=False, seed=seed),
+        )
     return unet.eval()
 
 
@@ -231,16 +244,24 @@ def lcm_sample(unet, noise: torch.Tensor, cond: dict, steps: int, seed: int) -> 
     """Our LCM sampler, one pass per step (w = 1), on the grid the LoRA was distilled on."""
     fn = unet_fn(unet)
     timesteps = lcm_timesteps(steps, original_inference_steps=DDIM_GRID)
-    return sample_lcm_vp(lambda x, t, c: fn(x, t, c), noise, timesteps, ACP, extra_args={"c": cond},
-                         disable=True, generator=torch.Generator().manual_seed(seed))
+    return sample_lcm_vp(
+        lambda x, t, c: fn(x, t, c),
+        noise,
+        timesteps,
+        ACP,
+        extra_args={"c": cond},
+        disable=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def tcd_sample(unet, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
     """TCD with gamma = 0: deterministic multistep consistency sampling."""
     fn = unet_fn(unet)
     timesteps = lcm_timesteps(steps, original_inference_steps=DDIM_GRID)
-    return sample_tcd_vp(lambda x, t, c: fn(x, t, c), noise, timesteps, ACP, gamma=0.0, extra_args={"c": cond},
-                         disable=True)
+    return sample_tcd_vp(
+        lambda x, t, c: fn(x, t, c), noise, timesteps, ACP, gamma=0.0, extra_args={"c": cond}, disable=True
+    )
 
 
 def cfg_lcm_sample(unet, noise: torch.Tensor, cond: dict, uncond: dict, w: float, steps: int, seed: int):
@@ -250,9 +271,17 @@ def cfg_lcm_sample(unet, noise: torch.Tensor, cond: dict, uncond: dict, w: float
     def guided(x, t, c):
         out_c, out_u = fn(x, t, cond), fn(x, t, uncond)
         return out_u + w * (out_c - out_u)
+
     timesteps = lcm_timesteps(steps, original_inference_steps=DDIM_GRID)
-    return sample_lcm_vp(guided, noise, timesteps, ACP, extra_args={"c": cond}, disable=True,
-                         generator=torch.Generator().manual_seed(seed))
+    return sample_lcm_vp(
+        guided,
+        noise,
+        timesteps,
+        ACP,
+        extra_args={"c": cond},
+        disable=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def teacher_chain(teacher, x: torch.Tensor, t: int, cond: dict, uncond: dict, w: float) -> torch.Tensor:
@@ -261,17 +290,21 @@ def teacher_chain(teacher, x: torch.Tensor, t: int, cond: dict, uncond: dict, w:
     grid, n = ddim_solver_grid(len(ACP), DDIM_GRID), x.shape[0]
     now, ws = torch.full((n,), int(t)), torch.full((n,), float(w))
     while int(now[0]) > 0:
-        x, now = guided_ddim_step(unet_fn(teacher), x, now, grid.end_timesteps(now), cond, uncond, ws, ACP,
-                                  "epsilon"), grid.end_timesteps(now)
+        x, now = (
+            guided_ddim_step(unet_fn(teacher), x, now, grid.end_timesteps(now), cond, uncond, ws, ACP, "epsilon"),
+            grid.end_timesteps(now),
+        )
     return x
 
 
 def perfect_tcd_sample(teacher, noise: torch.Tensor, cond: dict, uncond: dict, w: float, steps: int) -> torch.Tensor:
     """Our TCD (gamma 0) sampler driven by the ideal consistency function (`teacher_chain`): the bound a
     perfectly converged LCM-LoRA reaches with this sampler (many teacher passes, not a real sampler)."""
+
     def model(x, t, c):
         a = ACP[int(t[0])]
         return (x - a.sqrt() * teacher_chain(teacher, x, int(t[0]), cond, uncond, w)) / (1 - a).sqrt()
+
     timesteps = lcm_timesteps(steps, original_inference_steps=DDIM_GRID)
     return sample_tcd_vp(model, noise, timesteps, ACP, gamma=0.0, extra_args={"c": cond}, disable=True)
 
@@ -290,8 +323,11 @@ def consistency_probe(teacher, w: float, n: int = 64, seed: int = 4321):
     def measure(unet) -> list[float]:
         fn, settings = unet_fn(unet), LCDSettings(w=w)
         with torch.no_grad():
-            return [psnr(consistency_function(fn, x_t, torch.full((n,), t), cond, ACP, settings), ideal)
-                    for t, x_t, ideal in probes]
+            return [
+                psnr(consistency_function(fn, x_t, torch.full((n,), t), cond, ACP, settings), ideal)
+                for t, x_t, ideal in probes
+            ]
+
     return [t for t, _, _ in probes], measure
 
 
@@ -312,8 +348,20 @@ def gaussian_detail_table(variances=(1e-3, 1e-2, 3e-2, 0.09, 0.3, 1.0, 3.0)) -> 
         grid = ddim_solver_grid(len(acp), DDIM_GRID)
         now = torch.tensor([int(t)])
         while int(now[0]) > 0:
-            x, now = guided_ddim_step(lambda y, tt, c: exact(y, tt), x, now, grid.end_timesteps(now), None, None,
-                                      torch.ones(1, dtype=torch.float64), acp, "epsilon"), grid.end_timesteps(now)
+            x, now = (
+                guided_ddim_step(
+                    lambda y, tt, c: exact(y, tt),
+                    x,
+                    now,
+                    grid.end_timesteps(now),
+                    None,
+                    None,
+                    torch.ones(1, dtype=torch.float64),
+                    acp,
+                    "epsilon",
+                ),
+                grid.end_timesteps(now),
+            )
         return x
 
     def perfect(x, t):
@@ -324,9 +372,18 @@ def gaussian_detail_table(variances=(1e-3, 1e-2, 3e-2, 0.09, 0.3, 1.0, 3.0)) -> 
     reference = ddim_sample(lambda y, t, c: exact(y, t), x, None, None, 1.0, acp, 50)
     exact_ode = x * v.sqrt() / (acp[-1] * v + 1 - acp[-1]).sqrt()  # the ODE's map from t = T-1 to 0
     rows = [("exact probability-flow ODE", exact_ode)]
-    rows += [(f"base {k}-step DDIM", ddim_sample(lambda y, t, c: exact(y, t), x, None, None, 1.0, acp, k)) for k in (1, 4)]
-    rows += [(f"perfect LCM-LoRA, {k}-step TCD gamma 0", sample_tcd_vp(
-        perfect, x, lcm_timesteps(k, original_inference_steps=DDIM_GRID), acp, gamma=0.0, disable=True)) for k in (1, 4)]
+    rows += [
+        (f"base {k}-step DDIM", ddim_sample(lambda y, t, c: exact(y, t), x, None, None, 1.0, acp, k)) for k in (1, 4)
+    ]
+    rows += [
+        (
+            f"perfect LCM-LoRA, {k}-step TCD gamma 0",
+            sample_tcd_vp(
+                perfect, x, lcm_timesteps(k, original_inference_steps=DDIM_GRID), acp, gamma=0.0, disable=True
+            ),
+        )
+        for k in (1, 4)
+    ]
     print(f"amplitude kept along a direction of variance v, relative to the 50-step DDIM reference (grid {DDIM_GRID})")
     print(f"{'sampler':40s} " + " ".join(f"{f'v={x:g}':>8s}" for x in variances))
     for name, out in rows:
@@ -339,18 +396,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter training (about 20 minutes on one thread)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--w", type=float, default=5.0, help="guidance scale (ours: eps_u + w (eps_c - eps_u))")
-    parser.add_argument("--grid", type=int, default=DDIM_GRID,
-                        help="LCD skipping-step grid = the samplers' original_inference_steps (default 10: k = 100)")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        default=DDIM_GRID,
+        help="LCD skipping-step grid = the samplers' original_inference_steps (default 10: k = 100)",
+    )
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the teacher, the data, the LoRAs and the test noises")
-    parser.add_argument("--gaussian-table", action="store_true",
-                        help="only print the analytic per-variance table behind the choice of data (seconds)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the teacher, the data, the LoRAs and the test noises"
+    )
+    parser.add_argument(
+        "--gaussian-table",
+        action="store_true",
+        help="only print the analytic per-variance table behind the choice of data (seconds)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     DDIM_GRID = args.grid
     if args.gaussian_table:
         return gaussian_detail_table()
-    teacher_steps, guidance_steps, lcd_steps, rg_steps = (1000, 300, 1250, 300) if args.quick else (2500, 1000, 2000, 500)
+    teacher_steps, guidance_steps, lcd_steps, rg_steps = (
+        (1000, 300, 1250, 300) if args.quick else (2500, 1000, 2000, 500)
+    )
     w, n = args.w, args.samples
     start = time.time()
     seed = args.seed
@@ -363,11 +431,25 @@ def main() -> None:
     cond, uncond = embed(labels), null(n)
     teach = unet_fn(teacher)
     reference = ddim_sample(teach, noise, cond, uncond, w, ACP, 50)
-    other = ddim_sample(teach, torch.randn(n, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(99 + seed)),
-                        cond, uncond, w, ACP, 50)
+    other = ddim_sample(
+        teach,
+        torch.randn(n, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(99 + seed)),
+        cond,
+        uncond,
+        w,
+        ACP,
+        50,
+    )
     pool_labels = torch.arange(REF_POOL) % CLASSES
-    pool = ddim_sample(teach, torch.randn(REF_POOL, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(555 + seed)),
-                       embed(pool_labels), null(REF_POOL), w, ACP, 50)
+    pool = ddim_sample(
+        teach,
+        torch.randn(REF_POOL, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(555 + seed)),
+        embed(pool_labels),
+        null(REF_POOL),
+        w,
+        ACP,
+        50,
+    )
     data = shapes(labels, torch.Generator().manual_seed(7 + seed))
     rows: list[tuple[str, float, float, float]] = []
 
@@ -376,13 +458,23 @@ def main() -> None:
         return rows[-1][1]
 
     floor = add("two reference draws of one class (other noises)", other)
-    add("reference 50 vs 100 DDIM steps (is the reference converged?)", ddim_sample(teach, noise, cond, uncond, w, ACP, 100))
+    add(
+        "reference 50 vs 100 DDIM steps (is the reference converged?)",
+        ddim_sample(teach, noise, cond, uncond, w, ACP, 100),
+    )
     add("training data of the same classes (not a sampler)", data)
     base_ddim = {k: ddim_sample(teach, noise, cond, uncond, w, ACP, k) for k in (1, 4)}
     base = {f"DDIM {k}": add(f"(b) base, {k}-step DDIM + CFG ({2 * k} passes)", base_ddim[k]) for k in (1, 4)}
-    bound = {k: add(f"(o) bound: a PERFECT LCM-LoRA (grid {DDIM_GRID}), {k}-step TCD gamma 0",
-                    perfect_tcd_sample(teacher, noise, cond, uncond, w, k)) for k in (1, 4)}
-    base["LCM 4"] = add("(b) base, 4-step LCM sampler + CFG (8 passes)", cfg_lcm_sample(teacher, noise, cond, uncond, w, 4, 7))
+    bound = {
+        k: add(
+            f"(o) bound: a PERFECT LCM-LoRA (grid {DDIM_GRID}), {k}-step TCD gamma 0",
+            perfect_tcd_sample(teacher, noise, cond, uncond, w, k),
+        )
+        for k in (1, 4)
+    }
+    base["LCM 4"] = add(
+        "(b) base, 4-step LCM sampler + CFG (8 passes)", cfg_lcm_sample(teacher, noise, cond, uncond, w, 4, 7)
+    )
     probe_timesteps, probe = consistency_probe(teacher, w)
     probe_rows = [("base (x0 prediction)", probe(teacher))]
     t0 = time.time()
@@ -398,12 +490,14 @@ def main() -> None:
     gain = per_sample_psnr(lcd_tcd4, reference) - per_sample_psnr(base_ddim[4], reference)
 
     t0 = time.time()
-    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), guidance_steps, **GUIDANCE,
-                 seed=seed)
+    gd = distill(teacher, DistillSettings(mode="guidance", lcd=LCDSettings(w=w)), guidance_steps, **GUIDANCE, seed=seed)
     t_gd = time.time() - t0
     print(f"guidance distillation done ({t_gd:.0f}s)", flush=True)
     g0 = add("(g0) base, 50-step DDIM, one pass (no CFG)", ddim_sample(teach, noise, cond, uncond, 1.0, ACP, 50))
-    g1 = add("(g) guidance-distilled LoRA, 50-step DDIM, one pass", ddim_sample(unet_fn(gd), noise, cond, uncond, 1.0, ACP, 50))
+    g1 = add(
+        "(g) guidance-distilled LoRA, 50-step DDIM, one pass",
+        ddim_sample(unet_fn(gd), noise, cond, uncond, 1.0, ACP, 50),
+    )
 
     t0 = time.time()
     # RG-LCD fine-tunes the LCD LoRA for rg_steps more steps with the reward term; the control "(a')"
@@ -415,43 +509,65 @@ def main() -> None:
     for name, proxy in (("(r) RG-LCD, colourfulness reward", False), ("(rp) RG-LCD, latent proxy reward", True)):
         beta = REWARD_SCALE["proxy" if proxy else "direct"]
         settings = dataclasses.replace(lcd_settings, reward_scale=beta, latent_proxy=proxy)
-        sample = tcd_sample(continue_distill(lcd, settings, rg_steps, LCD["lr"], LCD["batch"], seed=seed), noise, cond, 4)
+        sample = tcd_sample(
+            continue_distill(lcd, settings, rg_steps, LCD["lr"], LCD["batch"], seed=seed), noise, cond, 4
+        )
         rg[name] = (add(f"{name} (beta {beta}, +{rg_steps} steps), 4-step TCD", sample), reward(sample))
     t_rg = time.time() - t0
 
-    print(f"\nteacher {teacher_steps} steps ({t_teacher:.0f}s); LCD {lcd_steps} steps, LoRA rank {LCD['rank']}, "
-          f"batch {LCD['batch']}, lr {LCD['lr']}, EMA target {LCD_EMA}, grid {DDIM_GRID} ({t_lcd:.0f}s); control and "
-          f"2x RG-LCD {rg_steps} steps each from the LCD LoRA ({t_rg:.0f}s); guidance "
-          f"{guidance_steps} steps, LoRA rank {GUIDANCE['rank']}, batch {GUIDANCE['batch']}, lr {GUIDANCE['lr']} "
-          f"({t_gd:.0f}s); w = {w}; {n} fixed seeds; threads {args.threads}; seed {seed}")
+    print(
+        f"\nteacher {teacher_steps} steps ({t_teacher:.0f}s); LCD {lcd_steps} steps, LoRA rank {LCD['rank']}, "
+        f"batch {LCD['batch']}, lr {LCD['lr']}, EMA target {LCD_EMA}, grid {DDIM_GRID} ({t_lcd:.0f}s); control and "
+        f"2x RG-LCD {rg_steps} steps each from the LCD LoRA ({t_rg:.0f}s); guidance "
+        f"{guidance_steps} steps, LoRA rank {GUIDANCE['rank']}, batch {GUIDANCE['batch']}, lr {GUIDANCE['lr']} "
+        f"({t_gd:.0f}s); w = {w}; {n} fixed seeds; threads {args.threads}; seed {seed}"
+    )
     print(f"reference: teacher 50-step DDIM + CFG (100 passes), colourfulness {reward(reference):.3f}\n")
     print(f"{'sampler':60s} {'latent PSNR dB':>15s} {'nearest ref dB':>15s} {'colourfulness':>14s}")
     for name, value, near, score in rows:
         print(f"{name:60s} {value:15.2f} {near:15.2f} {score:14.3f}")
-    print("\nconsistency error by LCD grid timestep: PSNR (dB) of f(x_t, t) against the guided teacher's DDIM chain "
-          "down the grid from x_t (noised data), i.e. against a perfectly distilled student")
+    print(
+        "\nconsistency error by LCD grid timestep: PSNR (dB) of f(x_t, t) against the guided teacher's DDIM chain "
+        "down the grid from x_t (noised data), i.e. against a perfectly distilled student"
+    )
     print(f"{'model':24s} " + " ".join(f"{t:>6d}" for t in probe_timesteps))
     for name, values in probe_rows:
         print(f"{name:24s} " + " ".join(f"{v:6.1f}" for v in values))
 
     best_base = max(base.values())
-    claims = [(f"(a) 1-step LCM {ours['LCM 1']:.2f} >= base 1-step DDIM ({base['DDIM 1']:.2f}) + {MARGIN_DB} dB",
-               ours["LCM 1"] >= base["DDIM 1"] + MARGIN_DB),
-              (f"(a) 4-step TCD gamma 0 {ours['TCD 4']:.2f} >= best 4-or-fewer-step base ({best_base:.2f}) + {MARGIN_DB} dB",
-               ours["TCD 4"] >= best_base + MARGIN_DB)]
+    claims = [
+        (
+            f"(a) 1-step LCM {ours['LCM 1']:.2f} >= base 1-step DDIM ({base['DDIM 1']:.2f}) + {MARGIN_DB} dB",
+            ours["LCM 1"] >= base["DDIM 1"] + MARGIN_DB,
+        ),
+        (
+            f"(a) 4-step TCD gamma 0 {ours['TCD 4']:.2f} >= best 4-or-fewer-step base ({best_base:.2f}) + {MARGIN_DB} dB",
+            ours["TCD 4"] >= best_base + MARGIN_DB,
+        ),
+    ]
     claims.append((f"(g) one-pass guidance LoRA >= one-pass base ({g0:.2f}) + {MARGIN_DB} dB", g1 >= g0 + MARGIN_DB))
     control_reward = reward(control4)
     for name, (value, score) in rg.items():
         claims.append((f"{name}: reward {score:.3f} > the control (a')'s {control_reward:.3f}", score > control_reward))
-        claims.append((f"{name}: PSNR {value:.2f} >= the control (a')'s ({control_psnr:.2f}) - {PSNR_BOUND_DB} dB",
-                       value >= control_psnr - PSNR_BOUND_DB))
-    print(f"\n(o) is what the claims can reach at best: a perfectly distilled LoRA's 1-step sample is the grid-{DDIM_GRID} "
-          f"ODE solution ({bound[1]:.2f} dB); its 4-step TCD sample re-noises with predicted noise, which leaves the "
-          f"seed's ODE trajectory ({bound[4]:.2f} dB)")
-    print(f"per seed, (a) 4-step TCD beats (b) 4-step DDIM + CFG on {int((gain > 0).sum())} of {n} seeds; gain per seed: "
-          f"median {float(gain.median()):.2f} dB, 10th percentile {float(gain.quantile(0.1)):.2f} dB")
-    print(f"(same-seed PSNR of a sampler that ignores the seed: {floor:.2f} dB; the stochastic 4-step LCM rows "
-          "are judged by 'nearest ref', not claimed)")
+        claims.append(
+            (
+                f"{name}: PSNR {value:.2f} >= the control (a')'s ({control_psnr:.2f}) - {PSNR_BOUND_DB} dB",
+                value >= control_psnr - PSNR_BOUND_DB,
+            )
+        )
+    print(
+        f"\n(o) is what the claims can reach at best: a perfectly distilled LoRA's 1-step sample is the grid-{DDIM_GRID} "
+        f"ODE solution ({bound[1]:.2f} dB); its 4-step TCD sample re-noises with predicted noise, which leaves the "
+        f"seed's ODE trajectory ({bound[4]:.2f} dB)"
+    )
+    print(
+        f"per seed, (a) 4-step TCD beats (b) 4-step DDIM + CFG on {int((gain > 0).sum())} of {n} seeds; gain per seed: "
+        f"median {float(gain.median()):.2f} dB, 10th percentile {float(gain.quantile(0.1)):.2f} dB"
+    )
+    print(
+        f"(same-seed PSNR of a sampler that ignores the seed: {floor:.2f} dB; the stochastic 4-step LCM rows "
+        "are judged by 'nearest ref', not claimed)"
+    )
     for text, ok in claims:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"\ntotal {time.time() - start:.0f}s")

@@ -21,6 +21,7 @@ installed torch (PyPI's CUDA torchvision with a CPU torch); the scorers only use
 The hpsv2 1.2.0 wheel lacks the CLIP BPE file its tokenizer opens at import: copy
 open_clip's `bpe_simple_vocab_16e6.txt.gz` into `hpsv2/src/open_clip/` (step 1 says so).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,25 @@ import types
 from pathlib import Path
 
 PROMPTS = ["a red circle on a blue square", "a photo of a cat", "green trees under a cloudy sky"]
-SIZES = [(256, 320), (300, 240), (224, 224)]   # (height, width)
-MED_CONFIG = {   # BERT-base with cross-attention to the ViT-L image tokens (ImageReward's med_config.json)
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-    "encoder_width": 1024, "add_cross_attention": True,
+SIZES = [(256, 320), (300, 240), (224, 224)]  # (height, width)
+MED_CONFIG = {  # BERT-base with cross-attention to the ViT-L image tokens (ImageReward's med_config.json)
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 1024,
+    "add_cross_attention": True,
 }
 
 
@@ -70,7 +83,7 @@ def package_imagereward(out: Path, paths: list[str], generator) -> dict:
 
     site = importlib.util.find_spec("ImageReward").submodule_search_locations[0]
     for name, sub in (("ImageReward", ""), ("ImageReward.models", "/models")):
-        module = types.ModuleType(name)   # skip the package __init__s: they import the ReFL trainer's deps
+        module = types.ModuleType(name)  # skip the package __init__s: they import the ReFL trainer's deps
         module.__path__ = [site + sub]
         sys.modules[name] = module
     folder = out / "imagereward"
@@ -87,7 +100,7 @@ def package_imagereward(out: Path, paths: list[str], generator) -> dict:
     with torch.no_grad():
         for layer in model.mlp.layers:
             if isinstance(layer, torch.nn.Linear):
-                layer.weight.normal_(0, layer.in_features ** -0.5, generator=generator)
+                layer.weight.normal_(0, layer.in_features**-0.5, generator=generator)
     torch.save(model.state_dict(), folder / "ImageReward.pt")
     with torch.no_grad():
         return {path: [float(model.score(prompt, Image.open(path))) for prompt in PROMPTS] for path in paths}
@@ -96,9 +109,13 @@ def package_imagereward(out: Path, paths: list[str], generator) -> dict:
 def package_hpsv2(out: Path, paths: list[str], generator) -> dict:
     import torch
 
-    bpe = Path(importlib.util.find_spec("hpsv2").submodule_search_locations[0]) / "src/open_clip/bpe_simple_vocab_16e6.txt.gz"
+    bpe = (
+        Path(importlib.util.find_spec("hpsv2").submodule_search_locations[0])
+        / "src/open_clip/bpe_simple_vocab_16e6.txt.gz"
+    )
     if not bpe.is_file():
         import open_clip
+
         source = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
         sys.exit(f"the hpsv2 wheel lacks its tokenizer file: cp {source} {bpe}")
     import hpsv2.img_score as hps
@@ -106,16 +123,31 @@ def package_hpsv2(out: Path, paths: list[str], generator) -> dict:
     folder = out / "hpsv2"
     folder.mkdir(exist_ok=True)
     build = hps.create_model_and_transforms
-    hps.create_model_and_transforms = lambda name, pretrained, **kw: build(name, None, **kw)   # no download
-    model = build("ViT-H-14", None, precision="fp32", device="cpu", jit=False, force_quick_gelu=False,
-                  force_custom_text=False, force_patch_dropout=False, force_image_size=None, pretrained_image=False,
-                  image_mean=None, image_std=None, light_augmentation=True, aug_cfg={}, output_dict=True,
-                  with_score_predictor=False, with_region_predictor=False)[0]
+    hps.create_model_and_transforms = lambda name, pretrained, **kw: build(name, None, **kw)  # no download
+    model = build(
+        "ViT-H-14",
+        None,
+        precision="fp32",
+        device="cpu",
+        jit=False,
+        force_quick_gelu=False,
+        force_custom_text=False,
+        force_patch_dropout=False,
+        force_image_size=None,
+        pretrained_image=False,
+        image_mean=None,
+        image_std=None,
+        light_augmentation=True,
+        aug_cfg={},
+        output_dict=True,
+        with_score_predictor=False,
+        with_region_predictor=False,
+    )[0]
     perturb(model, generator)
     checkpoint = folder / "HPS_v2_compressed.pt"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
     del model
-    (folder / bpe.name).write_bytes(bpe.read_bytes())   # step 2 turns it into CLIPTokenizer's two files
+    (folder / bpe.name).write_bytes(bpe.read_bytes())  # step 2 turns it into CLIPTokenizer's two files
     return {path: [float(hps.score(path, prompt, cp=str(checkpoint))[0]) for prompt in PROMPTS] for path in paths}
 
 
@@ -123,7 +155,7 @@ def run_package(out: Path, models: list[str], without_ops: bool) -> None:
     import torch
 
     if without_ops:
-        torch.library.register_fake = lambda *a, **k: (lambda f: f)
+        torch.library.register_fake = lambda *a, **k: lambda f: f
     out.mkdir(parents=True, exist_ok=True)
     paths = write_images(out)
     generator = torch.Generator().manual_seed(0)
@@ -157,7 +189,7 @@ def write_clip_bpe_files_from_open_clip(folder: Path) -> None:
     from lcm_accel.fixtures.tokenizer import write_clip_bpe_files
 
     lines = gzip.open(folder / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
-    write_clip_bpe_files(folder, lines[1:49152 - 256 - 2 + 1])
+    write_clip_bpe_files(folder, lines[1 : 49152 - 256 - 2 + 1])
 
 
 def run_ours(out: Path) -> None:
@@ -177,7 +209,9 @@ def run_ours(out: Path) -> None:
         reward = load_reward(name, str(model_file), str(folder))
         worst = worst_pil = 0.0
         for path, theirs in per_image.items():
-            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(
+                2, 0, 1
+            )
             with torch.no_grad():
                 ours = reward(image[None].repeat(len(prompts), 1, 1, 1), prompts)
             gap = float((ours - torch.tensor(theirs)).abs().max())
@@ -189,8 +223,10 @@ def run_ours(out: Path) -> None:
                 worst_pil = max(worst_pil, float((pil - torch.tensor(theirs)).abs().max()))
             print(line)
         spread = float(torch.tensor(list(per_image.values())).std())
-        print(f"{name}: max |ours - package| = {worst:.2e} (scores spread, std {spread:.3f})"
-              + (f"; on PIL-resized input {worst_pil:.2e}" if name == "imagereward" else ""))
+        print(
+            f"{name}: max |ours - package| = {worst:.2e} (scores spread, std {spread:.3f})"
+            + (f"; on PIL-resized input {worst_pil:.2e}" if name == "imagereward" else "")
+        )
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ extra device memory (peak during the call, above what was allocated before); and
 captured before the re-weight is replayed after it without a new capture.
 Without CUDA (and without --device cpu) it exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,14 @@ def write_adapters(unet: torch.nn.Module, folder: Path) -> tuple[Path, Path, int
     from lcm_accel.fixtures.tiny_loras import random_factors, write_kohya, write_peft
 
     targets = lora_target_shapes(unet)
-    lcm = write_kohya(folder / "lcm-lora-shaped.safetensors",
-                      random_factors(targets, rank=64, seed=1, scale=0.01, dtype=torch.float16), alpha=8.0)
-    style = write_peft(folder / "style-rank16.safetensors",
-                       random_factors(targets, rank=16, seed=2, scale=0.01, dtype=torch.float16))
+    lcm = write_kohya(
+        folder / "lcm-lora-shaped.safetensors",
+        random_factors(targets, rank=64, seed=1, scale=0.01, dtype=torch.float16),
+        alpha=8.0,
+    )
+    style = write_peft(
+        folder / "style-rank16.safetensors", random_factors(targets, rank=16, seed=2, scale=0.01, dtype=torch.float16)
+    )
     return lcm, style, len(targets)
 
 
@@ -64,8 +69,8 @@ def build_models(root: Path, quick: bool, device: torch.device, dtype: torch.dty
     """Our MODEL / CLIP / VAE loaded through the standalone host's checkpoint loader from a written
     single-file checkpoint (full-size SD1.5 with random weights, or the tiny fixture with --quick),
     placed by the loader on `device` with every part in `dtype`."""
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-    from lcm_accel.hosts.standalone.devices import Placement
+    from lcm_accel.runtime.checkpoints import load_checkpoint
+    from lcm_accel.runtime.devices import Placement
 
     checkpoint = root / "models" / "checkpoints" / "sd15.safetensors"
     tokenizers = root / "models" / "tokenizers" / "clip"
@@ -117,10 +122,9 @@ def measured(fn, device: torch.device):
 # --------------------------------------------------------------------------- our host
 def our_image(model, clip, vae, steps: int, cfg: float, size: int, lcm: bool) -> torch.Tensor:
     """Prompt -> IMAGE (B, H, W, 3) on the host through the standalone host's node functions."""
-    from lcm_accel.hosts.standalone.ksampler import common_ksampler
-    from lcm_accel.hosts.standalone.lcm import lcm_ksample
-    from lcm_accel.hosts.standalone.text_encoding import encode_prompt
-    from lcm_accel.hosts.standalone.vae_codec import decode
+    from lcm_accel.hosts.standalone.sampling_pipeline import common_ksampler, lcm_ksample
+    from lcm_accel.runtime.text_encoding import encode_prompt
+    from lcm_accel.runtime.vae_codec import decode
 
     def conditioning(text: str) -> list:
         cond, pooled = encode_prompt(clip, text)
@@ -137,7 +141,7 @@ def our_image(model, clip, vae, steps: int, cfg: float, size: int, lcm: bool) ->
 
 
 def fast_values(model, clip, vae):
-    from lcm_accel.hosts.standalone.fast_mode import FastModeSettings, with_fast_mode
+    from lcm_accel.runtime.fast_mode import FastModeSettings, with_fast_mode
 
     settings = FastModeSettings(True, "cuda_graph")
     return tuple(with_fast_mode(v, settings) for v in (model, clip, vae))
@@ -151,9 +155,16 @@ def diffusers_pipeline(model, clip, vae):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = StableDiffusionPipeline(vae=vae.vae, text_encoder=clip.text_encoders[0], tokenizer=clip.tokenizer,
-                                       unet=model.unet, scheduler=lcm_scheduler(), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=vae.vae,
+            text_encoder=clip.text_encoders[0],
+            tokenizer=clip.tokenizer,
+            unet=model.unet,
+            scheduler=lcm_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -167,14 +178,23 @@ def lcm_scheduler():
 def euler_scheduler():
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  num_train_timesteps=1000)
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
 
 
 def diffusers_image(pipe, steps: int, cfg: float, size: int) -> torch.Tensor:
     negative = None if cfg == 1.0 else NEGATIVE
-    out = pipe(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=cfg, height=size,
-               width=size, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np")
+    out = pipe(
+        PROMPT,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        height=size,
+        width=size,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    )
     return torch.from_numpy(out.images)
 
 
@@ -188,8 +208,11 @@ def diffusers_load_adapters(unet, lcm_path: Path, style_path: Path) -> None:
 
 def base_weights(unet) -> dict[str, torch.Tensor]:
     """name -> the weight's bits on the host (names without PEFT's `base_layer.`)."""
-    return {name.replace(".base_layer", ""): p.detach().cpu().clone() for name, p in unet.named_parameters()
-            if "lora_" not in name}
+    return {
+        name.replace(".base_layer", ""): p.detach().cpu().clone()
+        for name, p in unet.named_parameters()
+        if "lora_" not in name
+    }
 
 
 def not_restored(unet, originals: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -197,8 +220,12 @@ def not_restored(unet, originals: dict[str, torch.Tensor]) -> tuple[int, int]:
     changed = total = 0
     for name, value in base_weights(unet).items():
         if name in originals:
-            changed += int((value.view(torch.int16 if value.element_size() == 2 else torch.int32)
-                            != originals[name].view(torch.int16 if value.element_size() == 2 else torch.int32)).sum())
+            changed += int(
+                (
+                    value.view(torch.int16 if value.element_size() == 2 else torch.int32)
+                    != originals[name].view(torch.int16 if value.element_size() == 2 else torch.int32)
+                ).sum()
+            )
             total += value.numel()
     return changed, total
 
@@ -216,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: benchmarks/gpu_e2e.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-              "run it on a CUDA machine, or pass --device cpu --quick for a smoke run", file=sys.stderr)
+        print(
+            "error: benchmarks/gpu_e2e.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "run it on a CUDA machine, or pass --device cpu --quick for a smoke run",
+            file=sys.stderr,
+        )
         return 2
     if device.type != "cuda" and not args.quick:
         print("error: full-size runs are for CUDA; pass --quick with --device cpu", file=sys.stderr)
@@ -228,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup = min(args.warmup, 1) if args.quick else args.warmup
     baseline_steps = 2 if args.quick else 25
 
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
-    from lcm_accel.hosts.standalone import fast_mode
-    from lcm_accel.hosts.graph_cache import graph_cache
-    from lcm_accel.hosts.standalone.lora import activate_patches, add_loras, load_lora_file
+    from lcm_accel.runtime import fast_mode
+    from lcm_accel.runtime.graph_cache import graph_cache
+    from lcm_accel.runtime.lora_state import activate_patches, add_loras, load_lora_file
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
     with tempfile.TemporaryDirectory(prefix="lcm_gpu_e2e_") as tmp:
         root = Path(tmp)
@@ -242,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         with use_model_paths(ModelPaths(root / "models")):
             lcm_file, style_file = load_lora_file(lcm_path.name), load_lora_file(style_path.name)
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        print(f"{gpu}; torch {torch.__version__}; {dtype}; {size}x{size}; UNet "
-              f"{sum(p.numel() for p in model.unet.parameters()) / 1e6:.0f}M params; {n_targets} LoRA targets; "
-              f"setup {time.perf_counter() - t0:.0f} s; medians of {repeats} runs after {warmup} warm-up runs")
+        print(
+            f"{gpu}; torch {torch.__version__}; {dtype}; {size}x{size}; UNet "
+            f"{sum(p.numel() for p in model.unet.parameters()) / 1e6:.0f}M params; {n_targets} LoRA targets; "
+            f"setup {time.perf_counter() - t0:.0f} s; medians of {repeats} runs after {warmup} warm-up runs"
+        )
 
         base = model
         with_lora = add_loras(base, [(lcm_file, 1.0), (style_file, 0.8)])
@@ -252,14 +284,20 @@ def main(argv: list[str] | None = None) -> int:
         fast_base = fast_values(base, clip, vae)[0]
         rows: dict[str, dict[str, float]] = {}
         images: dict[str, dict[str, torch.Tensor]] = {}
-        configs = [("LCM 1 step, cfg 1", 1, 1.0, True), ("LCM 4 steps, cfg 1", 4, 1.0, True),
-                   (f"Euler {baseline_steps} steps, cfg 7.5", baseline_steps, 7.5, False)]
+        configs = [
+            ("LCM 1 step, cfg 1", 1, 1.0, True),
+            ("LCM 4 steps, cfg 1", 4, 1.0, True),
+            (f"Euler {baseline_steps} steps, cfg 7.5", baseline_steps, 7.5, False),
+        ]
 
         # ours (LoRA applied in place once by the first LCM run; restored for the baseline)
         for label, steps, cfg, lcm in configs:
             eager_model, fast_model = (with_lora, fast_lora) if lcm else (base, fast_base)
             rows[label], images[label] = {}, {}
-            for name, values in (("ours eager", (eager_model, clip, vae)), ("ours fast", (fast_model, fast_clip, fast_vae))):
+            for name, values in (
+                ("ours eager", (eager_model, clip, vae)),
+                ("ours fast", (fast_model, fast_clip, fast_vae)),
+            ):
                 run = lambda values=values: our_image(*values, steps, cfg, size, lcm)  # noqa: E731
                 rows[label][name] = median_seconds(run, device, repeats, warmup)
                 images[label][name] = run()
@@ -321,29 +359,44 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'phase':<10}{'ours ms':>10}{'diffusers ms':>14}{'ratio':>8}{'ours +MiB':>11}{'diffusers +MiB':>16}")
     for phase in ("apply", "reweight", "restore"):
         ours, theirs = lora["ours"][phase], lora["diffusers"].get(phase, (float("nan"), float("nan")))
-        print(f"{phase:<10}{1e3 * ours[0]:>10.1f}{1e3 * theirs[0]:>14.1f}{theirs[0] / ours[0]:>7.1f}x"
-              f"{ours[1]:>11.0f}{theirs[1]:>16.0f}")
-    print(f"ours: {ours_changed} elements not restored bitwise after restore; same data_ptr for every parameter: "
-          f"{same_storage}; graph captures during re-weight + next image: {recaptured}; fast vs eager after the "
-          f"re-weight: max |diff| {float((after - eager_after).abs().max()):.2e}")
+        print(
+            f"{phase:<10}{1e3 * ours[0]:>10.1f}{1e3 * theirs[0]:>14.1f}{theirs[0] / ours[0]:>7.1f}x"
+            f"{ours[1]:>11.0f}{theirs[1]:>16.0f}"
+        )
+    print(
+        f"ours: {ours_changed} elements not restored bitwise after restore; same data_ptr for every parameter: "
+        f"{same_storage}; graph captures during re-weight + next image: {recaptured}; fast vs eager after the "
+        f"re-weight: max |diff| {float((after - eager_after).abs().max()):.2e}"
+    )
     if not args.skip_diffusers:
-        print(f"diffusers: {diff_changed} of {diff_total} elements ({100 * diff_changed / diff_total:.2f}%) not "
-              f"restored bitwise after unfuse_lora")
+        print(
+            f"diffusers: {diff_changed} of {diff_total} elements ({100 * diff_changed / diff_total:.2f}%) not "
+            f"restored bitwise after unfuse_lora"
+        )
     return 0
 
 
 def _print_rows(rows: dict, images: dict) -> None:
     names = ["diffusers eager", "ours eager", "ours fast"]
-    print(f"\n{'prompt -> image':<26}" + "".join(f"{n + ' ms':>18}" for n in names)
-          + f"{'diffusers/fast':>16}{'eager/fast':>12}{'max|fast-eager|':>17}{'max|fast-diffusers|':>21}")
+    print(
+        f"\n{'prompt -> image':<26}"
+        + "".join(f"{n + ' ms':>18}" for n in names)
+        + f"{'diffusers/fast':>16}{'eager/fast':>12}{'max|fast-eager|':>17}{'max|fast-diffusers|':>21}"
+    )
     for label, times in rows.items():
         ms = [1e3 * times.get(n, float("nan")) for n in names]
         shots = images[label]
         fast_eager = float((shots["ours fast"] - shots["ours eager"]).abs().max())
-        fast_diff = (float((shots["ours fast"] - shots["diffusers eager"]).abs().max())
-                     if "diffusers eager" in shots and not label.startswith("Euler") else float("nan"))
-        print(f"{label:<26}" + "".join(f"{v:>18.1f}" for v in ms)
-              + f"{ms[0] / ms[2]:>15.2f}x{ms[1] / ms[2]:>11.2f}x{fast_eager:>17.2e}{fast_diff:>21.2e}")
+        fast_diff = (
+            float((shots["ours fast"] - shots["diffusers eager"]).abs().max())
+            if "diffusers eager" in shots and not label.startswith("Euler")
+            else float("nan")
+        )
+        print(
+            f"{label:<26}"
+            + "".join(f"{v:>18.1f}" for v in ms)
+            + f"{ms[0] / ms[2]:>15.2f}x{ms[1] / ms[2]:>11.2f}x{fast_eager:>17.2e}{fast_diff:>21.2e}"
+        )
 
 
 if __name__ == "__main__":

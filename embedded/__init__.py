@@ -6,6 +6,7 @@ by `python -m lcm_accel train lcm-lora`), a style LoRA and a scorer that reads s
 position / style back from an image. Its pictures mean something, so the demo shows a real picture
 and the benchmarks measure the papers' claims on it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +24,8 @@ def shipped_file(name: str) -> Path:
     """The path of a shipped file; refuses, with the rebuild command, when it is missing."""
     path = FILES / name
     if not path.is_file():
-        raise FileNotFoundError(f"the embedded model file {path} is missing: rebuild it with "
-                                "`python -m lcm_accel.embedded.build` (or restore it from the repository)")
+        raise FileNotFoundError(
+            f"the embedded model file {path} is missing: rebuild it with "
+            "`python -m lcm_accel.embedded.build` (or restore it from the repository)"
+        )
     return path

@@ -2,17 +2,19 @@
 
 Stages (each with a progress bar; the files go to `embedded/files/` unless `--out`):
 1. render the world (plain and outlined pictures, captions);
-2. the VAE (KL-f8, 4 levels), its latent space normalised to SD1.5's scaling factor;
-3. the UNet (SD1.5 block structure) on the frozen text encoder's contexts; the base checkpoint
+2. the VAE (KL-f8, 4 levels) on crops, its latent space normalised to SD1.5's scaling factor, then
+   its decoder fine-tuned on whole pictures (the encoder, so the latent space, frozen);
+3. the scorer (on renders and their VAE round trips);
+4. the UNet (SD1.5 block structure) on the frozen text encoder's contexts; the base checkpoint
    is written as an LDM single file and every later stage reads it back through the checkpoint
    loader users' files go through;
-4. the LCM-LoRA, distilled by `python -m lcm_accel train lcm-lora` on a folder of the world's
+5. the LCM-LoRA, distilled by `python -m lcm_accel train lcm-lora` on a folder of the world's
    images + captions;
-5. the style LoRA (outlined shapes);
-6. the scorer;
+6. the style LoRA (outlined shapes);
 7. the scores (`evaluate.build_scores`) written to build_info.json beside the files.
 Deterministic in `--seed` on one machine (not bit-identical across machines / thread counts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,17 +27,18 @@ from pathlib import Path
 import torch
 
 from . import BASE_FILE, BUILD_INFO_FILE, FILES, LCM_LORA_FILE, SCORER_FILE, STYLE_LORA_FILE
-from .world import caption, render_batch, scenes
-
 from .evaluate import TEACHER_CFG, build_scores  # the teacher's guidance is what the LCM-LoRA distils
+from .world import caption, render_batch, scenes
 
 
 def _render(count: int, seed: int, style: str, progress: bool) -> torch.Tensor:
     from tqdm.auto import tqdm
 
     items = scenes(count, seed)
-    chunks = [render_batch(items[i:i + 250], style) for i in tqdm(range(0, count, 250), desc=f"render {style}",
-                                                                  disable=not progress)]
+    chunks = [
+        render_batch(items[i : i + 250], style)
+        for i in tqdm(range(0, count, 250), desc=f"render {style}", disable=not progress)
+    ]
     return torch.cat(chunks)
 
 
@@ -50,26 +53,48 @@ def _write_image_folder(folder: Path, images: torch.Tensor, prompts: list[str]) 
         (folder / f"{i:05d}.txt").write_text(prompt + "\n", encoding="utf-8")
 
 
-def build(out: Path, work: Path, seed: int = 0, quick: bool = False, progress: bool = True,
-          reuse: bool = False, steps_scale: float = 1.0) -> dict:
+def build(
+    out: Path,
+    work: Path,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    reuse: bool = False,
+    steps_scale: float = 1.0,
+    stop_after: str | None = None,
+) -> dict:
     """Run every stage; returns the build info (settings, stage times, scores). `reuse`: keep the
-    stages whose files are already in `out` (continue an interrupted build)."""
-    from ..hosts.standalone.checkpoint_loader import clear_cache, load_checkpoint
-    from ..hosts.standalone.text_encoding import encode_prompt
-    from .base_training import encode_latents, normalise_latents, text_contexts, train_unet, train_vae
+    stages whose files are already in `out` (and the VAE stage's file in `work`: continue an
+    interrupted build); `stop_after`: "vae", "scorer" or "unet" ends the build after that stage."""
+    from ..runtime.checkpoints import clear_cache, load_checkpoint
+    from ..runtime.text_encoding import encode_prompt
+    from .base_training import encode_latents, finetune_decoder, normalise_latents, text_contexts, train_unet, train_vae
     from .models import build_text_encoder, build_unet, build_vae, save_checkpoint
     from .scorer import save_scorer, train_scorer
     from .style_lora import train_style_lora
 
     scale = 0.05 if quick else 1.0
-    steps = {k: max(2, int(v * scale * steps_scale)) for k, v in
-             {"vae": 4000, "unet": 2500, "lcm": 600, "style": 500, "scorer": 800}.items()}
-    counts = {"train": max(64, int(6000 * scale)), "outlined": max(64, int(3000 * scale)),
-              "lcm_data": max(64, int(3000 * scale))}
+    steps = {
+        k: max(2, int(v * scale * steps_scale))
+        for k, v in {"vae": 4000, "vae_decoder": 1200, "unet": 7500, "lcm": 1200, "style": 800, "scorer": 800}.items()
+    }
+    counts = {
+        "train": max(64, int(6000 * scale)),
+        "outlined": max(64, int(3000 * scale)),
+        "lcm_data": max(64, int(3000 * scale)),
+    }
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    partial = work / "build_info.partial.json"  # the stage times of a build stopped early
+    if reuse and partial.is_file():
+        times.update(json.loads(partial.read_text(encoding="utf-8"))["stage_seconds"])
     clock = time.perf_counter()
+
+    def stop(stage_name: str) -> dict:
+        info = {"stopped_after": stage_name, "stage_seconds": times}
+        partial.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        return info
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -85,17 +110,46 @@ def build(out: Path, work: Path, seed: int = 0, quick: bool = False, progress: b
     lap("render")
 
     base = out / BASE_FILE
+    stage, stage_decoder = work / "stage-vae.safetensors", work / "stage-vae-decoder.safetensors"
     if reuse and base.is_file():  # continue a build: the base stage's output is there
         clear_cache()
         _, clip, vae_host = load_checkpoint(base)
+    elif reuse and stage_decoder.is_file():  # continue a build stopped after the VAE stage
+        clear_cache()
+        _, clip, vae_host = load_checkpoint(stage_decoder)
     else:
-        vae = train_vae(build_vae(seed), torch.cat([plain, outlined]), steps["vae"], seed=seed, progress=progress)
-        normalise_latents(vae, plain[:2000])
-        lap("vae")
-        stage = work / "stage-vae.safetensors"
-        save_checkpoint(build_unet(seed), vae, build_text_encoder(seed), stage)
+        if not (reuse and stage.is_file()):
+            vae = train_vae(build_vae(seed), torch.cat([plain, outlined]), steps["vae"], seed=seed, progress=progress)
+            normalise_latents(vae, plain[:2000])
+            lap("vae")
+            save_checkpoint(build_unet(seed), vae, build_text_encoder(seed), stage)
         clear_cache()
         _, clip, vae_host = load_checkpoint(stage)
+        # the decoder on whole pictures, the encoder (the latent space) as saved above
+        finetune_decoder(vae_host.vae, torch.cat([plain, outlined]), steps["vae_decoder"], seed=seed, progress=progress)
+        lap("vae-decoder")
+        save_checkpoint(build_unet(seed), vae_host.vae, clip.text_encoders[0], stage_decoder)
+        clear_cache()
+        _, clip, vae_host = load_checkpoint(stage_decoder)
+    if stop_after == "vae":
+        return stop("vae")
+
+    @torch.no_grad()
+    def reconstruct(images: torch.Tensor) -> torch.Tensor:
+        dist = vae_host.vae.encode(images * 2 - 1).latent_dist
+        return ((vae_host.vae.decode(dist.mean).sample + 1) / 2).clamp(0, 1)
+
+    if not (reuse and (out / SCORER_FILE).is_file()):
+        n = min(len(outlined), len(plain), 2000)
+        both = torch.cat([plain[:n], render_batch(train_scenes[:n], "outlined")])
+        recon = torch.cat([reconstruct(both[i : i + 64]) for i in range(0, len(both), 64)])
+        scorer = train_scorer(
+            train_scenes[:n], both[:n], both[n:], recon[:n], recon[n:], steps["scorer"], seed=seed, progress=progress
+        )
+        save_scorer(scorer, out / SCORER_FILE)
+        lap("scorer")
+    if stop_after == "scorer":
+        return stop("scorer")
     prompt_cache: dict[str, torch.Tensor] = {}
 
     def encode(prompt: str) -> torch.Tensor:
@@ -107,11 +161,14 @@ def build(out: Path, work: Path, seed: int = 0, quick: bool = False, progress: b
     if not (reuse and base.is_file()):
         means, stds = encode_latents(vae_host.vae, plain, scaling)
         contexts = text_contexts(encode, [caption(s) for s in train_scenes])
-        unet = train_unet(build_unet(seed), means, stds, contexts, encode(""), steps["unet"], seed=seed,
-                          progress=progress)
+        unet = train_unet(
+            build_unet(seed), means, stds, contexts, encode(""), steps["unet"], seed=seed, progress=progress
+        )
         save_checkpoint(unet, vae_host.vae, clip.text_encoders[0], base)
         clear_cache()
         lap("unet")
+    if stop_after == "unet":
+        return stop("unet")
 
     if not (reuse and (out / LCM_LORA_FILE).is_file()):
         _distil_lcm_lora(base, plain, train_scenes, counts["lcm_data"], steps["lcm"], out, work, seed, progress)
@@ -121,26 +178,30 @@ def build(out: Path, work: Path, seed: int = 0, quick: bool = False, progress: b
         model, _, _ = load_checkpoint(base)
         o_means, o_stds = encode_latents(vae_host.vae, outlined, scaling)
         o_contexts = text_contexts(encode, [caption(s) for s in outlined_scenes])
-        train_style_lora(model.unet, o_means, o_stds, o_contexts, out / STYLE_LORA_FILE, steps=steps["style"],
-                         batch=16, seed=seed, progress=progress)
+        train_style_lora(
+            model.unet,
+            o_means,
+            o_stds,
+            o_contexts,
+            out / STYLE_LORA_FILE,
+            steps=steps["style"],
+            batch=16,
+            seed=seed,
+            progress=progress,
+        )
         lap("style-lora")
 
-    @torch.no_grad()
-    def reconstruct(images: torch.Tensor) -> torch.Tensor:
-        dist = vae_host.vae.encode(images * 2 - 1).latent_dist
-        return ((vae_host.vae.decode(dist.mean).sample + 1) / 2).clamp(0, 1)
-
-    if not (reuse and (out / SCORER_FILE).is_file()):
-        n = min(len(outlined), len(plain), 2000)
-        both = torch.cat([plain[:n], render_batch(train_scenes[:n], "outlined")])
-        recon = torch.cat([reconstruct(both[i:i + 64]) for i in range(0, len(both), 64)])
-        scorer = train_scorer(train_scenes[:n], both[:n], both[n:], recon[:n], recon[n:], steps["scorer"],
-                              seed=seed, progress=progress)
-        save_scorer(scorer, out / SCORER_FILE)
-        lap("scorer")
-
-    info = {"seed": seed, "quick": quick, "steps_scale": steps_scale, "steps": steps, "counts": counts, "teacher_cfg": TEACHER_CFG,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "stage_seconds": times}
+    info = {
+        "seed": seed,
+        "quick": quick,
+        "steps_scale": steps_scale,
+        "steps": steps,
+        "counts": counts,
+        "teacher_cfg": TEACHER_CFG,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "stage_seconds": times,
+    }
     info["scores"] = build_scores(out, progress=progress)
     lap("scores")
     info["total_seconds"] = round(sum(times.values()), 1)
@@ -148,8 +209,17 @@ def build(out: Path, work: Path, seed: int = 0, quick: bool = False, progress: b
     return info
 
 
-def _distil_lcm_lora(base: Path, plain: torch.Tensor, train_scenes: list, count: int, steps: int, out: Path,
-                     work: Path, seed: int, progress: bool) -> None:
+def _distil_lcm_lora(
+    base: Path,
+    plain: torch.Tensor,
+    train_scenes: list,
+    count: int,
+    steps: int,
+    out: Path,
+    work: Path,
+    seed: int,
+    progress: bool,
+) -> None:
     """Stage 4: `python -m lcm_accel train lcm-lora` on a folder of the world's images + captions."""
     from ..cli import main
 
@@ -157,11 +227,39 @@ def _distil_lcm_lora(base: Path, plain: torch.Tensor, train_scenes: list, count:
     shutil.rmtree(data, ignore_errors=True)
     _write_image_folder(data, plain[:count], [caption(s) for s in train_scenes[:count]])
     shutil.rmtree(work / "lcm-train", ignore_errors=True)
-    status = main(["train", "lcm-lora", "--base", str(base), "--data", str(data), "--out", str(work / LCM_LORA_FILE),
-                   "--resolution", "64", "--rank", "16", "--steps", str(steps), "--batch", "16",
-                   "--lr", "5e-4", "--w", str(TEACHER_CFG), "--device", "cpu", "--seed", str(seed),
-                   "--checkpoint-every", "0", "--work-dir", str(work / "lcm-train")]
-                  + ([] if progress else ["--no-progress"]))
+    status = main(
+        [
+            "train",
+            "lcm-lora",
+            "--base",
+            str(base),
+            "--data",
+            str(data),
+            "--out",
+            str(work / LCM_LORA_FILE),
+            "--resolution",
+            "64",
+            "--rank",
+            "16",
+            "--steps",
+            str(steps),
+            "--batch",
+            "16",
+            "--lr",
+            "5e-4",
+            "--w",
+            str(TEACHER_CFG),
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+            "--checkpoint-every",
+            "0",
+            "--work-dir",
+            str(work / "lcm-train"),
+        ]
+        + ([] if progress else ["--no-progress"])
+    )
     if status != 0:
         raise RuntimeError(f"`train lcm-lora` failed with exit status {status}")
     _halve_lora(work / LCM_LORA_FILE, out / LCM_LORA_FILE)
@@ -180,24 +278,41 @@ def _halve_lora(source: Path, target: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcm_accel.embedded.build", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lcm_accel.embedded.build",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default=str(FILES), help=f"where the files go (default: {FILES})")
     parser.add_argument("--work", default=None, help="scratch folder (default: OUT/../build-work)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="5 %% of the steps and data: a smoke test, not a model")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a busy machine one thread is much faster)")
-    parser.add_argument("--steps-scale", type=float, default=1.0,
-                        help="multiply every stage's training steps (more steps: better pictures, longer build)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a busy machine one thread is much faster)",
+    )
+    parser.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's training steps (more steps: better pictures, longer build)",
+    )
     parser.add_argument("--reuse", action="store_true", help="keep the files already in OUT (continue a build)")
+    parser.add_argument(
+        "--stop-after",
+        choices=("vae", "scorer", "unet"),
+        default=None,
+        help="end after this stage (continue later with --reuse)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     work = Path(args.work) if args.work else out.parent / "build-work"
     start = time.perf_counter()
-    info = build(out, work, args.seed, args.quick, not args.no_progress, args.reuse, args.steps_scale)
+    info = build(out, work, args.seed, args.quick, not args.no_progress, args.reuse, args.steps_scale, args.stop_after)
     print(f"built the embedded model in {time.perf_counter() - start:.0f} s -> {out}")
     print(json.dumps(info.get("scores", {}), indent=2))
     return 0

@@ -6,6 +6,7 @@ LCM-LoRA at 4 steps and the LCM-LoRA + style LoRA through the LCMAdapterMixer no
 (workflows/lcm_lora_style_mixer.json), each labelled with its sampling time and what the scorer
 reads in it.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -34,10 +35,16 @@ class Panel:
 
 
 PANELS = (
-    Panel(f"teacher {TEACHER_STEPS} steps, CFG {TEACHER_CFG:g}", "baseline_25step_cfg7.json",
-          {"steps": TEACHER_STEPS, "cfg": TEACHER_CFG, "sampler_name": "ddim", "scheduler": "normal"}),
-    Panel(f"base 4 steps DDIM, CFG {TEACHER_CFG:g}", "baseline_25step_cfg7.json",
-          {"steps": 4, "cfg": TEACHER_CFG, "sampler_name": "ddim", "scheduler": "normal"}),
+    Panel(
+        f"teacher {TEACHER_STEPS} steps, CFG {TEACHER_CFG:g}",
+        "baseline_25step_cfg7.json",
+        {"steps": TEACHER_STEPS, "cfg": TEACHER_CFG, "sampler_name": "ddim", "scheduler": "normal"},
+    ),
+    Panel(
+        f"base 4 steps DDIM, CFG {TEACHER_CFG:g}",
+        "baseline_25step_cfg7.json",
+        {"steps": 4, "cfg": TEACHER_CFG, "sampler_name": "ddim", "scheduler": "normal"},
+    ),
     Panel("LCM-LoRA 4 steps", "lcm_lora_txt2img.json", {}),
     Panel("LCM-LoRA + style 0.8 (mixer)", "lcm_lora_style_mixer.json", {}),
 )
@@ -64,10 +71,10 @@ def _overrides(prompt: dict, text: str, seed: int, sampler: dict) -> list[str]:
 def run_workflow(path: Path, models: Path, out: Path, text: str, seed: int, sampler: dict) -> tuple[Path, float]:
     """Run one workflow headless with the demo's overrides; (the PNG it saved, seconds)."""
     from ..harness.executor import Executor
-    from ..harness.model_paths import ModelPaths, use_model_paths
     from ..harness.registry import default_registry
     from ..harness.runner import api_prompt, apply_overrides
     from ..harness.workflow_io import load_workflow
+    from ..runtime.model_paths import ModelPaths, use_model_paths
 
     paths = ModelPaths(models / "models", input_dir=models / "input", output_dir=out)
     with use_model_paths(paths):  # a UI workflow's conversion reads the model lists
@@ -77,7 +84,9 @@ def run_workflow(path: Path, models: Path, out: Path, text: str, seed: int, samp
         start = time.perf_counter()
         result = Executor(registry, paths).run(prompt, extra_pnginfo=extra)
         seconds = time.perf_counter() - start
-    saved = [item for ui in result.ui.values() for item in ui.get("images", []) if item.get("type", "output") == "output"]
+    saved = [
+        item for ui in result.ui.values() for item in ui.get("images", []) if item.get("type", "output") == "output"
+    ]
     if len(saved) != 1:
         raise RuntimeError(f"{path.name}: expected one saved image, got {len(saved)}")
     return out / saved[0].get("subfolder", "") / saved[0]["filename"], seconds
@@ -138,7 +147,9 @@ def _run(out: Path, text: str, seed: int) -> int:
         target = out if index == MAIN_PANEL else out / "embedded_contact_sheet_parts"
         image, seconds = run_workflow(PACK_ROOT / "workflows" / panel.workflow, root, target, text, seed, panel.sampler)
         (verdict,) = verdicts(scorer, read_png(image))
-        seen = f"{verdict.colour} {verdict.shape}, {verdict.position}" + (", outlined" if verdict.style == "outlined" else "")
+        seen = f"{verdict.colour} {verdict.shape}, {verdict.position}" + (
+            ", outlined" if verdict.style == "outlined" else ""
+        )
         labels.append(f"{panel.label}\n{seconds:.2f} s\nscorer: {seen}")
         parts.append(image)
         print(f"{panel.label}: {seconds:.2f} s, scorer reads: {seen}  ({image})")

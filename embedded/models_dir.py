@@ -5,6 +5,7 @@ its LCM-LoRA and `loras/style-lora-sd15.safetensors` its style LoRA, so `workflo
 unchanged (at the model's native 64x64 size). The SDXL names hold the tiny random stand-ins (there is
 no embedded SDXL). Written once per version of the shipped files to the user's cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,9 @@ def write_embedded_models_dir(root: str | Path, files: Path = FILES, sdxl: bool 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shipped_file(source) if files == FILES else files / source, target)
     if sdxl:
-        save_ldm_checkpoint(tiny_model("sdxl", 0, clip_vocab=True), models / "checkpoints" / "sd_xl_base_1.0.safetensors")
+        save_ldm_checkpoint(
+            tiny_model("sdxl", 0, clip_vocab=True), models / "checkpoints" / "sd_xl_base_1.0.safetensors"
+        )
         name = "lcm-lora-sdxl.safetensors"
         _, rank, _, lora_seed = LORAS[name]
         factors = random_factors(lora_targets(tiny_model("sdxl", 0).unet), rank, seed=lora_seed, scale=0.05)
@@ -61,5 +64,8 @@ def embedded_models_dir(files: Path = FILES) -> Path:
             shipped_file(source)  # a missing file is refused with the rebuild command
     from ..fixtures.cache import user_cache_folder
 
-    return user_cache_folder(f"embedded-models-{_files_key(files)}", lambda root: write_embedded_models_dir(root, files),
-                             "lcm_accel.embedded.models_dir")
+    return user_cache_folder(
+        f"embedded-models-{_files_key(files)}",
+        lambda root: write_embedded_models_dir(root, files),
+        "lcm_accel.embedded.models_dir",
+    )

@@ -4,6 +4,7 @@ It turns "does the image follow the prompt?" into a number (`prompt_accuracy`). 
 renders of the world, plain and outlined, half of them passed through the embedded VAE (so the
 softness of decoded images is familiar) plus blur and noise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,9 +84,17 @@ def _degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def train_scorer(scenes: list[Scene], plain: torch.Tensor, outlined: torch.Tensor,
-                 plain_decoded: torch.Tensor | None = None, outlined_decoded: torch.Tensor | None = None,
-                 steps: int = 800, batch: int = 64, seed: int = 0, progress: bool = True) -> Scorer:
+def train_scorer(
+    scenes: list[Scene],
+    plain: torch.Tensor,
+    outlined: torch.Tensor,
+    plain_decoded: torch.Tensor | None = None,
+    outlined_decoded: torch.Tensor | None = None,
+    steps: int = 800,
+    batch: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Scorer:
     """Train a scorer on renders of `scenes` (`plain` and `outlined`: (N, 3, 64, 64) in [0, 1]);
     `*_decoded`: the same renders after the VAE round trip, drawn for half of each batch."""
     from tqdm.auto import tqdm
@@ -95,7 +104,9 @@ def train_scorer(scenes: list[Scene], plain: torch.Tensor, outlined: torch.Tenso
     scorer = Scorer()
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.1)
-    labels = {name: torch.tensor([HEADS[name].index(getattr(s, name)) for s in scenes]) for name in HEADS if name != "style"}
+    labels = {
+        name: torch.tensor([HEADS[name].index(getattr(s, name)) for s in scenes]) for name in HEADS if name != "style"
+    }
     for _ in tqdm(range(steps), desc="scorer", disable=not progress):
         index = torch.randint(len(scenes), (batch,), generator=generator)
         style = torch.randint(2, (batch,), generator=generator)

@@ -1,5 +1,6 @@
 """The style LoRA: a plain LoRA fine-tune of the embedded base UNet on the restyled world
 (outlined shapes, same captions), written by the project's LoRA writer (`lora_merge.writer`)."""
+
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,33 @@ from ..training.student import add_lora, lora_factors
 from .base_training import alphas_cumprod, diffusion_loss, progress_bar
 
 # attention and feed-forward plus the resnet convs: a style touches both what and how things are drawn
-STYLE_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                 "conv1", "conv2")
+STYLE_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+)
 
 
-def train_style_lora(unet: torch.nn.Module, means: torch.Tensor, stds: torch.Tensor, contexts: torch.Tensor,
-                     path: str | Path, rank: int = 8, steps: int = 800, batch: int = 32, lr: float = 1e-3,
-                     seed: int = 0, progress: bool = True) -> Path:
+def train_style_lora(
+    unet: torch.nn.Module,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    contexts: torch.Tensor,
+    path: str | Path,
+    rank: int = 8,
+    steps: int = 800,
+    batch: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Fine-tune a LoRA on a copy of `unet` with the epsilon loss on the restyled latents; write it
     (kohya layout, alpha = rank) to `path`."""
     unet = copy.deepcopy(unet)
@@ -41,7 +62,14 @@ def train_style_lora(unet: torch.nn.Module, means: torch.Tensor, stds: torch.Ten
         schedule.step()
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     factors, alpha, rank = lora_factors(unet)
-    metadata = {"lcm_accel.method": "style-lora", "lcm_accel.base_family": "sd15", "lcm_accel.rank": str(rank),
-                "lcm_accel.alpha": str(alpha), "lcm_accel.steps": str(steps), "lcm_accel.style": "outlined",
-                "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
+    metadata = {
+        "lcm_accel.method": "style-lora",
+        "lcm_accel.base_family": "sd15",
+        "lcm_accel.rank": str(rank),
+        "lcm_accel.alpha": str(alpha),
+        "lcm_accel.steps": str(steps),
+        "lcm_accel.style": "outlined",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+    }
     return write_lora(path, {k: (d.half(), u.half()) for k, (d, u) in factors.items()}, alpha, "kohya", metadata)

@@ -7,8 +7,10 @@ background, 64x64 px, deterministic from a seed.
 
 The vocabulary is small but every word matters (4 shapes x 6 colours x 5 positions x 3
 backgrounds), so a model has to read the prompt. The "outlined" style draws the same shape hollow
-(a thick border): what the style LoRA learns and the scorer detects.
+(a border, at most half the shape's thickness, so every shape, the thin-armed cross included, shows
+the background inside): what the style LoRA learns and the scorer detects.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +37,8 @@ POSITIONS = {  # centre (x, y) in pixels
 }
 BACKGROUNDS = {"white": (0.94, 0.94, 0.92), "black": (0.07, 0.07, 0.08), "gray": (0.50, 0.50, 0.52)}
 STYLES = ("plain", "outlined")
-OUTLINE_WIDTH = 5.0  # pixels of border kept by the "outlined" style
+OUTLINE_WIDTH = 5.0  # pixels of border kept by the "outlined" style (at most half a shape's thickness)
+CROSS_ARM = 0.42  # half the width of a cross's arms, relative to the shape's radius
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def caption(scene: Scene) -> str:
 
 def random_scene(generator: torch.Generator) -> Scene:
     """One scene drawn uniformly from the vocabulary (with placement jitter) from `generator`."""
+
     def pick(options) -> str:
         options = list(options)
         return options[int(torch.randint(len(options), (1,), generator=generator))]
@@ -89,11 +93,17 @@ def _signed_inside(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float) 
             depth = torch.minimum(depth, r / 2 - (x * nx + y * ny))
         return depth
     if shape == "cross":
-        arm, half = radius * 0.36, radius * 0.95
+        arm, half = radius * CROSS_ARM, radius * 1.05
         bar_h = torch.minimum(half - x.abs(), arm - y.abs())
         bar_v = torch.minimum(arm - x.abs(), half - y.abs())
         return torch.maximum(bar_h, bar_v)
     raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+
+
+def _max_depth(shape: str, radius: float) -> float:
+    """The deepest point inside the shape (its inradius): a cross's arms are much thinner than a
+    circle, so a border of fixed width would fill them and leave the cross solid."""
+    return {"circle": radius, "square": radius * 0.86, "triangle": radius * 0.7, "cross": radius * CROSS_ARM}[shape]
 
 
 def render(scene: Scene, style: str = "plain", supersample: int = 2) -> torch.Tensor:
@@ -107,8 +117,8 @@ def render(scene: Scene, style: str = "plain", supersample: int = 2) -> torch.Te
     dx, dy, scale = scene.jitter
     depth = _signed_inside(scene.shape, x - (cx + dx), y - (cy + dy), 12.0 * scale)
     mask = (depth > 0).float()
-    if style == "outlined":
-        mask = mask * (depth < OUTLINE_WIDTH).float()
+    if style == "outlined":  # a border no thicker than half the shape's thickest part, so it stays hollow
+        mask = mask * (depth < min(OUTLINE_WIDTH, 0.5 * _max_depth(scene.shape, 12.0 * scale))).float()
     mask = torch.nn.functional.avg_pool2d(mask[None, None], supersample)[0]
     colour = torch.tensor(COLOURS[scene.colour]).view(3, 1, 1)
     background = torch.tensor(BACKGROUNDS[scene.background]).view(3, 1, 1)

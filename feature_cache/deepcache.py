@@ -115,7 +115,7 @@ class DeepCacheUNet:
         return self.streams.stats
 
     # --- activation -------------------------------------------------------------------------
-    def __enter__(self) -> "DeepCacheUNet":
+    def __enter__(self) -> DeepCacheUNet:
         if self._saved:
             raise RuntimeError("DeepCacheUNet is already active; leave the `with` block before entering again")
         self.reset()

@@ -65,7 +65,9 @@ def count_macs(unet: torch.nn.Module, call: Callable[[], object]) -> dict[str, i
     return macs
 
 
-def example_inputs(unet: torch.nn.Module, latent_height: int, latent_width: int, batch: int = 1, context_length: int = 77) -> dict:
+def example_inputs(
+    unet: torch.nn.Module, latent_height: int, latent_width: int, batch: int = 1, context_length: int = 77
+) -> dict:
     """Zero inputs of the right shapes for one call of `unet` (SD1.5- and SDXL-style conditioning)."""
     config = unet.config
     parameter = next(unet.parameters())
@@ -86,7 +88,9 @@ def example_inputs(unet: torch.nn.Module, latent_height: int, latent_width: int,
     return inputs
 
 
-def skipped_fraction(unet: torch.nn.Module, branch: int, latent_height: int = 64, latent_width: int = 64, context_length: int = 77) -> float:
+def skipped_fraction(
+    unet: torch.nn.Module, branch: int, latent_height: int = 64, latent_width: int = 64, context_length: int = 77
+) -> float:
     """Share of one full UNet call's MACs that a partial step at `branch` skips, at this latent size."""
     skipped = skipped_modules(unet, branch)
     inputs = example_inputs(unet, latent_height, latent_width, context_length=context_length)

@@ -18,12 +18,12 @@ import math
 import numpy as np
 
 
-def _check_int(name: str, value: int, minimum: int) -> None:
+def check_int(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_percent(name: str, value: float) -> None:
+def check_percent(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
@@ -76,10 +76,10 @@ def full_steps(
     30% into the window (DeepCache's recommended 15 of 50 steps). `power` > 1 is the starting
     exponent of DeepCache's spacing rule (its recommendation: 1.4).
     """
-    _check_int("num_steps", num_steps, 1)
-    _check_int("interval", interval, 1)
-    _check_percent("start_percent", start_percent)
-    _check_percent("end_percent", end_percent)
+    check_int("num_steps", num_steps, 1)
+    check_int("interval", interval, 1)
+    check_percent("start_percent", start_percent)
+    check_percent("end_percent", end_percent)
     if start_percent > end_percent:
         raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 1:
@@ -88,7 +88,7 @@ def full_steps(
     flags = [True] * num_steps
     window = window_steps(num_steps, start_percent, end_percent)
     if center is not None:
-        _check_int("center", center, 0)
+        check_int("center", center, 0)
         if uniform:
             raise ValueError("center only applies to the non-uniform schedule (uniform=False)")
         if window and center >= len(window):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import _check_int, _check_percent, full_steps
+from .schedule import check_int, check_percent, full_steps
 
 SCHEDULES = ("uniform", "non-uniform")
 
@@ -26,10 +26,10 @@ class DeepCacheSettings:
     schedule: str = "uniform"
 
     def __post_init__(self):
-        _check_int("cache_interval", self.interval, 1)
-        _check_int("cache_depth", self.branch, 0)
-        _check_percent("start_percent", self.start_percent)
-        _check_percent("end_percent", self.end_percent)
+        check_int("cache_interval", self.interval, 1)
+        check_int("cache_depth", self.branch, 0)
+        check_percent("start_percent", self.start_percent)
+        check_percent("end_percent", self.end_percent)
         if self.start_percent > self.end_percent:
             raise ValueError(f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent})")
         if self.schedule not in SCHEDULES:
@@ -37,5 +37,6 @@ class DeepCacheSettings:
 
     def full_step_flags(self, num_steps: int) -> list[bool]:
         """One flag per step of a `num_steps` run: True = full UNet, False = reuse the deep features."""
-        return full_steps(num_steps, self.interval, self.start_percent, self.end_percent,
-                          uniform=self.schedule == "uniform")
+        return full_steps(
+            num_steps, self.interval, self.start_percent, self.end_percent, uniform=self.schedule == "uniform"
+        )

@@ -17,6 +17,7 @@ process reads which jobs are done, waits for the others (so no one reads a file 
 written), takes its share of the pending jobs with `split_between_processes`, runs it on its own
 device, and after a final barrier the main process merges the manifest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.errors import RunError
+from ..runtime.interrupt import ExecutionInterrupted
+from ..runtime.model_paths import ModelPaths, use_model_paths
+from ..runtime.progress import use_progress_hook
 from .errors import HarnessError, WorkflowError
 from .executor import Executor
-from .interrupt import ExecutionInterrupted
 from .jobs import Job
 from .manifest import Manifest
-from .model_paths import ModelPaths, use_model_paths
-from .progress import use_progress_hook
 from .registry import NodeRegistry
 from .runner import api_prompt, apply_overrides
 from .workflow_io import load_workflow
@@ -90,20 +92,25 @@ def process_device(state: Any, device: str) -> str:
     if device in ("auto", "cuda"):
         return str(state.device) if state.device.type == "cuda" else "cpu"
     if device.startswith("cuda:"):
-        raise HarnessError(f"--device {device}: with {state.num_processes} processes every one would use this GPU; "
-                           "pass --device auto (or cuda) to give each process its own")
+        raise HarnessError(
+            f"--device {device}: with {state.num_processes} processes every one would use this GPU; "
+            "pass --device auto (or cuda) to give each process its own"
+        )
     return device
 
 
 def _done(manifest: Manifest, out_dir: Path) -> set[str]:
-    return {job_id for job_id, entry in manifest.entries().items()
-            if entry.get("status") == "ok" and all((out_dir / image).is_file() for image in entry.get("images", []))}
+    return {
+        job_id
+        for job_id, entry in manifest.entries().items()
+        if entry.get("status") == "ok" and all((out_dir / image).is_file() for image in entry.get("images", []))
+    }
 
 
 def _error_text(error: Exception) -> str:
     if isinstance(error, WorkflowError):
         return error.one_line()
-    if isinstance(error, HarnessError):
+    if isinstance(error, RunError):
         return " ".join(str(error).split())
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
@@ -117,8 +124,14 @@ def _saved_images(result, job_out: Path, out_dir: Path) -> list[str]:
     return images
 
 
-def run_job(executor: Executor, base: tuple[dict, dict | None], job: Job, sets: list[str], registry: NodeRegistry,
-            paths: ModelPaths) -> dict:
+def run_job(
+    executor: Executor,
+    base: tuple[dict, dict | None],
+    job: Job,
+    sets: list[str],
+    registry: NodeRegistry,
+    paths: ModelPaths,
+) -> dict:
     """Run one job into `OUT/<id>/`; its manifest entry (status ok / error). Ctrl-C propagates."""
     out_dir = paths.output_dir
     job_out = out_dir / job.id  # files left there by a run that died are kept: the counter moves past them
@@ -142,8 +155,15 @@ def run_job(executor: Executor, base: tuple[dict, dict | None], job: Job, sets: 
     return entry
 
 
-def run_batch(workflow: str | Path, jobs: list[Job], registry: NodeRegistry, paths: ModelPaths, sets: list[str],
-              state: Any, progress: bool = True) -> BatchSummary:
+def run_batch(
+    workflow: str | Path,
+    jobs: list[Job],
+    registry: NodeRegistry,
+    paths: ModelPaths,
+    sets: list[str],
+    state: Any,
+    progress: bool = True,
+) -> BatchSummary:
     """Run every job not done yet, this process's share of them; the main process merges the manifest."""
     base = api_prompt(load_workflow(workflow), registry)
     if sets:  # the batch's own --set: a mistake there is the command's, not one job's

@@ -4,6 +4,7 @@ Every failure ends with ONE line `error: ...` on stderr and a non-zero status (2
 workflow or the command line is wrong, 1: a node failed while running, 130: interrupted);
 `--debug` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime.errors import RunError
+from ..runtime.interrupt import ExecutionInterrupted
+from ..runtime.model_paths import ModelPaths, use_model_paths
 from .errors import HarnessError, NodeExecutionError, WorkflowError
-from .interrupt import ExecutionInterrupted
-from .model_paths import ModelPaths, use_model_paths
 from .registry import NodeRegistry, default_registry, load_node_file
 
 EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
@@ -24,35 +26,65 @@ EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
 def add_harness_commands(sub: argparse._SubParsersAction) -> None:
     """Add `run`, `validate` and `nodes` to the top-level parser's sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--nodes", action="append", default=[], metavar="FILE.py",
-                        help="also register the NODE_CLASS_MAPPINGS of this Python file (repeatable)")
-    common.add_argument("--no-builtin-nodes", action="store_true",
-                        help="register only the nodes of --nodes files (not the pack's nor the standalone host's)")
+    common.add_argument(
+        "--nodes",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="also register the NODE_CLASS_MAPPINGS of this Python file (repeatable)",
+    )
+    common.add_argument(
+        "--no-builtin-nodes",
+        action="store_true",
+        help="register only the nodes of --nodes files (not the pack's nor the standalone host's)",
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     workflow = argparse.ArgumentParser(add_help=False)
     workflow.add_argument("workflow", help="workflow .json (API or UI format) or .png with ComfyUI metadata")
-    workflow.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                          help="set an input of a node, e.g. --set 3.seed=42 (value parsed as JSON when possible)")
+    workflow.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.INPUT=VALUE",
+        help="set an input of a node, e.g. --set 3.seed=42 (value parsed as JSON when possible)",
+    )
     workflow.add_argument("--api-out", metavar="FILE", help="write the API-format prompt that is run/validated")
     common.add_argument("--models", default="models", help="models folder in ComfyUI's layout (default: ./models)")
     common.add_argument("--input", default=None, help="input folder (default: 'input' beside the models folder)")
     common.add_argument("--out", default="output", help="output folder (default: ./output)")
     run = sub.add_parser("run", parents=[common, workflow], help="run a ComfyUI workflow headless")
-    run.add_argument("--fast", action="store_true",
-                     help="fast mode for every MODEL / CLIP / VAE of the workflow: captured UNet steps, text encodes "
-                          "and VAE decodes on CUDA; says once why where it cannot (then runs eager)")
-    run.add_argument("--fast-backend", choices=("cuda_graph", "torch_compile"), default="cuda_graph",
-                     help="how --fast captures the forwards (default: cuda_graph)")
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode for every MODEL / CLIP / VAE of the workflow: captured UNet steps, text encodes "
+        "and VAE decodes on CUDA; says once why where it cannot (then runs eager)",
+    )
+    run.add_argument(
+        "--fast-backend",
+        choices=("cuda_graph", "torch_compile"),
+        default="cuda_graph",
+        help="how --fast captures the forwards (default: cuda_graph)",
+    )
     _add_placement_options(run)
-    batch = sub.add_parser("batch", parents=[common],
-                           help="run a workflow once per job of a CSV / JSONL file (resumable; several processes "
-                                "under accelerate launch)")
+    batch = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="run a workflow once per job of a CSV / JSONL file (resumable; several processes under accelerate launch)",
+    )
     batch.add_argument("workflow", help="workflow .json (API or UI format) or .png with ComfyUI metadata")
-    batch.add_argument("--jobs", required=True, metavar="FILE",
-                       help="CSV (NODE.INPUT columns, optional id) or JSONL ({\"3.seed\": 7, ...} per line) of per-image "
-                            "--set values")
-    batch.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                       help="set an input for every job (a job's own values come after)")
+    batch.add_argument(
+        "--jobs",
+        required=True,
+        metavar="FILE",
+        help='CSV (NODE.INPUT columns, optional id) or JSONL ({"3.seed": 7, ...} per line) of per-image --set values',
+    )
+    batch.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.INPUT=VALUE",
+        help="set an input for every job (a job's own values come after)",
+    )
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_placement_options(batch)
     sub.add_parser("validate", parents=[common, workflow], help="check a workflow without running it")
@@ -62,16 +94,27 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
     """--device / --dtype / --text-encoder-dtype / --vae-dtype (run and batch)."""
     precisions = ("fp32", "fp16", "bf16")
-    parser.add_argument("--device", default="auto",
-                        help="where the standalone host's models run: auto (default: CUDA when available, else CPU; "
-                             "each process's own GPU under accelerate launch), cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=precisions, default=None,
-                        help="UNet and text encoder precision (default: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--text-encoder-dtype", choices=precisions, default=None,
-                        help="text encoder precision, if not that of --dtype")
-    parser.add_argument("--vae-dtype", choices=precisions, default=None,
-                        help="VAE precision (default: bf16 on CUDA GPUs that have it, else fp32; fp16 overflows in "
-                             "SD1.5's VAE)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the standalone host's models run: auto (default: CUDA when available, else CPU; "
+        "each process's own GPU under accelerate launch), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=precisions,
+        default=None,
+        help="UNet and text encoder precision (default: fp16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--text-encoder-dtype", choices=precisions, default=None, help="text encoder precision, if not that of --dtype"
+    )
+    parser.add_argument(
+        "--vae-dtype",
+        choices=precisions,
+        default=None,
+        help="VAE precision (default: bf16 on CUDA GPUs that have it, else fp32; fp16 overflows in SD1.5's VAE)",
+    )
 
 
 def build_registry(node_files: list[str], builtin: bool = True) -> NodeRegistry:
@@ -113,8 +156,8 @@ def _cmd_validate(args: argparse.Namespace, registry: NodeRegistry) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    from ..runtime.model_paths import get_model_paths
     from .executor import Executor
-    from .model_paths import get_model_paths
 
     prompt, extra = _prepare(args, registry)
     paths = get_model_paths()
@@ -122,7 +165,7 @@ def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
     with _placement(args), _fast_mode(args.fast_backend if getattr(args, "fast", False) else None):
         result = Executor(registry, paths).run(prompt, extra_pnginfo=extra)
     elapsed = time.perf_counter() - start
-    for node_id, ui in result.ui.items():
+    for ui in result.ui.values():
         for item in ui.get("images", []) if isinstance(ui, dict) else []:
             if isinstance(item, dict) and item.get("type", "output") == "output" and "filename" in item:
                 print(f"saved {paths.output_dir / item.get('subfolder', '') / item['filename']}")
@@ -131,9 +174,9 @@ def _cmd_run(args: argparse.Namespace, registry: NodeRegistry) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    from ..runtime.model_paths import get_model_paths
     from .batch import process_device, process_state, run_batch
     from .jobs import read_jobs
-    from .model_paths import get_model_paths
 
     jobs = read_jobs(args.jobs)
     state = process_state(args.device)
@@ -141,18 +184,27 @@ def _cmd_batch(args: argparse.Namespace, registry: NodeRegistry) -> int:
     start = time.perf_counter()
     try:
         with _placement(args):
-            summary = run_batch(args.workflow, jobs, registry, get_model_paths(), args.set, state,
-                                progress=not args.no_progress)
+            summary = run_batch(
+                args.workflow, jobs, registry, get_model_paths(), args.set, state, progress=not args.no_progress
+            )
     except (KeyboardInterrupt, ExecutionInterrupted):
-        print(f"batch interrupted: the finished jobs are recorded in {get_model_paths().output_dir}; run the same "
-              "command again to continue", flush=True)
+        print(
+            f"batch interrupted: the finished jobs are recorded in {get_model_paths().output_dir}; run the same "
+            "command again to continue",
+            flush=True,
+        )
         raise
     if not state.is_main_process:
         return 0
-    failed = f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}{', ...' if len(summary.failed) > 5 else ''})" \
-        if summary.failed else ""
-    print(f"batch: {summary.total} job(s), {summary.skipped} done before, {summary.total - summary.skipped} run now "
-          f"on {state.num_processes} process(es) in {time.perf_counter() - start:.2f} s{failed}; manifest {summary.manifest}")
+    failed = (
+        f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}{', ...' if len(summary.failed) > 5 else ''})"
+        if summary.failed
+        else ""
+    )
+    print(
+        f"batch: {summary.total} job(s), {summary.skipped} done before, {summary.total - summary.skipped} run now "
+        f"on {state.num_processes} process(es) in {time.perf_counter() - start:.2f} s{failed}; manifest {summary.manifest}"
+    )
     return EXIT_FAILED if summary.failed else 0
 
 
@@ -160,7 +212,7 @@ def _fast_mode(backend: str | None):
     """`run --fast`: fast mode as the default of every model the workflow loads (standalone host)."""
     if backend is None:
         return contextlib.nullcontext()
-    from ..hosts.standalone.fast_mode import FastModeSettings, fast_mode_default
+    from ..runtime.fast_mode import FastModeSettings, fast_mode_default
 
     return fast_mode_default(FastModeSettings(True, backend))
 
@@ -168,7 +220,7 @@ def _fast_mode(backend: str | None):
 def _placement(args: argparse.Namespace):
     """`run --device/--dtype/...`: where the standalone host loads checkpoints for this run; a device
     or dtype this machine lacks is refused here, before any node runs."""
-    from ..hosts.standalone.devices import DeviceError, DeviceSettings, device_default, resolve
+    from ..runtime.devices import DeviceError, DeviceSettings, device_default, resolve
 
     try:
         placement = resolve(DeviceSettings(args.device, args.dtype, args.text_encoder_dtype, args.vae_dtype))
@@ -207,11 +259,13 @@ def run_harness_command(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         return _fail(str(error), EXIT_FAILED)
-    except (HarnessError, OSError) as error:
+    except (RunError, OSError) as error:
         if args.debug:
             raise
         return _fail(str(error), EXIT_INVALID)
     except Exception as error:  # a bug: still one line, the traceback behind --debug
         if args.debug:
             raise
-        return _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", EXIT_FAILED)
+        return _fail(
+            f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", EXIT_FAILED
+        )

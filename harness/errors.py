@@ -1,8 +1,11 @@
 """Exceptions of the harness: every one names the node (id and class) and, where it applies,
 the input, so a user can find the problem in the workflow."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..runtime.errors import RunError
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,9 @@ class NodeProblem:
         return (", ".join(where) + ": " if where else "") + self.message
 
 
-class HarnessError(Exception):
-    """Base class of every error the harness raises on purpose."""
+class HarnessError(RunError):
+    """Base class of every error the harness raises on purpose (interruption and model-folder errors
+    come from the runtime: catch `RunError` for all of them)."""
 
 
 class WorkflowError(HarnessError):

@@ -7,6 +7,7 @@ signature between runs of the same Executor, so a second run that only changes t
 re-runs the sampler and what follows, not the model loader. An interrupt or Ctrl-C stops the
 run with `ExecutionInterrupted` naming the running node; finished nodes stay cached.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,11 +19,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.interrupt import ExecutionInterrupted, Interrupted, clear_interrupt, throw_if_interrupted
+from ..runtime.model_paths import ModelPaths, use_model_paths
+from ..runtime.progress import ProgressHook, running_node, use_progress_hook
 from .errors import NodeExecutionError
-from .interrupt import ExecutionInterrupted, Interrupted, clear_interrupt, throw_if_interrupted
-from .model_paths import ModelPaths, use_model_paths
 from .node_spec import NodeSpec
-from .progress import ProgressHook, running_node, use_progress_hook
 from .registry import NodeRegistry
 from .validation import ValidatedPrompt, validate_prompt
 
@@ -92,18 +93,32 @@ class Executor:
         """How many node results are cached."""
         return len(self._cache)
 
-    def run(self, prompt: dict, *, extra_pnginfo: dict | None = None, progress_hook: ProgressHook | None = None,
-            rerun_outputs: bool = False) -> RunResult:
+    def run(
+        self,
+        prompt: dict,
+        *,
+        extra_pnginfo: dict | None = None,
+        progress_hook: ProgressHook | None = None,
+        rerun_outputs: bool = False,
+    ) -> RunResult:
         """Validate `prompt` (API format) and run it. `extra_pnginfo` is what SaveImage-like
         nodes receive as EXTRA_PNGINFO ({"workflow": ui_workflow} when run from a UI file).
         `rerun_outputs`: output nodes run even when cached (a batch job must write its own files)."""
         with use_model_paths(self.model_paths) if self.model_paths is not None else contextlib.nullcontext():
             validated = validate_prompt(prompt, self.registry)
-            return self.run_validated(validated, prompt, extra_pnginfo=extra_pnginfo, progress_hook=progress_hook,
-                                      rerun_outputs=rerun_outputs)
+            return self.run_validated(
+                validated, prompt, extra_pnginfo=extra_pnginfo, progress_hook=progress_hook, rerun_outputs=rerun_outputs
+            )
 
-    def run_validated(self, validated: ValidatedPrompt, prompt: dict, *, extra_pnginfo: dict | None = None,
-                      progress_hook: ProgressHook | None = None, rerun_outputs: bool = False) -> RunResult:
+    def run_validated(
+        self,
+        validated: ValidatedPrompt,
+        prompt: dict,
+        *,
+        extra_pnginfo: dict | None = None,
+        progress_hook: ProgressHook | None = None,
+        rerun_outputs: bool = False,
+    ) -> RunResult:
         """Run an already validated prompt (`prompt` is what nodes receive as PROMPT)."""
         clear_interrupt()
         result = RunResult()
@@ -174,8 +189,15 @@ class Executor:
         return repr(answer)
 
     # -- running one node -------------------------------------------------------------------
-    def _input_lists(self, node_id: str, node: dict, spec: NodeSpec, done: dict[str, NodeResult],
-                     prompt: dict, extra_pnginfo: dict | None) -> dict[str, list]:
+    def _input_lists(
+        self,
+        node_id: str,
+        node: dict,
+        spec: NodeSpec,
+        done: dict[str, NodeResult],
+        prompt: dict,
+        extra_pnginfo: dict | None,
+    ) -> dict[str, list]:
         lists: dict[str, list] = {}
         for name, value in node["inputs"].items():
             if name not in spec.inputs:
@@ -187,8 +209,15 @@ class Executor:
                 lists[name] = [hidden_values.get(input_spec.type)]
         return lists
 
-    def _execute(self, node_id: str, node: dict, spec: NodeSpec, done: dict[str, NodeResult],
-                 prompt: dict, extra_pnginfo: dict | None) -> NodeResult:
+    def _execute(
+        self,
+        node_id: str,
+        node: dict,
+        spec: NodeSpec,
+        done: dict[str, NodeResult],
+        prompt: dict,
+        extra_pnginfo: dict | None,
+    ) -> NodeResult:
         lists = self._input_lists(node_id, node, spec, done, prompt, extra_pnginfo)
         if spec.input_is_list:
             calls = [lists]

@@ -7,6 +7,7 @@ a string is the VALUE as typed on the command line, any other JSON value is that
 A job without an `id` is named by its position (`00001`, ...). Ids name the job's output folder, so
 they are file-name safe and unique.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,7 +79,7 @@ def _read_jsonl(path: Path, text: str) -> list[Job]:
         except json.JSONDecodeError as error:
             raise HarnessError(f"--jobs {path}, line {line}: not JSON ({error.msg})") from error
         if not isinstance(fields, dict):
-            raise HarnessError(f"--jobs {path}, line {line}: expected an object like {{\"3.seed\": 7}}")
+            raise HarnessError(f'--jobs {path}, line {line}: expected an object like {{"3.seed": 7}}')
         jobs.append(_job(f"--jobs {path}, line {line}", len(jobs) + 1, dict(fields), skip_empty=False))
     return jobs
 

@@ -9,6 +9,7 @@ onto it. At the end the main process merges the parts and the previous manifest 
 the parts. The latest entry of a job wins, so a re-run's success replaces an earlier failure, and a
 re-run with another process count reads every part left behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,7 @@ class Manifest:
                     data = f.read()
             except FileNotFoundError:
                 continue
-            complete = data[:data.rfind(b"\n") + 1]
+            complete = data[: data.rfind(b"\n") + 1]
             self._offsets[path] = offset + len(complete)
             for raw in complete.splitlines():
                 try:

@@ -4,6 +4,7 @@
 the validator and the executor, and refuses classes that break the convention with a message
 naming the class and the attribute.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -57,7 +58,9 @@ def _input_spec(class_type: str, name: str, category: str, raw: Any) -> InputSpe
     if kind == "COMBO":
         return InputSpec(name, category, "COMBO", dict(options), tuple(options.get("options", ())))
     if not isinstance(kind, str):
-        raise NodeDefinitionError(f"node class {class_type}: input {name!r} has type {kind!r}, expected a string or a list")
+        raise NodeDefinitionError(
+            f"node class {class_type}: input {name!r} has type {kind!r}, expected a string or a list"
+        )
     return InputSpec(name, category, kind, dict(options))
 
 
@@ -78,7 +81,7 @@ class NodeSpec:
     validate_takes_kwargs: bool = False
 
     @classmethod
-    def from_class(cls, class_type: str, node_class: type) -> "NodeSpec":
+    def from_class(cls, class_type: str, node_class: type) -> NodeSpec:
         """Read `node_class` (calls its INPUT_TYPES, which may list files) into a NodeSpec."""
         where = f"node class {class_type}"
         if not callable(getattr(node_class, "INPUT_TYPES", None)):
@@ -91,7 +94,9 @@ class NodeSpec:
             raise NodeDefinitionError(f"{where}: INPUT_TYPES() must return a dict, got {type(declared).__name__}")
         unknown = set(declared) - set(CATEGORIES)
         if unknown:
-            raise NodeDefinitionError(f"{where}: INPUT_TYPES() has unknown sections {sorted(unknown)}; allowed: {CATEGORIES}")
+            raise NodeDefinitionError(
+                f"{where}: INPUT_TYPES() has unknown sections {sorted(unknown)}; allowed: {CATEGORIES}"
+            )
         inputs: dict[str, InputSpec] = {}
         for category in CATEGORIES:
             for name, raw in (declared.get(category) or {}).items():
@@ -102,16 +107,21 @@ class NodeSpec:
         function = getattr(node_class, "FUNCTION", None)
         if not isinstance(function, str) or not callable(getattr(node_class, function, None)):
             raise NodeDefinitionError(f"{where}: FUNCTION must name a method of the class, got {function!r}")
-        names = tuple(getattr(node_class, "RETURN_NAMES", None) or (
-            t if isinstance(t, str) else "COMBO" for t in return_types))
+        names = tuple(
+            getattr(node_class, "RETURN_NAMES", None) or (t if isinstance(t, str) else "COMBO" for t in return_types)
+        )
         is_list = tuple(getattr(node_class, "OUTPUT_IS_LIST", None) or (False,) * len(return_types))
         if len(is_list) != len(return_types) or len(names) != len(return_types):
-            raise NodeDefinitionError(f"{where}: RETURN_NAMES / OUTPUT_IS_LIST must have one entry per RETURN_TYPES entry")
+            raise NodeDefinitionError(
+                f"{where}: RETURN_NAMES / OUTPUT_IS_LIST must have one entry per RETURN_TYPES entry"
+            )
         params, takes_kwargs = None, False
         validate = getattr(node_class, "VALIDATE_INPUTS", None)
         if validate is not None:
             signature = inspect.signature(validate)
-            params = frozenset(p.name for p in signature.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+            params = frozenset(
+                p.name for p in signature.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            )
             params -= {"self", "cls", "s"}
             takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
         return cls(

@@ -4,11 +4,12 @@
 standalone host is present, its implementations of ComfyUI's core nodes. `load_node_file`
 adds the mappings of any Python file, like a ComfyUI custom node.
 """
+
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
-import hashlib
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,7 +54,9 @@ class NodeRegistry:
         if display_name:
             self._display[name] = display_name
 
-    def update(self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None, source: str = "code") -> None:
+    def update(
+        self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None, source: str = "code"
+    ) -> None:
         """Register every entry of a `NODE_CLASS_MAPPINGS`-style dict."""
         for name, node_class in mappings.items():
             self.register(name, node_class, (display_names or {}).get(name), source)
@@ -126,7 +129,9 @@ def default_registry() -> NodeRegistry:
     """The pack's nodes plus, when present, the standalone host's core-node implementations."""
     pack = importlib.import_module(__package__.rpartition(".")[0])
     registry = NodeRegistry()
-    registry.update(getattr(pack, "NODE_CLASS_MAPPINGS", {}), getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", {}), source="pack")
+    registry.update(
+        getattr(pack, "NODE_CLASS_MAPPINGS", {}), getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", {}), source="pack"
+    )
     host = _standalone_host_module()
     if host is not None:
         registry.update(

@@ -1,5 +1,6 @@
 """From a loaded workflow to an API prompt ready to run: UI conversion, `--set` overrides,
 and the EXTRA_PNGINFO that SaveImage-like nodes embed."""
+
 from __future__ import annotations
 
 import copy
@@ -39,7 +40,9 @@ def _parse_value(raw: str, input_type: str | None, choices: tuple | None) -> Any
         return raw
 
 
-def apply_overrides(prompt: dict, assignments: list[str], registry: NodeRegistry, extra_pnginfo: dict | None = None) -> None:
+def apply_overrides(
+    prompt: dict, assignments: list[str], registry: NodeRegistry, extra_pnginfo: dict | None = None
+) -> None:
     """Apply `--set NODE.INPUT=VALUE` assignments to an API prompt, in place. The UI workflow in
     `extra_pnginfo` (what saved PNGs embed) gets the same values, so an image dragged back into
     ComfyUI shows the settings it was made with; where a value cannot be written there (the
@@ -50,19 +53,27 @@ def apply_overrides(prompt: dict, assignments: list[str], registry: NodeRegistry
         node_id, name, raw = parse_assignment(text)
         node = prompt.get(node_id)
         if node is None:
-            raise HarnessError(f"--set {text!r}: no node {node_id} in the workflow (ids: {', '.join(sorted(prompt, key=str))})")
+            raise HarnessError(
+                f"--set {text!r}: no node {node_id} in the workflow (ids: {', '.join(sorted(prompt, key=str))})"
+            )
         class_type = node.get("class_type")
         input_type, choices = None, None
         if class_type in registry:
             spec = registry.spec(class_type)
             settable = [n for n, s in spec.inputs.items() if s.category != "hidden"]
             if name not in settable:
-                raise HarnessError(f"--set {text!r}: node {node_id} ({class_type}) has no input {name!r}; inputs: {', '.join(settable)}")
+                raise HarnessError(
+                    f"--set {text!r}: node {node_id} ({class_type}) has no input {name!r}; inputs: {', '.join(settable)}"
+                )
             input_type, choices = spec.inputs[name].type, spec.inputs[name].choices
         value = _parse_value(raw, input_type, choices)
         node.setdefault("inputs", {})[name] = value
         if workflow is not None:
             ui_node = ui_nodes.get(node_id)
-            if ui_node is None or class_type not in registry or not set_widget_value(ui_node, registry.spec(class_type), name, value):
+            if (
+                ui_node is None
+                or class_type not in registry
+                or not set_widget_value(ui_node, registry.spec(class_type), name, value)
+            ):
                 extra_pnginfo.pop("workflow", None)
                 workflow, ui_nodes = None, {}

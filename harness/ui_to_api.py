@@ -11,6 +11,7 @@ backend executes, as the frontend's `graphToPrompt` does.
   fails validation; bypassed nodes (mode 4) pass each output through their first input of a
   matching type (the same slot index first); `Note` / `MarkdownNote` / groups are ignored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def _parse_link(raw: Any) -> tuple[Any, _Link] | None:
         link_id, origin, origin_slot, target, target_slot, kind = raw[:6]
     elif isinstance(raw, dict) and "id" in raw:
         link_id, origin, origin_slot, target, target_slot, kind = (
-            raw.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"))
+            raw.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+        )
     else:
         return None
     return link_id, _Link(str(origin), int(origin_slot), str(target), int(target_slot), kind)
@@ -176,9 +178,13 @@ class _Converter:
             return None
         origin = self.nodes.get(link.origin_id)
         if origin is None:
-            self.problem(node, inputs[slot].get("name"), f"link {link_id} comes from node {link.origin_id}, which does not exist")
+            self.problem(
+                node, inputs[slot].get("name"), f"link {link_id} comes from node {link.origin_id}, which does not exist"
+            )
             return None
-        return self.resolve_output(origin, link.origin_slot, kind if kind is not None else inputs[slot].get("type"), visited)
+        return self.resolve_output(
+            origin, link.origin_slot, kind if kind is not None else inputs[slot].get("type"), visited
+        )
 
     def resolve_output(self, node: dict, slot: int, kind: Any, visited: set):
         key = (str(node["id"]), "out", slot)
@@ -203,7 +209,11 @@ class _Converter:
         out_type = outputs[slot].get("type") if slot < len(outputs) else None
         if kind in ("*", "", None):
             return slot if len(inputs) > slot else 0
-        if slot < len(inputs) and _valid_connection(inputs[slot].get("type"), out_type) and _valid_connection(inputs[slot].get("type"), kind):
+        if (
+            slot < len(inputs)
+            and _valid_connection(inputs[slot].get("type"), out_type)
+            and _valid_connection(inputs[slot].get("type"), kind)
+        ):
             return slot
         for i, item in enumerate(inputs):
             if item.get("type") == kind:
@@ -218,7 +228,11 @@ class _Converter:
         class_type = node.get("type")
         inputs: dict[str, Any] = {}
         if class_type in self.subgraph_ids:
-            self.problem(node, None, "subgraph nodes are not supported by the headless harness; unpack the subgraph in ComfyUI first")
+            self.problem(
+                node,
+                None,
+                "subgraph nodes are not supported by the headless harness; unpack the subgraph in ComfyUI first",
+            )
         elif class_type in self.registry:
             try:
                 spec = self.registry.spec(class_type)
@@ -231,7 +245,9 @@ class _Converter:
             try:
                 resolved = self.resolve_input(node, slot, set())
             except _ResolutionCycle as cycle:
-                self.problem(node, item.get("name"), f"links loop through node {cycle.node.get('id')} ({cycle.node.get('type')})")
+                self.problem(
+                    node, item.get("name"), f"links loop through node {cycle.node.get('id')} ({cycle.node.get('type')})"
+                )
                 continue
             if isinstance(resolved, _Value):
                 inputs[item.get("name")] = _wrap(resolved.value)
@@ -265,5 +281,8 @@ def convert_ui_to_api(workflow: dict, registry: NodeRegistry) -> dict[str, dict]
     """The API-format prompt ComfyUI's frontend would send for the UI-format `workflow`.
     Nodes of unknown classes are kept (with their links only) so validation names them."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
-        raise WorkflowError([NodeProblem(None, None, None, "a UI workflow needs a 'nodes' list")], title="UI workflow could not be converted")
+        raise WorkflowError(
+            [NodeProblem(None, None, None, "a UI workflow needs a 'nodes' list")],
+            title="UI workflow could not be converted",
+        )
     return _Converter(workflow, registry).convert()

@@ -3,6 +3,7 @@ report every problem at once: unknown classes, missing required inputs, bad link
 node, output index, type mismatch), values of the wrong type, out of min/max or not in a
 combo's list, `VALIDATE_INPUTS` refusals, cycles, and a prompt without an output node.
 Only nodes that lead to an output node are checked (ComfyUI ignores the others)."""
+
 from __future__ import annotations
 
 import difflib
@@ -171,13 +172,21 @@ class _Validator:
             return None  # its own problem is reported already
         outputs = source_spec.return_types
         if not 0 <= slot < len(outputs):
-            self.add(node_id, class_type, name,
-                     f"linked to output {slot} of node {source_id} ({source_spec.class_type}), which has {len(outputs)} output(s)")
+            self.add(
+                node_id,
+                class_type,
+                name,
+                f"linked to output {slot} of node {source_id} ({source_spec.class_type}), which has {len(outputs)} output(s)",
+            )
             return None
         if not types_match(outputs[slot], spec.type):
-            self.add(node_id, class_type, name,
-                     f"type mismatch: expects {spec.type}, but output {slot} of node {source_id} "
-                     f"({source_spec.class_type}) is {_type_name(outputs[slot])}")
+            self.add(
+                node_id,
+                class_type,
+                name,
+                f"type mismatch: expects {spec.type}, but output {slot} of node {source_id} "
+                f"({source_spec.class_type}) is {_type_name(outputs[slot])}",
+            )
             return None
         return (source_id, slot)
 
@@ -247,9 +256,13 @@ class _Validator:
                 for source in pending:
                     if state.get(source) == 1:
                         path = [n for n, _ in stack]
-                        cycle = path[path.index(source):] + [source]
-                        self.add(node_id, self.prompt[node_id]["class_type"], None,
-                                 "the links form a cycle (each node reads from the next): " + " -> ".join(cycle))
+                        cycle = path[path.index(source) :] + [source]
+                        self.add(
+                            node_id,
+                            self.prompt[node_id]["class_type"],
+                            None,
+                            "the links form a cycle (each node reads from the next): " + " -> ".join(cycle),
+                        )
                     elif source not in state:
                         state[source] = 1
                         stack.append((source, iter(self.sources(source, needed_set))))
@@ -264,8 +277,13 @@ class _Validator:
         self.load_specs()
         output_ids = [i for i, s in self.specs.items() if s.is_output]
         if self.prompt and not output_ids:
-            self.add(None, None, None, "the workflow has no output node (a node with OUTPUT_NODE = True, "
-                     "such as SaveImage or PreviewImage), so there is nothing to run")
+            self.add(
+                None,
+                None,
+                None,
+                "the workflow has no output node (a node with OUTPUT_NODE = True, "
+                "such as SaveImage or PreviewImage), so there is nothing to run",
+            )
         needed = self.needed_nodes(output_ids)
         for node_id in needed:
             if node_id in self.specs:

@@ -1,5 +1,6 @@
 """Read a workflow from a file: API-format JSON, UI-format JSON (what the frontend saves),
 or a PNG whose metadata carries them (ComfyUI's `prompt` / `workflow` tEXt chunks)."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ class LoadedWorkflow:
 
 
 def detect_format(data: Any, source: str = "workflow") -> str:
-    """"ui" or "api" for a parsed workflow; raises WorkflowFormatError for anything else."""
+    """ "ui" or "api" for a parsed workflow; raises WorkflowFormatError for anything else."""
     if isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data:
         return "ui"
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):

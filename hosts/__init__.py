@@ -3,6 +3,7 @@
 `get_host()` picks the implementation of `interface.LCMHost` for the current process. Importing
 this package is cheap (no torch): host implementations are imported on first use.
 """
+
 from __future__ import annotations
 
 from .interface import HostNotAvailableError, LCMHost, running_in_comfyui
@@ -15,7 +16,7 @@ def get_host() -> LCMHost:
         from .comfyui.host import COMFYUI_HOST
 
         return COMFYUI_HOST
-    from .standalone.lcm import STANDALONE_HOST
+    from .standalone.host import STANDALONE_HOST
 
     return STANDALONE_HOST
 

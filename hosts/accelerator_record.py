@@ -1,6 +1,7 @@
 """Which accelerator family a MODEL carries: a small record in the MODEL's `model_options`, so it
 travels with ComfyUI's ModelPatcher clones (deep-copied options) and the standalone ModelHost clones
 alike. Host-neutral: both MODEL types have `clone()` and a `model_options` dict."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ A host supplies the LoRA, schedule and sampling operations on its own MODEL / SI
 LATENT types; the nodes only parse inputs and pass host values through. The LCM math itself lives
 in `lcm_scheduler/`; a host adapts it to its model wrapper (denoiser, sigma table, noise, progress).
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,8 +40,17 @@ class LCMHost(Protocol):
         """A SAMPLER running LCM multistep (gamma 0) or TCD with that gamma (> 0)."""
 
     def lcm_ksample(
-        self, model: Any, seed: int, steps: int, cfg: float, positive: Any, negative: Any, latent: Any,
-        original_steps: int, gamma: float, denoise: float,
+        self,
+        model: Any,
+        seed: int,
+        steps: int,
+        cfg: float,
+        positive: Any,
+        negative: Any,
+        latent: Any,
+        original_steps: int,
+        gamma: float,
+        denoise: float,
     ) -> Any:
         """LCM (or TCD) sampling in one call; `denoise` < 1 is img2img with LCM strength = denoise."""
 
@@ -54,8 +64,9 @@ class LCMHost(Protocol):
         """A SAMPLER running an accelerator family's sampler ("lcm", "tcd" with gamma, "ddim", "euler"),
         starting from pure noise at `pure_noise_starts` (`lcm_scheduler.sample_accelerated`)."""
 
-    def custom_sample(self, model: Any, seed: int, cfg: float, positive: Any, negative: Any, sampler: Any,
-                      sigmas: Any, latent: Any) -> Any:
+    def custom_sample(
+        self, model: Any, seed: int, cfg: float, positive: Any, negative: Any, sampler: Any, sigmas: Any, latent: Any
+    ) -> Any:
         """SamplerCustom with add_noise: the sampled LATENT."""
 
     def deepcache(self, model: Any, settings: Any) -> Any:

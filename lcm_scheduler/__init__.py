@@ -3,6 +3,8 @@
 Agrees with diffusers' `LCMScheduler` / `TCDScheduler` on the same inputs; usable from a
 timestep-view model (diffusers UNet) and from a sigma-view denoiser (ComfyUI / k-diffusion).
 """
+
+from .accelerated import pure_noise_start, sample_accelerated
 from .boundary import (
     PREDICTION_TYPES,
     check_prediction_type,
@@ -13,16 +15,27 @@ from .boundary import (
     predict_x0_and_eps,
     threshold_x0,
 )
-from .accelerated import pure_noise_start, sample_accelerated
 from .denoiser import denoiser_from_vp_model
 from .deterministic import sample_ddim, sample_euler_trailing, trailing_timesteps
-from .families import FAMILIES, SAMPLER_KINDS, Detection, Family, check_recipe, detect_family, family_timesteps, get_family, mix_warning
+from .families import (
+    FAMILIES,
+    SAMPLER_KINDS,
+    Detection,
+    Family,
+    check_recipe,
+    detect_family,
+    family_timesteps,
+    get_family,
+    mix_warning,
+)
 from .guidance import guidance_scale_embedding, lcm_guidance_embedding
+from .plan import PlannedStep, plan_lcm, plan_lcm_or_tcd, plan_tcd
 from .sampling import (
     check_gamma,
     continuing_generator,
     draw_noise,
     make_noise_sampler,
+    run_plan,
     sample_lcm,
     sample_lcm_or_tcd,
     sample_lcm_vp,
@@ -32,8 +45,8 @@ from .sampling import (
 from .schedule import BETA_SCHEDULES, add_noise, lcm_timesteps, make_alphas_cumprod, make_betas, tcd_timesteps
 from .sigmas import (
     default_train_sigmas,
-    make_train_sigmas,
     lcm_sigmas,
+    make_train_sigmas,
     sigmas_for_timesteps,
     sigmas_from_alphas_cumprod,
     tcd_sigmas,
@@ -52,6 +65,11 @@ __all__ = [
     "family_timesteps",
     "get_family",
     "mix_warning",
+    "PlannedStep",
+    "plan_lcm",
+    "plan_lcm_or_tcd",
+    "plan_tcd",
+    "run_plan",
     "pure_noise_start",
     "sample_accelerated",
     "sample_ddim",

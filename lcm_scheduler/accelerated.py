@@ -1,5 +1,6 @@
 """One entry point for the samplers of the accelerator families (`families.Family.sampler`), in the
 sigma view (ComfyUI SAMPLER signature): LCM multistep, TCD, DDIM and Euler on the trailing grid."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,7 +13,9 @@ from .sampling import NoiseSampler, sample_lcm, sample_tcd
 from .sigmas import default_train_sigmas, timestep_from_sigma
 
 
-def pure_noise_start(x: torch.Tensor, sigmas: torch.Tensor, table: torch.Tensor, starts: tuple[int, ...]) -> torch.Tensor:
+def pure_noise_start(
+    x: torch.Tensor, sigmas: torch.Tensor, table: torch.Tensor, starts: tuple[int, ...]
+) -> torch.Tensor:
     """`x` rescaled from noise * sigma to noise * sqrt(1 + sigma^2) when the run starts at one of
     `starts` below T - 1 (see `sample_accelerated`); otherwise `x` itself."""
     start = int(timestep_from_sigma(sigmas[0], table))

@@ -5,6 +5,7 @@ c_skip = sd^2 / ((s t)^2 + sd^2) and c_out = s t / sqrt((s t)^2 + sd^2), sd = si
 s = timestep_scaling = 10 (Luo et al. 2023; diffusers' `LCMScheduler`). At t = 0, c_skip = 1 and
 c_out = 0: the model is the identity at the data end, the consistency boundary condition.
 """
+
 from __future__ import annotations
 
 import torch

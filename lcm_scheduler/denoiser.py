@@ -4,6 +4,7 @@ The result follows ComfyUI's convention, `denoised = denoiser(x_ve, sigma * s_in
 returning the plain x0 prediction, so one sigma-view sampler serves both ComfyUI models and
 diffusers UNets.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

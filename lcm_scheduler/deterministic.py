@@ -14,6 +14,7 @@ kept because the authors' published inference runs through them:
 - `EulerDiscreteScheduler` with trailing spacing starts from noise * sigma_max (its
   `init_noise_sigma`), not from noise * sqrt(1 + sigma_max^2) as ComfyUI's full-denoise start does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,10 +27,14 @@ from .sigmas import default_train_sigmas, timestep_from_sigma, vp_from_ve
 
 def trailing_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
     """round(arange(T, 0, -T / N)) - 1, descending int64: diffusers' "trailing" spacing (starts at T - 1)."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not (
-            1 <= num_inference_steps <= num_train_timesteps):
-        raise ValueError(f"`num_inference_steps` must be an integer in [1, {num_train_timesteps}], "
-                         f"got {num_inference_steps!r}.")
+    if (
+        isinstance(num_inference_steps, bool)
+        or not isinstance(num_inference_steps, int)
+        or not (1 <= num_inference_steps <= num_train_timesteps)
+    ):
+        raise ValueError(
+            f"`num_inference_steps` must be an integer in [1, {num_train_timesteps}], got {num_inference_steps!r}."
+        )
     ratio = num_train_timesteps / num_inference_steps
     values = [round(num_train_timesteps - i * ratio) - 1 for i in range(num_inference_steps)]
     return torch.tensor(values, dtype=torch.long)

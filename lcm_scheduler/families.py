@@ -6,6 +6,7 @@ use, as the authors' own inference code sets up diffusers. Host-free data plus t
 The cfg values are ComfyUI's: one UNet pass at cfg 1. The authors' diffusers calls pass
 `guidance_scale=0` (or 1), which diffusers also runs without classifier-free guidance.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,60 +57,185 @@ class Family:
         return tuple(sorted({steps[0] for steps in self.timesteps.values()}))
 
 
-FAMILIES: dict[str, Family] = {family.key: family for family in (
-    # huggingface.co/latent-consistency/lcm-lora-sdv1-5 and lcm-lora-sdxl model cards: LCMScheduler,
-    # num_inference_steps=4 (2-8), guidance_scale=1.0 (1-2 in the LCM-LoRA report, arXiv 2311.05556)
-    Family("lcm", "LCM-LoRA", ("sd15", "sdxl"), "lcm", "lcm", (1, 2, 3, 4, 5, 6, 7, 8), 4, 1.0, 2.0, 1.0,
-           "huggingface.co/latent-consistency/lcm-lora-sdv1-5",
-           name_patterns=(r"lcm[-_]?lora", r"\blcm\b", r"^lcm")),
-    # huggingface.co/h1t/TCD-SD15 and h1t/TCD-SDXL-LoRA: TCDScheduler.from_config(pipe.scheduler.config),
-    # num_inference_steps=4, guidance_scale=0, eta=0.3
-    Family("tcd", "TCD-LoRA", ("sd15", "sdxl"), "tcd", "lcm", (1, 2, 3, 4, 5, 6, 7, 8), 4, 1.0, 1.0, 1.0,
-           "huggingface.co/h1t/TCD-SDXL-LoRA", gamma=0.3, name_patterns=(r"\btcd\b", r"tcd[-_]")),
-    # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-{2,4,8}steps-lora, Hyper-SDXL-{2,4,8}steps-lora):
-    # DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing"), guidance_scale=0,
-    # num_inference_steps equal to the LoRA's step count
-    Family("hyper_sd", "Hyper-SD N-step LoRA", ("sd15", "sdxl"), "ddim", "trailing", (1, 2, 4, 8), 4, 1.0, 1.0,
-           1.0, "huggingface.co/ByteDance/Hyper-SD", lora_steps=(2, 4, 8),
-           name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]\d+steps?[-_]lora",)),
-    # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-1step-lora, Hyper-SDXL-1step-lora, the "unified" LoRA):
-    # TCDScheduler.from_config(pipe.scheduler.config), eta=1.0 (lower eta for more steps), guidance_scale=0,
-    # 1-8 steps; the 1-step UNet (Hyper-SDXL-1step-Unet) runs LCMScheduler with timesteps=[800]
-    Family("hyper_sd_unified", "Hyper-SD 1-step unified LoRA", ("sd15", "sdxl"), "tcd", "lcm",
-           (1, 2, 3, 4, 5, 6, 7, 8), 1, 1.0, 1.0, 1.0, "huggingface.co/ByteDance/Hyper-SD", gamma=1.0,
-           name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]1steps?[-_]lora",)),
-    # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-8steps-CFG-lora, Hyper-SDXL-{8,12}steps-CFG-lora):
-    # DDIM trailing as above, guidance_scale=5.0 ("recommended range 5-8"), with a negative prompt
-    Family("hyper_sd_cfg", "Hyper-SD CFG-preserving LoRA", ("sd15", "sdxl"), "ddim", "trailing", (8, 12), 8, 5.0,
-           8.0, 1.0, "huggingface.co/ByteDance/Hyper-SD", lora_steps=(8, 12),
-           name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]\d+steps?[-_]cfg[-_]lora",)),
-    # huggingface.co/ByteDance/SDXL-Lightning: EulerDiscreteScheduler.from_config(pipe.scheduler.config,
-    # timestep_spacing="trailing"), guidance_scale=0; LoRAs for 2/4/8 steps; the 1-step UNet is
-    # x0-prediction (prediction_type="sample")
-    Family("lightning", "SDXL-Lightning", ("sdxl",), "euler", "trailing", (1, 2, 4, 8), 4, 1.0, 1.0, 1.0,
-           "huggingface.co/ByteDance/SDXL-Lightning", lora_steps=(2, 4, 8), unet_prediction={1: "sample"},
-           name_patterns=(r"lightning",)),
-    # huggingface.co/tianweiy/DMD2: LCMScheduler.from_config(pipe.scheduler.config), guidance_scale=0,
-    # timesteps=[999, 749, 499, 249] for the 4-step LoRA (dmd2_sdxl_4step_lora_fp16), [399] for the
-    # 1-step UNet
-    Family("dmd2", "DMD2", ("sdxl",), "lcm", "custom", (1, 4), 4, 1.0, 1.0, 1.0,
-           "huggingface.co/tianweiy/DMD2", lora_steps=(4,), timesteps={4: (999, 749, 499, 249), 1: (399,)},
-           name_patterns=(r"dmd2",)),
-    # github.com/G-U-N/Phased-Consistency-Model README and huggingface.co/wangfuyun/PCM_Weights:
-    # deterministic DDIM with timestep_spacing="trailing" ("stochastic samplers are not aligned with the
-    # training"); smallcfg LoRAs for 2/4/8 steps at cfg 1-2
-    Family("pcm", "PCM (small cfg)", ("sd15", "sdxl"), "ddim", "trailing", (1, 2, 4, 8, 16), 4, 1.0, 2.0, 1.0,
-           "github.com/G-U-N/Phased-Consistency-Model", lora_steps=(2, 4, 8),
-           name_patterns=(r"pcm[-_].*smallcfg",)),
-    # same source: normalcfg LoRAs for 8/16 steps, meant for an ordinary cfg with negative prompts
-    Family("pcm_normalcfg", "PCM (normal cfg)", ("sd15", "sdxl"), "ddim", "trailing", (8, 16), 16, 5.0, 7.5, 1.0,
-           "github.com/G-U-N/Phased-Consistency-Model", lora_steps=(8, 16),
-           name_patterns=(r"pcm[-_].*normalcfg",)),
-    # huggingface.co/jasperai/flash-sd and jasperai/flash-sdxl: LCMScheduler (timestep_spacing="trailing",
-    # which LCMScheduler.set_timesteps does not read), num_inference_steps=4, guidance_scale=0
-    Family("flash", "Flash Diffusion", ("sd15", "sdxl"), "lcm", "lcm", (2, 3, 4, 5, 6, 7, 8), 4, 1.0, 1.0, 1.0,
-           "huggingface.co/jasperai/flash-sdxl", name_patterns=(r"flash[-_]?(sd|diffusion)",)),
-)}
+FAMILIES: dict[str, Family] = {
+    family.key: family
+    for family in (
+        # huggingface.co/latent-consistency/lcm-lora-sdv1-5 and lcm-lora-sdxl model cards: LCMScheduler,
+        # num_inference_steps=4 (2-8), guidance_scale=1.0 (1-2 in the LCM-LoRA report, arXiv 2311.05556)
+        Family(
+            "lcm",
+            "LCM-LoRA",
+            ("sd15", "sdxl"),
+            "lcm",
+            "lcm",
+            (1, 2, 3, 4, 5, 6, 7, 8),
+            4,
+            1.0,
+            2.0,
+            1.0,
+            "huggingface.co/latent-consistency/lcm-lora-sdv1-5",
+            name_patterns=(r"lcm[-_]?lora", r"\blcm\b", r"^lcm"),
+        ),
+        # huggingface.co/h1t/TCD-SD15 and h1t/TCD-SDXL-LoRA: TCDScheduler.from_config(pipe.scheduler.config),
+        # num_inference_steps=4, guidance_scale=0, eta=0.3
+        Family(
+            "tcd",
+            "TCD-LoRA",
+            ("sd15", "sdxl"),
+            "tcd",
+            "lcm",
+            (1, 2, 3, 4, 5, 6, 7, 8),
+            4,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/h1t/TCD-SDXL-LoRA",
+            gamma=0.3,
+            name_patterns=(r"\btcd\b", r"tcd[-_]"),
+        ),
+        # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-{2,4,8}steps-lora, Hyper-SDXL-{2,4,8}steps-lora):
+        # DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing"), guidance_scale=0,
+        # num_inference_steps equal to the LoRA's step count
+        Family(
+            "hyper_sd",
+            "Hyper-SD N-step LoRA",
+            ("sd15", "sdxl"),
+            "ddim",
+            "trailing",
+            (1, 2, 4, 8),
+            4,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/ByteDance/Hyper-SD",
+            lora_steps=(2, 4, 8),
+            name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]\d+steps?[-_]lora",),
+        ),
+        # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-1step-lora, Hyper-SDXL-1step-lora, the "unified" LoRA):
+        # TCDScheduler.from_config(pipe.scheduler.config), eta=1.0 (lower eta for more steps), guidance_scale=0,
+        # 1-8 steps; the 1-step UNet (Hyper-SDXL-1step-Unet) runs LCMScheduler with timesteps=[800]
+        Family(
+            "hyper_sd_unified",
+            "Hyper-SD 1-step unified LoRA",
+            ("sd15", "sdxl"),
+            "tcd",
+            "lcm",
+            (1, 2, 3, 4, 5, 6, 7, 8),
+            1,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/ByteDance/Hyper-SD",
+            gamma=1.0,
+            name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]1steps?[-_]lora",),
+        ),
+        # huggingface.co/ByteDance/Hyper-SD (Hyper-SD15-8steps-CFG-lora, Hyper-SDXL-{8,12}steps-CFG-lora):
+        # DDIM trailing as above, guidance_scale=5.0 ("recommended range 5-8"), with a negative prompt
+        Family(
+            "hyper_sd_cfg",
+            "Hyper-SD CFG-preserving LoRA",
+            ("sd15", "sdxl"),
+            "ddim",
+            "trailing",
+            (8, 12),
+            8,
+            5.0,
+            8.0,
+            1.0,
+            "huggingface.co/ByteDance/Hyper-SD",
+            lora_steps=(8, 12),
+            name_patterns=(r"hyper[-_]?sd(15|xl)?[-_]\d+steps?[-_]cfg[-_]lora",),
+        ),
+        # huggingface.co/ByteDance/SDXL-Lightning: EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+        # timestep_spacing="trailing"), guidance_scale=0; LoRAs for 2/4/8 steps; the 1-step UNet is
+        # x0-prediction (prediction_type="sample")
+        Family(
+            "lightning",
+            "SDXL-Lightning",
+            ("sdxl",),
+            "euler",
+            "trailing",
+            (1, 2, 4, 8),
+            4,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/ByteDance/SDXL-Lightning",
+            lora_steps=(2, 4, 8),
+            unet_prediction={1: "sample"},
+            name_patterns=(r"lightning",),
+        ),
+        # huggingface.co/tianweiy/DMD2: LCMScheduler.from_config(pipe.scheduler.config), guidance_scale=0,
+        # timesteps=[999, 749, 499, 249] for the 4-step LoRA (dmd2_sdxl_4step_lora_fp16), [399] for the
+        # 1-step UNet
+        Family(
+            "dmd2",
+            "DMD2",
+            ("sdxl",),
+            "lcm",
+            "custom",
+            (1, 4),
+            4,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/tianweiy/DMD2",
+            lora_steps=(4,),
+            timesteps={4: (999, 749, 499, 249), 1: (399,)},
+            name_patterns=(r"dmd2",),
+        ),
+        # github.com/G-U-N/Phased-Consistency-Model README and huggingface.co/wangfuyun/PCM_Weights:
+        # deterministic DDIM with timestep_spacing="trailing" ("stochastic samplers are not aligned with the
+        # training"); smallcfg LoRAs for 2/4/8 steps at cfg 1-2
+        Family(
+            "pcm",
+            "PCM (small cfg)",
+            ("sd15", "sdxl"),
+            "ddim",
+            "trailing",
+            (1, 2, 4, 8, 16),
+            4,
+            1.0,
+            2.0,
+            1.0,
+            "github.com/G-U-N/Phased-Consistency-Model",
+            lora_steps=(2, 4, 8),
+            name_patterns=(r"pcm[-_].*smallcfg",),
+        ),
+        # same source: normalcfg LoRAs for 8/16 steps, meant for an ordinary cfg with negative prompts
+        Family(
+            "pcm_normalcfg",
+            "PCM (normal cfg)",
+            ("sd15", "sdxl"),
+            "ddim",
+            "trailing",
+            (8, 16),
+            16,
+            5.0,
+            7.5,
+            1.0,
+            "github.com/G-U-N/Phased-Consistency-Model",
+            lora_steps=(8, 16),
+            name_patterns=(r"pcm[-_].*normalcfg",),
+        ),
+        # huggingface.co/jasperai/flash-sd and jasperai/flash-sdxl: LCMScheduler (timestep_spacing="trailing",
+        # which LCMScheduler.set_timesteps does not read), num_inference_steps=4, guidance_scale=0
+        Family(
+            "flash",
+            "Flash Diffusion",
+            ("sd15", "sdxl"),
+            "lcm",
+            "lcm",
+            (2, 3, 4, 5, 6, 7, 8),
+            4,
+            1.0,
+            1.0,
+            1.0,
+            "huggingface.co/jasperai/flash-sdxl",
+            name_patterns=(r"flash[-_]?(sd|diffusion)",),
+        ),
+    )
+}
 
 METADATA_KEYS = ("lcm_accel.accelerator", "modelspec.title", "ss_output_name", "modelspec.description")
 
@@ -126,8 +252,9 @@ def family_timesteps(family: Family, steps: int, denoise: float = 1.0, num_train
     trailing and custom grids; LCM strength semantics for the LCM grid), int64 descending."""
     if family.grid == "custom":
         if steps not in family.timesteps:
-            raise ValueError(f"{family.name} has explicit timesteps only for steps {sorted(family.timesteps)}, "
-                             f"got steps={steps}")
+            raise ValueError(
+                f"{family.name} has explicit timesteps only for steps {sorted(family.timesteps)}, got steps={steps}"
+            )
         with warnings.catch_warnings():  # the authors' own timesteps are off LCM's grid on purpose
             warnings.simplefilter("ignore")
             return lcm_timesteps(None, 50, denoise, num_train_timesteps, timesteps=list(family.timesteps[steps]))
@@ -137,9 +264,10 @@ def family_timesteps(family: Family, steps: int, denoise: float = 1.0, num_train
     full = trailing_timesteps(steps, num_train_timesteps)
     kept = int(steps * denoise)
     if kept < 1:
-        raise ValueError(f"denoise={denoise} keeps none of the {steps} steps (int(steps * denoise) == 0); "
-                         f"raise denoise or steps")
-    return full[steps - kept:]
+        raise ValueError(
+            f"denoise={denoise} keeps none of the {steps} steps (int(steps * denoise) == 0); raise denoise or steps"
+        )
+    return full[steps - kept :]
 
 
 @dataclass(frozen=True)
@@ -169,8 +297,11 @@ def detect_family(file_name: str, metadata: Mapping[str, str] | None = None) -> 
     texts.append(("file name", file_name.rsplit("/", 1)[-1]))
     for where, text in texts:
         lowered = text.lower()
-        matches = [key for key, family in FAMILIES.items()
-                   if any(re.search(pattern, lowered) for pattern in family.name_patterns)]
+        matches = [
+            key
+            for key, family in FAMILIES.items()
+            if any(re.search(pattern, lowered) for pattern in family.name_patterns)
+        ]
         # the Hyper-SD names nest: a CFG or 1-step name also matches the N-step pattern
         if "hyper_sd" in matches and len(matches) > 1:
             matches.remove("hyper_sd")
@@ -179,25 +310,34 @@ def detect_family(file_name: str, metadata: Mapping[str, str] | None = None) -> 
     return None
 
 
-def check_recipe(family: Family, steps: int | None = None, cfg: float | None = None,
-                 lora_steps: int | None = None) -> list[str]:
+def check_recipe(
+    family: Family, steps: int | None = None, cfg: float | None = None, lora_steps: int | None = None
+) -> list[str]:
     """The guard: one-line warnings (empty when all is as the authors recommend) for a cfg above the
     family's range, a step count the family or its LoRA file was not made for."""
     found = []
     if cfg is not None and cfg > family.cfg_max:
-        found.append(f"{family.name}: cfg {cfg:g} is above the {family.cfg_max:g} it was made for; "
-                        f"recommended cfg {family.cfg:g}, steps {family.default_steps}")
+        found.append(
+            f"{family.name}: cfg {cfg:g} is above the {family.cfg_max:g} it was made for; "
+            f"recommended cfg {family.cfg:g}, steps {family.default_steps}"
+        )
     made_for = (lora_steps,) if lora_steps else family.lora_steps
     if steps is not None and made_for and steps not in made_for:
-        found.append(f"{family.name}: the LoRA was made for {_counts(made_for)} steps, got steps={steps}; "
-                        f"recommended steps {made_for[0] if lora_steps else family.default_steps}, "
-                        f"cfg {family.cfg:g}")
+        found.append(
+            f"{family.name}: the LoRA was made for {_counts(made_for)} steps, got steps={steps}; "
+            f"recommended steps {made_for[0] if lora_steps else family.default_steps}, "
+            f"cfg {family.cfg:g}"
+        )
         if steps in family.unet_prediction:
-            found[-1] += (f"; {steps}-step {family.name} is a full UNet predicting "
-                          f"{family.unet_prediction[steps]} (ModelSamplingDiscrete x0 in ComfyUI)")
+            found[-1] += (
+                f"; {steps}-step {family.name} is a full UNet predicting "
+                f"{family.unet_prediction[steps]} (ModelSamplingDiscrete x0 in ComfyUI)"
+            )
     elif steps is not None and steps not in family.steps:
-        found.append(f"{family.name}: {steps} steps is outside the {_counts(family.steps)} it runs; "
-                        f"recommended steps {family.default_steps}, cfg {family.cfg:g}")
+        found.append(
+            f"{family.name}: {steps} steps is outside the {_counts(family.steps)} it runs; "
+            f"recommended steps {family.default_steps}, cfg {family.cfg:g}"
+        )
     return found
 
 
@@ -211,5 +351,7 @@ def mix_warning(families: list[str]) -> str | None:
     if len(families) < 2:
         return None
     names = ", ".join(FAMILIES[key].name if key in FAMILIES else key for key in families)
-    return (f"{len(families)} accelerator LoRAs in one mix ({names}): use one accelerator LoRA per model; "
-            f"the schedule of the first ({families[0]}) is used")
+    return (
+        f"{len(families)} accelerator LoRAs in one mix ({names}): use one accelerator LoRA per model; "
+        f"the schedule of the first ({families[0]}) is used"
+    )

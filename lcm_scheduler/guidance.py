@@ -4,6 +4,7 @@ A full LCM (not an LCM-LoRA) is distilled with the guidance scale as an input: t
 `timestep_cond = embedding(w)`. diffusers' LCM pipelines use the Imagen CFG convention for the user's
 `guidance_scale`, so the distilled w is `guidance_scale - 1`.
 """
+
 from __future__ import annotations
 
 import torch

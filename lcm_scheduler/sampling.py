@@ -13,6 +13,7 @@ Noise: `noise_sampler(sigma, sigma_next)` if given, else `torch.randn` with `gen
 generator's device, then moved, as diffusers' `randn_tensor`), else the global RNG. Giving both
 `noise_sampler` and `generator` is refused.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from collections.abc import Callable
 import torch
 
 from .boundary import check_prediction_type, consistency_output, predict_x0_and_eps
-from .sigmas import default_train_sigmas, sigmas_from_alphas_cumprod, timestep_from_sigma, vp_from_ve
+from .plan import PlannedStep, plan_lcm, plan_tcd
+from .sigmas import default_train_sigmas, sigmas_from_alphas_cumprod
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,8 +31,9 @@ def draw_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> 
     """Standard normal noise shaped like `like`, drawn as diffusers' `randn_tensor` draws it."""
     device = like.device if generator is None else generator.device
     if generator is not None and device.type != "cpu" and device != like.device:
-        raise ValueError(f"`generator` is on {device} but the latent is on {like.device}: use a CPU or "
-                         f"{like.device} generator.")
+        raise ValueError(
+            f"`generator` is on {device} but the latent is on {like.device}: use a CPU or {like.device} generator."
+        )
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
@@ -118,23 +121,43 @@ def sample_lcm(
     sigma_data: float = 0.5,
 ) -> torch.Tensor:
     """LCM multistep sampling in the sigma view (ComfyUI SAMPLER signature). `x` is the VE latent
-    at sigmas[0]; `train_sigmas` is the model's sigma table (default: Stable Diffusion's)."""
+    at sigmas[0]; `train_sigmas` is the model's sigma table (default: Stable Diffusion's). The steps
+    are `plan.plan_lcm`'s."""
+    table = default_train_sigmas() if train_sigmas is None else train_sigmas
+    plan = plan_lcm(sigmas, table, timestep_scaling, sigma_data)
+    return run_plan(model, x, sigmas, plan, extra_args, callback, disable, noise_sampler, generator, x0_postprocess)
+
+
+def run_plan(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    plan: list[PlannedStep],
+    extra_args: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    generator: torch.Generator | None = None,
+    x0_postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The sigma-view loop of an LCM / TCD plan: x0 = model(x, sigma), then the planned update."""
     extra_args = {} if extra_args is None else extra_args
-    table = (default_train_sigmas() if train_sigmas is None else train_sigmas).to(sigmas.device)
     noise = make_noise_sampler(x, generator, noise_sampler)
     s_in = x.new_ones([x.shape[0]])
-    for i in step_range(len(sigmas) - 1, disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    for i in step_range(len(plan), disable):
+        step, sigma = plan[i], sigmas[i]
         x0 = model(x, sigma * s_in, **extra_args)
         if x0_postprocess is not None:
             x0 = x0_postprocess(x0)
-        t = timestep_from_sigma(sigma, table)
-        denoised = consistency_output(x0, vp_from_ve(x, sigma), t, timestep_scaling, sigma_data)
+        x_next = step.x0_coef * x0 + step.x_coef * x
         if callback is not None:
+            denoised = x0 if step.preview_is_x0 else x_next
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = denoised
-        if sigma_next > 0:
-            x = denoised + sigma_next * noise(sigma, sigma_next)
+        if step.noise_coef:
+            x_next = x_next + step.noise_coef * noise(
+                sigmas.new_tensor(step.noise_from), sigmas.new_tensor(step.noise_to)
+            )
+        x = x_next
     return x
 
 
@@ -198,25 +221,12 @@ def sample_tcd(
 ) -> torch.Tensor:
     """TCD sampling in the sigma view (ComfyUI SAMPLER signature), equal to `sample_tcd_vp`. Sigmas
     should come from the model's table (`tcd_sigmas`): s is found through timesteps. As in
-    diffusers, the step into sigma 0 ends at training timestep 0, not at the clean latent."""
+    diffusers, the step into sigma 0 ends at training timestep 0, not at the clean latent. The steps
+    are `plan.plan_tcd`'s."""
     check_gamma(gamma)
-    extra_args = {} if extra_args is None else extra_args
-    table = (default_train_sigmas() if train_sigmas is None else train_sigmas).to(sigmas.device)
-    noise = make_noise_sampler(x, generator, noise_sampler)
-    s_in = x.new_ones([x.shape[0]])
-    for i in step_range(len(sigmas) - 1, disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = model(x, sigma * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
-        t_next = timestep_from_sigma(sigma_next, table) if sigma_next > 0 else torch.tensor(0)
-        sigma_s = table[torch.floor((1 - gamma) * t_next).long()]
-        x = x0 + sigma_s * (x - x0) / sigma
-        if sigma_next == 0:
-            x = vp_from_ve(x, sigma_s)
-        elif gamma > 0:
-            x = x + (sigma_next**2 - sigma_s**2).clamp(min=0).sqrt() * noise(sigma_s, sigma_next)
-    return x
+    table = default_train_sigmas() if train_sigmas is None else train_sigmas
+    plan = plan_tcd(sigmas, table, gamma)
+    return run_plan(model, x, sigmas, plan, extra_args, callback, disable, noise_sampler, generator)
 
 
 def sample_lcm_or_tcd(

@@ -6,6 +6,7 @@ The timestep schedules reproduce diffusers' `LCMScheduler.set_timesteps` and
 `TCDScheduler.set_timesteps` step for step (same float arithmetic), so the same arguments
 give the same timesteps.
 """
+
 from __future__ import annotations
 
 import math
@@ -162,8 +163,10 @@ def _custom_schedule(
 def _as_int_list(timesteps: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(timesteps, torch.Tensor):
         if timesteps.is_floating_point() or timesteps.ndim != 1:
-            raise ValueError(f"`timesteps` must be a 1-D integer tensor, got dtype {timesteps.dtype}, shape "
-                             f"{tuple(timesteps.shape)}.")
+            raise ValueError(
+                f"`timesteps` must be a 1-D integer tensor, got dtype {timesteps.dtype}, shape "
+                f"{tuple(timesteps.shape)}."
+            )
         return [int(t) for t in timesteps.tolist()]
     values = list(timesteps)
     for t in values:

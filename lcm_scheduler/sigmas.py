@@ -4,6 +4,7 @@ sigma(t) = sqrt((1 - acp[t]) / acp[t]) and x_VE = x_VP / sqrt(acp[t]) = x_VP * s
 VE latent is x0 + sigma * eps. A SIGMAS tensor (what ComfyUI schedulers output) is a descending
 list of sigmas ending in 0 (the clean end).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -8,10 +8,11 @@
 
 LyCORIS files (LoHa, LoKr, DoRA, full diff, LoRA bias) load the same way (lycoris.py).
 """
+
 from .formats import LoraFactors, LoraFile, load_lora, parse_lora
 from .keymap import TargetIndex, UNetLayout, family_of_layout, family_of_lora_names
-from .mix import LowRankPatch, compress_svd, mix, mix_cat
 from .lycoris import AdapterModule
+from .mix import LowRankPatch, compress_svd, mix, mix_cat
 from .patcher import BiasPart, LoraPatcher, LoraPatchError, PatchBuilder, PatchTarget, part_delta, part_on, plan_targets
 from .report import AdapterReport, LoadReport
 from .safetensors_io import LoraFileError, load_tensor_file, read_safetensors_header

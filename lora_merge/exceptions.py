@@ -15,6 +15,7 @@ original value) -- 6 bytes per fp16 exception -- we store per exception:
 With ~2.5% exceptions (fp16, relative delta 3e-2) gaps average ~40, so one byte each: ~2 bytes
 per exception instead of 6. Decoding is a cumulative sum, done on the weight's device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class ExceptionCode:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.gaps, self.corrections, self.escapes))
 
-    def to(self, device: torch.device, pin: bool = False) -> "ExceptionCode":
+    def to(self, device: torch.device, pin: bool = False) -> ExceptionCode:
         move = lambda t: _pinned(t) if pin else t.to(device, non_blocking=True)  # noqa: E731
         return ExceptionCode(move(self.gaps), move(self.corrections), move(self.escapes), self.count)
 
@@ -68,8 +69,9 @@ def encode(index: torch.Tensor, original_bits: torch.Tensor, back_bits: torch.Te
     index = index.long()
     n = index.numel()
     if n == 0:
-        return ExceptionCode(index.new_empty(0, dtype=torch.uint8), index.new_empty(0, dtype=torch.int8),
-                             original_bits[:0], 0)
+        return ExceptionCode(
+            index.new_empty(0, dtype=torch.uint8), index.new_empty(0, dtype=torch.int8), original_bits[:0], 0
+        )
     gaps = torch.diff(index, prepend=index.new_full((1,), -1)) - 1
     correction = original_bits.long() - back_bits.long()  # a sign change always gives |c| > 127
     escaped = correction.abs() > 127

@@ -16,6 +16,7 @@ Recognised layouts (any may carry a per-module ``alpha``; a missing alpha means 
   kohya ``lora_unet_`` / SimpleTuner ``lycoris_`` names or any prefix above. Such modules are
   ``AdapterModule`` values in ``LoraFile.unet`` (plain LoRAs stay ``LoraFactors``).
 """
+
 from __future__ import annotations
 
 import re
@@ -133,7 +134,7 @@ def _split_key(key: str) -> tuple[str, str] | None:
 def _component(module: str) -> tuple[str, str, bool] | None:
     for prefix, component, flat in _PREFIXES:
         if module.startswith(prefix):
-            name = module[len(prefix):]
+            name = module[len(prefix) :]
             if not flat:
                 name = _PROCESSOR.sub(lambda m: "." + m.group(1) + (".0" if m.group(1) == "to_out" else ""), name)
             return component, name, flat
@@ -178,8 +179,14 @@ def parse_lora(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, 
             "is a LoRA / LyCORIS key of the UNet or a text encoder."
         )
 
-    lora = LoraFile(path=path, format=_format_name(list(tensors)), unet={}, flat_names=False,
-                    metadata=dict(metadata or {}), ignored_keys=unknown)
+    lora = LoraFile(
+        path=path,
+        format=_format_name(list(tensors)),
+        unet={},
+        flat_names=False,
+        metadata=dict(metadata or {}),
+        ignored_keys=unknown,
+    )
     unet_flat: set[bool] = set()
     te_flat: set[bool] = set()
     for (component, name, flat), slot in parts.items():

@@ -8,6 +8,7 @@ module's own parameter names. No key list is written down: every diffusers block
 paired with its LDM prefix by the index arithmetic of the two layouts, and the resnet's
 sub-layers are renamed the way the LDM ``ResBlock`` names them.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,7 +77,9 @@ def layout_from_ldm_names(names: list[str]) -> UNetLayout:
     levels = 1 + len({m.group(1) for n in names for m in [re.match(r"input_blocks\.(\d+)\.0\.op\.", n)] if m})
     per_level, rest = divmod(n_input - 1 - (levels - 1), levels)
     if rest or per_level < 1:
-        raise ValueError(f"LDM-named UNet has {n_input} input blocks and {levels - 1} downsamplers: not an SD UNet layout.")
+        raise ValueError(
+            f"LDM-named UNet has {n_input} input blocks and {levels - 1} downsamplers: not an SD UNet layout."
+        )
 
     def depth(prefix: str) -> int:
         return _max_index(names, re.escape(prefix) + r"\.transformer_blocks\.(\d+)\.")
@@ -93,7 +96,7 @@ def layout_from_ldm_names(names: list[str]) -> UNetLayout:
 def block_prefixes(layout: UNetLayout) -> list[tuple[str, str, bool]]:
     """(diffusers prefix, LDM prefix, is_resnet) for every block of the layout."""
     per, levels = layout.layers_per_block, layout.levels
-    pairs: list[tuple[str, str, bool]] = [(d, l, False) for d, l in STEM_MODULES.items()]
+    pairs: list[tuple[str, str, bool]] = [(diffusers, ldm, False) for diffusers, ldm in STEM_MODULES.items()]
     for i in range(levels):
         for j in range(per):
             n = 1 + i * (per + 1) + j
@@ -101,7 +104,9 @@ def block_prefixes(layout: UNetLayout) -> list[tuple[str, str, bool]]:
             if layout.down_depth[i][j]:
                 pairs.append((f"down_blocks.{i}.attentions.{j}", f"input_blocks.{n}.1", False))
         if i < levels - 1:
-            pairs.append((f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (per + 1) + per}.0.op", False))
+            pairs.append(
+                (f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (per + 1) + per}.0.op", False)
+            )
     mid_attn = layout.mid_depth > 0
     pairs.append(("mid_block.resnets.0", "middle_block.0", True))
     if mid_attn:
@@ -142,7 +147,7 @@ class NameTranslator:
                 new_head, is_resnet = table[head]
                 tail = ".".join(parts[cut:])
                 if is_resnet and tail:
-                    tail = next((subs[s] + tail[len(s):] for s in subs if tail == s or tail.startswith(s + ".")), None)
+                    tail = next((subs[s] + tail[len(s) :] for s in subs if tail == s or tail.startswith(s + ".")), None)
                     if tail is None:
                         return None
                 return new_head + ("." + tail if tail else "")
@@ -227,7 +232,7 @@ class TargetIndex:
             self.naming, self.prefix = detect_naming(param_names)
         except ValueError:  # any other module: LoRA names must be its own module paths
             self.naming, self.prefix = "generic", ""
-        local = [n[len(self.prefix):] for n in param_names if n.startswith(self.prefix)]
+        local = [n[len(self.prefix) :] for n in param_names if n.startswith(self.prefix)]
         translator, other = None, None
         self.layout: UNetLayout | None = None
         self.family = "unknown"

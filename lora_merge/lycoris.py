@@ -12,6 +12,7 @@ it while it patches that layer), with ComfyUI's scale rules:
 A missing alpha gives scale 1. Tucker: m = einsum('ijkl,jr,ip->prkl', t, w_b, w_a).
 DoRA (``dora_scale`` on a LoRA / LoHa / LoKr) is not additive: see patcher.DoraPatch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -112,8 +113,9 @@ class AdapterModule:
         return out
 
     # ------------------------------------------------------------ deltas
-    def weight_delta(self, shape: tuple[int, ...], device: torch.device | None = None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def weight_delta(
+        self, shape: tuple[int, ...], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """The scaled weight delta, reshaped to `shape` (one layer, materialised)."""
         t = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
         if self.kind == "lora":
@@ -181,8 +183,11 @@ def build_module(path: str, name: str, slot: dict[str, torch.Tensor]) -> Adapter
         missing += ["hada_t2"] if "hada_t1" in slot and "hada_t2" not in slot else []
     elif any(k in slot for k in LOKR_KEYS):
         kind, keys = "lokr", [k for k in LOKR_KEYS if k in slot]
-        missing = [f"lokr_w{i}" for i in (1, 2) if f"lokr_w{i}" not in slot and not
-                   (f"lokr_w{i}_a" in slot and f"lokr_w{i}_b" in slot)]
+        missing = [
+            f"lokr_w{i}"
+            for i in (1, 2)
+            if f"lokr_w{i}" not in slot and not (f"lokr_w{i}_a" in slot and f"lokr_w{i}_b" in slot)
+        ]
     elif "diff" in slot:
         kind, keys, missing = "diff", ["diff"], []
     elif "down" in slot or "up" in slot:
@@ -218,8 +223,9 @@ def _check_products(module: AdapterModule) -> None:
     """Run the delta's products on the meta device: shape errors without any arithmetic."""
     if not module.has_weight:
         return
-    meta = AdapterModule(module.key, module.kind, {k: v.to("meta") for k, v in module.tensors.items()},
-                         module.alpha, extra=module.extra)
+    meta = AdapterModule(
+        module.key, module.kind, {k: v.to("meta") for k, v in module.tensors.items()}, module.alpha, extra=module.extra
+    )
     rows, per_row = module.weight_delta_numel_shape()
     d = meta.weight_delta((rows, per_row), device=torch.device("meta"))
     if d.shape != (rows, per_row):
@@ -241,13 +247,13 @@ def dora_factor(weight: torch.Tensor, module: AdapterModule, flat: tuple[int, in
     on_rows = int(module.dora_scale.shape[0]) == rows
     view = weight.reshape(rows, per_row)
     if on_rows:
-        norms = torch.cat([view[r0:r0 + step].to(cdt).norm(dim=1) for r0 in range(0, rows, step)])
+        norms = torch.cat([view[r0 : r0 + step].to(cdt).norm(dim=1) for r0 in range(0, rows, step)])
     else:
         channels = scale.numel()
         delta = module.weight_delta(flat, weight.device, cdt)
         squares = torch.zeros(channels, dtype=cdt, device=weight.device)
         for r0 in range(0, rows, step):
-            merged = view[r0:r0 + step].to(cdt) + delta[r0:r0 + step]
+            merged = view[r0 : r0 + step].to(cdt) + delta[r0 : r0 + step]
             squares += merged.square().reshape(merged.shape[0], channels, -1).sum(dim=(0, 2))
         norms = squares.sqrt()
     k = scale / (norms + torch.finfo(torch.float32 if cdt == torch.float32 else cdt).eps)

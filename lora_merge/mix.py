@@ -8,6 +8,7 @@ delta = up_cat @ down_cat = sum_i lambda_i (alpha_i / r_i) up_i @ down_i, with n
 Frobenius norm), computed from the factors through two thin QRs so the full delta is never built;
 the relative error ||delta - delta_k||_F / ||delta||_F is reported.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -15,6 +15,7 @@ CUDA-graph-captured modules stay valid. Apply and re-weight are atomic: everythi
 before the first write, and any exception (KeyboardInterrupt included) puts the touched weights
 back before it propagates.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .exceptions import ExceptionCode, decode, encode
 from .formats import LoraFactors, LoraFile
 from .keymap import FAMILIES, TargetIndex, family_class, family_of_lora_names
-from .exceptions import ExceptionCode, decode, encode
 from .lycoris import AdapterModule, dora_factor
 from .mix import LowRankPatch, compress_dense, compress_svd, mix_cat
 from .report import AdapterReport, LoadReport
@@ -46,7 +47,7 @@ class PatchTarget:
 
     param_name: str
     param: torch.nn.Parameter
-    parts: list[tuple[int, "LoraFactors | AdapterModule | BiasPart"]]  # (adapter index, factors)
+    parts: list[tuple[int, LoraFactors | AdapterModule | BiasPart]]  # (adapter index, factors)
 
 
 @dataclass
@@ -128,8 +129,9 @@ class _Workspace:
         """D rows [r0, r1) in fp32 (fp64 for fp64 weights), computed the same way every time."""
         return self.delta_pair(patch, None, r0, r1, like)[0]
 
-    def delta_pair(self, patch: LowRankPatch, new: LowRankPatch | None, r0: int, r1: int, like: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def delta_pair(
+        self, patch: LowRankPatch, new: LowRankPatch | None, r0: int, r1: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D rows of `patch` and, for a re-weight, of `new` when it has the same per-adapter terms:
         each product up_i @ down_i is computed once and accumulated with both weights, by the very
         op sequence delta_rows uses (so D_old has the bits the apply used)."""
@@ -162,8 +164,14 @@ class _Workspace:
                 out.add_(self.dense[id(p)][r0:r1])
         return outs[0].view(like.shape), (outs[1].view(like.shape) if new is not None else None)
 
-    def round_sum(self, w: torch.Tensor, d: torch.Tensor, sign: int, into: torch.Tensor | None = None,
-                  coef: torch.Tensor | None = None) -> torch.Tensor:
+    def round_sum(
+        self,
+        w: torch.Tensor,
+        d: torch.Tensor,
+        sign: int,
+        into: torch.Tensor | None = None,
+        coef: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """t(w + sign * d) in the narrow buffer (or `into`; t = the weight's dtype). With a DoRA
         coefficient c (rows of this chunk or one row for all): t(c * w + d), or t((w - d) / c)."""
         out = self.view(self.narrow if into is None else into, w)
@@ -223,7 +231,7 @@ def _bit_sum(w: torch.Tensor) -> torch.Tensor:
         words = _words(flat.clone())  # a misaligned view: same bytes, aligned copy
     if words is None:
         return flat.sum(dtype=torch.int64)
-    tail = flat[words.numel() * (8 // flat.element_size()):]
+    tail = flat[words.numel() * (8 // flat.element_size()) :]
     return words.sum() + tail.sum(dtype=torch.int64)
 
 
@@ -267,6 +275,7 @@ class _Exceptions:
 
     def state(self, patch: LowRankPatch) -> _LayerState:
         bits_dtype = _INT_VIEW[self.weight.element_size()]
+
         def cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
             return torch.cat(parts) if parts else torch.empty(0, dtype=dtype, device=self.weight.device)
 
@@ -303,8 +312,15 @@ class _Restorer:
         self.state = state
         self.decoded = decode(state.code, weight.device)
 
-    def original_rows(self, ws: _Workspace, w: torch.Tensor, r0: int, r1: int, into: torch.Tensor | None = None,
-                      delta: torch.Tensor | None = None) -> torch.Tensor:
+    def original_rows(
+        self,
+        ws: _Workspace,
+        w: torch.Tensor,
+        r0: int,
+        r1: int,
+        into: torch.Tensor | None = None,
+        delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """W rows [r0, r1) = t(W' - D) with the exceptions put right, in a workspace buffer."""
         patch = self.state.patch
         d = ws.delta_rows(patch, r0, r1, w) if delta is None else delta
@@ -362,8 +378,9 @@ def unpatch_weight(weight: torch.Tensor, state: _LayerState, name: str = "") -> 
 
 
 @torch.no_grad()
-def reweight_weight(weight: torch.Tensor, state: _LayerState, patch: LowRankPatch, name: str = "",
-                    on_host: bool | None = None) -> _LayerState:
+def reweight_weight(
+    weight: torch.Tensor, state: _LayerState, patch: LowRankPatch, name: str = "", on_host: bool | None = None
+) -> _LayerState:
     """t(W + D_old) -> t(W + D_new) in ONE pass per chunk: W rows rebuilt exactly (old exceptions),
     then patched with the new delta (new exceptions). Atomic: an interruption puts the rows done
     back to t(W + D_old), so the old state stays valid."""
@@ -412,8 +429,9 @@ class PatchBuilder:
         """Host memory of the kept DoRA factors (part of the restore state)."""
         return sum(k.numel() * k.element_size() for k in self._dora_k.values())
 
-    def build(self, name: str, param: torch.Tensor, parts: Sequence[tuple[object, float]],
-              fresh: bool = False) -> LowRankPatch:
+    def build(
+        self, name: str, param: torch.Tensor, parts: Sequence[tuple[object, float]], fresh: bool = False
+    ) -> LowRankPatch:
         if fresh:
             self._dora_k.pop(name, None)
         cdt = _compute_dtype(param)
@@ -436,8 +454,9 @@ class PatchBuilder:
             patch = mix_cat([(_as_factors(f), w) for f, w in low], dtype=cdt)
             up, down = patch.up.reshape(flat[0], -1), patch.down.reshape(-1, flat[1])
         dense_fn = _dense_sum(dense, flat, cdt) if dense else None
-        patch = LowRankPatch(up.contiguous(), down.contiguous(), shape, 0.0, dense_fn,
-                             terms=terms, term_weights=term_weights)
+        patch = LowRankPatch(
+            up.contiguous(), down.contiguous(), shape, 0.0, dense_fn, terms=terms, term_weights=term_weights
+        )
         if self.rank is not None and param.dim() > 1:
             if patch.dense is not None:
                 patch = compress_dense(patch, self.rank)
@@ -446,8 +465,15 @@ class PatchBuilder:
             patch = LowRankPatch(patch.up.contiguous(), patch.down.contiguous(), shape, patch.relative_error)
         return patch
 
-    def _dora_patch(self, name: str, param: torch.Tensor, module: AdapterModule, strength: float,
-                    flat: tuple[int, int], cdt: torch.dtype) -> LowRankPatch:
+    def _dora_patch(
+        self,
+        name: str,
+        param: torch.Tensor,
+        module: AdapterModule,
+        strength: float,
+        flat: tuple[int, int],
+        cdt: torch.dtype,
+    ) -> LowRankPatch:
         """DoRA at strength s: W' = W + s (k (W + D) - W) = (1 - s + s k) W + s k D, with
         k = dora_scale / norm fixed at the first apply (from the original weight) and kept, so a
         re-weight or restore never needs the original W. Never SVD-compressed (not additive)."""
@@ -475,8 +501,13 @@ class LoraPatcher:
     in host memory (None: automatically for weights not on the CPU; pinned when CUDA is there).
     """
 
-    def __init__(self, module: torch.nn.Module, progress: ProgressCallback | None = None,
-                 params: dict[str, torch.nn.Parameter] | None = None, state_on_host: bool | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        progress: ProgressCallback | None = None,
+        params: dict[str, torch.nn.Parameter] | None = None,
+        state_on_host: bool | None = None,
+    ):
         self.module = module
         self.progress = progress
         self.state_on_host = state_on_host
@@ -589,8 +620,7 @@ class LoraPatcher:
 
     # ---------------------------------------------------------------- internals
     def _mixed(self, target: PatchTarget, weights: Sequence[float]) -> LowRankPatch:
-        return self._builder.build(target.param_name, target.param,
-                                   [(f, weights[i]) for i, f in target.parts])
+        return self._builder.build(target.param_name, target.param, [(f, weights[i]) for i, f in target.parts])
 
     def _patch_all(self, weights: Sequence[float]) -> None:
         self._builder = PatchBuilder(self._rank)
@@ -635,8 +665,11 @@ class LoraPatcher:
 
 
 def plan_targets(
-    index: TargetIndex, params: dict[str, torch.Tensor], adapters: Sequence[tuple[LoraFile, float]],
-    strict: bool = True, check_dtypes: bool = True,
+    index: TargetIndex,
+    params: dict[str, torch.Tensor],
+    adapters: Sequence[tuple[LoraFile, float]],
+    strict: bool = True,
+    check_dtypes: bool = True,
 ) -> tuple[list[PatchTarget], LoadReport]:
     """Resolve every adapter's UNet modules to the target's parameters and check names, shapes,
     family and factors, touching nothing: the one validation both the in-place patcher and a host's
@@ -651,9 +684,14 @@ def plan_targets(
         _check_weight(lora, weight)
         names = list(lora.unet)
         family = family_of_lora_names(names, index.layout.layers_per_block if index.layout else 2)
-        report = AdapterReport(lora.name, float(weight), lora.format, family,
-                               text_encoder_modules={k: len(v) for k, v in lora.text_encoders.items()},
-                               ignored_keys=list(lora.ignored_keys))
+        report = AdapterReport(
+            lora.name,
+            float(weight),
+            lora.format,
+            family,
+            text_encoder_modules={k: len(v) for k, v in lora.text_encoders.items()},
+            ignored_keys=list(lora.ignored_keys),
+        )
         offending: list[str] = []  # first problem per kind, in file order
         mismatched = None
         for module_name, factors in lora.unet.items():
@@ -669,8 +707,11 @@ def plan_targets(
                 report.matched[module_name] = param_name
                 for name, part in parts:
                     targets.setdefault(name, PatchTarget(name, params[name], [])).parts.append((n, part))
-        if offending and family in FAMILIES and index.family in FAMILIES and (
-            family_class(family) != family_class(index.family)
+        if (
+            offending
+            and family in FAMILIES
+            and index.family in FAMILIES
+            and (family_class(family) != family_class(index.family))
         ):
             raise LoraPatchError(
                 f"LoRA '{lora.path}' looks like a {family} LoRA but the target UNet is {index.family}: "
@@ -726,8 +767,9 @@ def _check_param(name: str, param: torch.Tensor) -> None:
         raise LoraPatchError(f"Target weight '{name}' is on the meta device (not materialised).")
 
 
-def part_delta(part, shape: tuple[int, ...], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def part_delta(
+    part, shape: tuple[int, ...], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The additive delta of one plan part (LoraFactors, AdapterModule or BiasPart) at weight 1, alpha
     scale included, reshaped to the target's `shape`: for a host's own patch mechanism (ComfyUI's
     add_patches). DoRA is not additive (LoraPatchError): a host applies it through LoraPatcher."""
@@ -788,26 +830,34 @@ def _module_parts(module_name: str, factors, param_name: str, params: dict) -> l
     param = params[param_name]
     if not isinstance(factors, AdapterModule):
         if _shape_problem(factors, param):
-            return (f"'{module_name}' -> '{param_name}': LoRA delta shape {factors.delta_shape}, "
-                    f"target weight shape {tuple(param.shape)}")
+            return (
+                f"'{module_name}' -> '{param_name}': LoRA delta shape {factors.delta_shape}, "
+                f"target weight shape {tuple(param.shape)}"
+            )
         return [(param_name, factors)]
     parts: list[tuple[str, object]] = []
     if factors.has_weight:
         if not factors.fits(tuple(param.shape)):
-            return (f"'{module_name}' -> '{param_name}': {factors.kind} delta of "
-                    f"{'x'.join(map(str, factors.weight_delta_numel_shape()))} (rows x elements per row), "
-                    f"target weight shape {tuple(param.shape)}")
+            return (
+                f"'{module_name}' -> '{param_name}': {factors.kind} delta of "
+                f"{'x'.join(map(str, factors.weight_delta_numel_shape()))} (rows x elements per row), "
+                f"target weight shape {tuple(param.shape)}"
+            )
         if factors.dora_scale is not None and factors.dora_scale.numel() not in (param.shape[0], _per_row(param)):
-            return (f"'{module_name}' -> '{param_name}': dora_scale of shape {tuple(factors.dora_scale.shape)} "
-                    f"fits neither the rows nor the columns of the weight {tuple(param.shape)}")
+            return (
+                f"'{module_name}' -> '{param_name}': dora_scale of shape {tuple(factors.dora_scale.shape)} "
+                f"fits neither the rows nor the columns of the weight {tuple(param.shape)}"
+            )
         parts.append((param_name, factors))
     if factors.bias is not None:
         bias_name = param_name[: -len("weight")] + "bias"
         bias = params.get(bias_name)
         if bias is None or bias.numel() != factors.bias.numel():
             found = "has no bias" if bias is None else f"has a bias of {bias.numel()} elements"
-            return (f"'{module_name}' -> '{bias_name}': bias delta of {factors.bias.numel()} elements, but the "
-                    f"target layer {found}")
+            return (
+                f"'{module_name}' -> '{bias_name}': bias delta of {factors.bias.numel()} elements, but the "
+                f"target layer {found}"
+            )
         parts.append((bias_name, BiasPart(factors)))
     return parts
 
@@ -844,9 +894,13 @@ def part_on(part, device: torch.device, moved: dict | None = None):
         return LoraFactors(part.key, to(part.down), to(part.up), part.alpha)
     module = part.module if isinstance(part, BiasPart) else part
     copy = AdapterModule(
-        module.key, module.kind, {k: to(v) for k, v in module.tensors.items()}, module.alpha,
+        module.key,
+        module.kind,
+        {k: to(v) for k, v in module.tensors.items()},
+        module.alpha,
         None if module.dora_scale is None else to(module.dora_scale),
-        None if module.bias is None else to(module.bias), dict(module.extra),
+        None if module.bias is None else to(module.bias),
+        dict(module.extra),
     )
     return BiasPart(copy) if isinstance(part, BiasPart) else copy
 
@@ -854,5 +908,6 @@ def part_on(part, device: torch.device, moved: dict | None = None):
 def _move_factors(plan: list[PatchTarget]) -> list[PatchTarget]:
     """Factors on each weight's device (done before any weight is touched; each tensor moved once)."""
     moved: dict = {}
-    return [PatchTarget(t.param_name, t.param, [(i, part_on(f, t.param.device, moved)) for i, f in t.parts])
-            for t in plan]
+    return [
+        PatchTarget(t.param_name, t.param, [(i, part_on(f, t.param.device, moved)) for i, f in t.parts]) for t in plan
+    ]

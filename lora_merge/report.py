@@ -1,4 +1,5 @@
 """What a LoRA load did: per adapter, which modules matched which weights, what was left out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,7 +49,11 @@ class LoadReport:
             lines.append(
                 f"  {a.name} x{a.weight:g} [{a.format}, {a.family}]: {len(a.matched)} matched, "
                 f"{len(a.unmatched)} unmatched, text-encoder modules {te}"
-                + (f", {len(a.ignored_keys)} non-LoRA keys ignored (first: {a.ignored_keys[0]})" if a.ignored_keys else "")
+                + (
+                    f", {len(a.ignored_keys)} non-LoRA keys ignored (first: {a.ignored_keys[0]})"
+                    if a.ignored_keys
+                    else ""
+                )
             )
         if self.patched_weight_bytes:
             lines.append(

@@ -6,6 +6,7 @@ overlaps, file size consistent) before a single tensor is allocated, so a trunca
 corrupt download fails with a message naming the file instead of a crash or garbage.
 Pickled checkpoints are only read with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import json

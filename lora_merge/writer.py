@@ -7,6 +7,7 @@
   alpha: a scale alpha / rank other than 1 is folded into ``lora_B`` so every loader applies it.
 Conv factors keep the kernel on the down factor (LoCon) and a 1x1 up, as peft's Conv2d LoRA does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -42,7 +43,9 @@ def peft_state_dict(factors: Factors, prefix: str = "unet.", alpha: float | None
     return tensors
 
 
-def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, object] | None = None) -> Path:
+def save_lora_file(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, object] | None = None
+) -> Path:
     """Save tensors (moved to CPU) with string metadata; creates the parent folder."""
     from safetensors.torch import save_file
 
@@ -73,13 +76,18 @@ def write_lora(
 
 
 def write_kohya(
-    path: str | Path, factors: Factors, alpha: float | None, names: Callable[[str], str] | None = None,
+    path: str | Path,
+    factors: Factors,
+    alpha: float | None,
+    names: Callable[[str], str] | None = None,
     metadata: Mapping[str, object] | None = None,
 ) -> Path:
     """kohya layout: lora_unet_<module path with '_'>.lora_down/.lora_up(.alpha)."""
     return write_lora(path, factors, alpha, "kohya", metadata, names)
 
 
-def write_peft(path: str | Path, factors: Factors, prefix: str = "unet.", metadata: Mapping[str, object] | None = None) -> Path:
+def write_peft(
+    path: str | Path, factors: Factors, prefix: str = "unet.", metadata: Mapping[str, object] | None = None
+) -> Path:
     """diffusers/PEFT layout: <prefix><module path>.lora_A/lora_B.weight (no alpha: alpha = rank)."""
     return write_lora(path, factors, None, "peft", metadata, prefix=prefix)

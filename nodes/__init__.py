@@ -1,8 +1,14 @@
 """The pack's node classes (category "LCM Accel"). Thin: they check inputs, then call the host
 (`hosts.get_host()`). Importing this package is cheap: no torch until a node runs."""
+
 from __future__ import annotations
 
-from .accelerator_nodes import LCMAcceleratorKSampler, LCMAcceleratorLoader, LCMAcceleratorSampler, LCMAcceleratorScheduler
+from .accelerator_nodes import (
+    LCMAcceleratorKSampler,
+    LCMAcceleratorLoader,
+    LCMAcceleratorSampler,
+    LCMAcceleratorScheduler,
+)
 from .deepcache_node import DeepCache
 from .fast_mode_node import LCMFastMode
 from .lora_nodes import LCMAdapterMixer, LCMLoraLoader

@@ -1,6 +1,7 @@
 """The accelerator guard and records shared by the LoRA nodes: which family a LoRA file is, the
 mixer's record of the accelerator in its mix, and the guard's one-line warnings. The family table
 (`lcm_scheduler.families`) is imported when a node runs: importing the nodes loads no torch."""
+
 from __future__ import annotations
 
 import logging
@@ -44,5 +45,3 @@ def record_mix_families(host, model_in, model_out, lora_names: list[str]):
         return model_out
     name, detection = found[0]
     return with_accelerator_record(model_out, detection.family, name, detection.lora_steps, detection.reason)
-
-

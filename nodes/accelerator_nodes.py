@@ -2,6 +2,7 @@
 the file's metadata or name), and the family's exact schedule as SIGMAS, its sampler as SAMPLER, and
 both in one KSampler. The guard warns (one log line naming the recommended values) and never stops.
 The family table (`lcm_scheduler.families`) is imported on use: importing the nodes loads no torch."""
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -24,7 +25,9 @@ def _families():
 
 
 def family_tip() -> str:
-    return "The accelerator family: " + "; ".join(f"{key} = {family.name}" for key, family in _families().FAMILIES.items())
+    return "The accelerator family: " + "; ".join(
+        f"{key} = {family.name}" for key, family in _families().FAMILIES.items()
+    )
 
 
 def resolve_family(node: str, model, family: str):
@@ -36,15 +39,19 @@ def resolve_family(node: str, model, family: str):
         same = record is not None and record["family"] == family
         return get_family(family), record.get("lora_steps") if same else None
     if record is None:
-        raise ValueError(f"{node}: family is {FROM_MODEL!r} but the MODEL has no accelerator family recorded; "
-                         f"load the LoRA with LCMAcceleratorLoader (or LCMAdapterMixer), or choose the family here")
+        raise ValueError(
+            f"{node}: family is {FROM_MODEL!r} but the MODEL has no accelerator family recorded; "
+            f"load the LoRA with LCMAcceleratorLoader (or LCMAdapterMixer), or choose the family here"
+        )
     return get_family(record["family"]), record.get("lora_steps")
 
 
 def _family_input(default: str) -> tuple:
     choices = [FROM_MODEL, *_families().FAMILIES]
-    return (choices, {"default": default, "tooltip": f"{FROM_MODEL}: the family the loader recorded on the MODEL. "
-                                                     + family_tip()})
+    return (
+        choices,
+        {"default": default, "tooltip": f"{FROM_MODEL}: the family the loader recorded on the MODEL. " + family_tip()},
+    )
 
 
 def family_sigmas(host, node: str, model, family: str, steps: int, denoise: float, cfg: float | None = None):
@@ -65,22 +72,42 @@ class LCMAcceleratorLoader:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to accelerate."}),
                 "lora_name": (get_host().lora_names(), {"tooltip": "The accelerator LoRA file (models/loras)."}),
-                "family": ([AUTO, *_families().FAMILIES], {"default": AUTO, "tooltip": f"{AUTO}: read the "
-                           "family from the file's metadata or its published file name (the log says which it "
-                           "picked). " + family_tip()}),
-                "strength": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
-                                       "tooltip": "How strongly the LoRA is applied (1.0 as the authors use it)."}),
+                "family": (
+                    [AUTO, *_families().FAMILIES],
+                    {
+                        "default": AUTO,
+                        "tooltip": f"{AUTO}: read the "
+                        "family from the file's metadata or its published file name (the log says which it "
+                        "picked). " + family_tip(),
+                    },
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        **WEIGHT_RANGE,
+                        "tooltip": "How strongly the LoRA is applied (1.0 as the authors use it).",
+                    },
+                ),
             },
             "optional": {
                 "clip": clip_input(),
-                "strength_clip": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
-                                            "tooltip": "Strength of the LoRA's text-encoder part (if any) on the CLIP."}),
+                "strength_clip": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        **WEIGHT_RANGE,
+                        "tooltip": "Strength of the LoRA's text-encoder part (if any) on the CLIP.",
+                    },
+                ),
             },
         }
 
     RETURN_TYPES = ("MODEL", "CLIP")
-    OUTPUT_TOOLTIPS = ("The model with the LoRA applied and its family recorded.",
-                       "The CLIP with the LoRA's text-encoder part (None when no CLIP is connected).")
+    OUTPUT_TOOLTIPS = (
+        "The model with the LoRA applied and its family recorded.",
+        "The CLIP with the LoRA's text-encoder part (None when no CLIP is connected).",
+    )
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads a few-step accelerator LoRA and records its family, so the family's exact schedule is used."
@@ -96,10 +123,13 @@ class LCMAcceleratorLoader:
         detection = detect_lora_family(host, lora_name)
         if family == AUTO:
             if detection is None:
-                raise ValueError(f"{node}: family auto cannot tell which accelerator {lora_name!r} is (no known "
-                                 f"metadata or published file name); choose the family: {', '.join(FAMILIES)}")
-            LOGGER.warning("%s: %s is %s (from its %s)", node, lora_name, FAMILIES[detection.family].name,
-                           detection.reason)
+                raise ValueError(
+                    f"{node}: family auto cannot tell which accelerator {lora_name!r} is (no known "
+                    f"metadata or published file name); choose the family: {', '.join(FAMILIES)}"
+                )
+            LOGGER.warning(
+                "%s: %s is %s (from its %s)", node, lora_name, FAMILIES[detection.family].name, detection.reason
+            )
             chosen = detection
         else:
             families.get_family(family)
@@ -128,10 +158,18 @@ class LCMAcceleratorScheduler:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (its recorded family, and its noise schedule)."}),
                 "family": _family_input(FROM_MODEL),
-                "steps": ("INT", {**STEPS, "tooltip": "Sampling steps; the log warns when the LoRA was made "
-                                  "for another count."}),
-                "denoise": ("FLOAT", {**STRENGTH, "tooltip": "1.0 = txt2img; below 1 keeps the last "
-                                      "int(steps * denoise) timesteps (LCM grid: LCM's img2img strength)."}),
+                "steps": (
+                    "INT",
+                    {**STEPS, "tooltip": "Sampling steps; the log warns when the LoRA was made for another count."},
+                ),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        **STRENGTH,
+                        "tooltip": "1.0 = txt2img; below 1 keeps the last "
+                        "int(steps * denoise) timesteps (LCM grid: LCM's img2img strength).",
+                    },
+                ),
             }
         }
 
@@ -153,8 +191,12 @@ class LCMAcceleratorSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL", {"tooltip": "The model whose recorded family is used."}),
-                             "family": _family_input(FROM_MODEL)}}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model whose recorded family is used."}),
+                "family": _family_input(FROM_MODEL),
+            }
+        }
 
     RETURN_TYPES = ("SAMPLER",)
     OUTPUT_TOOLTIPS = ("The family's sampler.",)
@@ -175,12 +217,28 @@ class LCMAcceleratorKSampler:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model with an accelerator LoRA."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "The random seed of the initial (and per-step) noise."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": True,
+                        "tooltip": "The random seed of the initial (and per-step) noise.",
+                    },
+                ),
                 "steps": ("INT", {**STEPS, "tooltip": "Sampling steps (the family's are in the README table)."}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "Guidance scale: 1.0 = one UNet pass per step; the log warns above "
-                                             "the family's range."}),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 30.0,
+                        "step": 0.1,
+                        "tooltip": "Guidance scale: 1.0 = one UNet pass per step; the log warns above "
+                        "the family's range.",
+                    },
+                ),
                 "positive": ("CONDITIONING", {"tooltip": "What to include in the image."}),
                 "negative": ("CONDITIONING", {"tooltip": "What to exclude (used only when cfg != 1)."}),
                 "latent_image": ("LATENT", {"tooltip": "Empty for txt2img, an encoded image for img2img."}),
@@ -195,8 +253,18 @@ class LCMAcceleratorKSampler:
     CATEGORY = CATEGORY
     DESCRIPTION = "Samples with the exact timesteps, sampler and guard of the model's accelerator family."
 
-    def sample(self, model, seed: int, steps: int, cfg: float, positive, negative, latent_image,
-               family: str = FROM_MODEL, denoise: float = 1.0):
+    def sample(
+        self,
+        model,
+        seed: int,
+        steps: int,
+        cfg: float,
+        positive,
+        negative,
+        latent_image,
+        family: str = FROM_MODEL,
+        denoise: float = 1.0,
+    ):
         node = "LCMAcceleratorKSampler"
         check_int(node, "seed", seed, 0, MAX_SEED)
         check_int(node, "steps", steps, STEPS["min"], STEPS["max"])

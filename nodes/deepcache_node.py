@@ -1,4 +1,5 @@
 """The DeepCache node: reuse the UNet's deep features across sampling steps (training-free)."""
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -19,21 +20,56 @@ class DeepCache:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to accelerate (SD1.x / SD2 / SDXL UNets)."}),
-                "cache_interval": ("INT", {"default": 3, "min": 1, "max": MAX_INTERVAL, "tooltip":
-                                           "One full UNet step every N steps; the others reuse the cached deep "
-                                           "features. 1 = off (exact). 2-3 suit 4-8 step LCM, 3-5 suit 25+ steps."}),
-                "cache_depth": ("INT", {"default": 0, "min": 0, "max": MAX_DEPTH, "tooltip":
-                                        "Which skip branch is recomputed on cached steps: 0 = only the "
-                                        "outermost layers run (fastest, least exact); higher runs more of the "
-                                        "UNet (SD1.5: 0-11, SDXL: 0-8)."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                            "Steps before this fraction of the run are always full."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                          "Steps from this fraction of the run on are always full."}),
-                "schedule": (SCHEDULES, {"default": "uniform", "tooltip":
-                                         "uniform: every N-th step is full. non-uniform: as many full steps, "
-                                         "dense early in the run and sparse later (DeepCache's power law; "
-                                         "meant for 25+ steps)."}),
+                "cache_interval": (
+                    "INT",
+                    {
+                        "default": 3,
+                        "min": 1,
+                        "max": MAX_INTERVAL,
+                        "tooltip": "One full UNet step every N steps; the others reuse the cached deep "
+                        "features. 1 = off (exact). 2-3 suit 4-8 step LCM, 3-5 suit 25+ steps.",
+                    },
+                ),
+                "cache_depth": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_DEPTH,
+                        "tooltip": "Which skip branch is recomputed on cached steps: 0 = only the "
+                        "outermost layers run (fastest, least exact); higher runs more of the "
+                        "UNet (SD1.5: 0-11, SDXL: 0-8).",
+                    },
+                ),
+                "start_percent": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Steps before this fraction of the run are always full.",
+                    },
+                ),
+                "end_percent": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Steps from this fraction of the run on are always full.",
+                    },
+                ),
+                "schedule": (
+                    SCHEDULES,
+                    {
+                        "default": "uniform",
+                        "tooltip": "uniform: every N-th step is full. non-uniform: as many full steps, "
+                        "dense early in the run and sparse later (DeepCache's power law; "
+                        "meant for 25+ steps).",
+                    },
+                ),
             }
         }
 
@@ -41,11 +77,20 @@ class DeepCache:
     OUTPUT_TOOLTIPS = ("The model with DeepCache feature caching on.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("DeepCache: training-free reuse of high-level UNet features across sampling steps "
-                   "(about 1.5-2.5x on the UNet at interval 3, branch 0).")
+    DESCRIPTION = (
+        "DeepCache: training-free reuse of high-level UNet features across sampling steps "
+        "(about 1.5-2.5x on the UNet at interval 3, branch 0)."
+    )
 
-    def apply(self, model, cache_interval: int, cache_depth: int, start_percent: float, end_percent: float,
-              schedule: str = "uniform"):
+    def apply(
+        self,
+        model,
+        cache_interval: int,
+        cache_depth: int,
+        start_percent: float,
+        end_percent: float,
+        schedule: str = "uniform",
+    ):
         node = "DeepCache"
         check_int(node, "cache_interval", cache_interval, 1, MAX_INTERVAL)
         check_int(node, "cache_depth", cache_depth, 0, MAX_DEPTH)

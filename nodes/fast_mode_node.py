@@ -1,4 +1,5 @@
 """The LCMFastMode node: replay captured forwards (UNet step, text encode, VAE decode) on CUDA."""
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -17,11 +18,19 @@ class LCMFastMode:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model whose sampling should replay captured UNet steps."}),
-                "enable": ("BOOLEAN", {"default": True, "tooltip": "Off: the model runs eager (as without this node)."}),
-                "backend": (BACKENDS, {"default": "cuda_graph", "tooltip":
-                                       "cuda_graph: the eager kernels captured as CUDA graphs (no compile time). "
-                                       "torch_compile: torch.compile mode='reduce-overhead' (fused kernels, "
-                                       "compiles per shape)."}),
+                "enable": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Off: the model runs eager (as without this node)."},
+                ),
+                "backend": (
+                    BACKENDS,
+                    {
+                        "default": "cuda_graph",
+                        "tooltip": "cuda_graph: the eager kernels captured as CUDA graphs (no compile time). "
+                        "torch_compile: torch.compile mode='reduce-overhead' (fused kernels, "
+                        "compiles per shape).",
+                    },
+                ),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "Also capture this CLIP's text encoding."}),
@@ -30,12 +39,17 @@ class LCMFastMode:
         }
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = ("The model with fast mode set.", "The CLIP with fast mode set (if given).",
-                       "The VAE with fast mode set (if given).")
+    OUTPUT_TOOLTIPS = (
+        "The model with fast mode set.",
+        "The CLIP with fast mode set (if given).",
+        "The VAE with fast mode set (if given).",
+    )
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("GPU fast path: CUDA-graph (or torch.compile) replay of the UNet step, text encoder and VAE "
-                   "decoder, keyed by batch, size and dtype; LoRA changes keep the captures valid.")
+    DESCRIPTION = (
+        "GPU fast path: CUDA-graph (or torch.compile) replay of the UNet step, text encoder and VAE "
+        "decoder, keyed by batch, size and dtype; LoRA changes keep the captures valid."
+    )
 
     def apply(self, model, enable: bool, backend: str, clip=None, vae=None):
         if not isinstance(enable, bool):

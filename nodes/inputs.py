@@ -3,6 +3,7 @@
 The harness already refuses out-of-range widget values; these checks also protect direct calls
 and the combinations a single widget range cannot express (steps vs original_inference_steps).
 """
+
 from __future__ import annotations
 
 NONE = "None"
@@ -43,8 +44,12 @@ def check_lora_choice(node: str, name: str, value: str, available: list[str], al
 
 
 def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) != float("inf") \
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and abs(value) != float("inf")
         and value == value
+    )
 
 
 def check_lora_stack(node: str, name: str, stack, available: list[str]) -> list[tuple[str, float, float]]:
@@ -54,8 +59,10 @@ def check_lora_stack(node: str, name: str, stack, available: list[str]) -> list[
     if stack is None:
         return []
     if not isinstance(stack, (list, tuple)):
-        raise ValueError(f"{node}: {name} must be a LORA_STACK (a list of (lora_name, model_strength, "
-                         f"clip_strength)), got {type(stack).__name__}")
+        raise ValueError(
+            f"{node}: {name} must be a LORA_STACK (a list of (lora_name, model_strength, "
+            f"clip_strength)), got {type(stack).__name__}"
+        )
     entries = []
     for index, entry in enumerate(stack):
         where = f"{name}[{index}]"

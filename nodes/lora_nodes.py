@@ -5,6 +5,7 @@ strengths: a LoRA's text-encoder part (`lora_te*` / `text_encoder*`) goes to the
 clip strength; with no CLIP connected the CLIP output is None. The mixer also takes a LORA_STACK
 (Efficiency Nodes / Comfyroll / Easy-Use / TinyTerra format), mixed into the same single patch.
 """
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -18,9 +19,14 @@ LORA_STACK = "LORA_STACK"
 
 
 def clip_input() -> tuple:
-    return ("CLIP", {"tooltip": "Optional: the CLIP whose text encoder(s) get the LoRAs' text-encoder part "
-                                "(lora_te*, as the core LoraLoader applies it). Unconnected: MODEL only, and "
-                                "the CLIP output is empty."})
+    return (
+        "CLIP",
+        {
+            "tooltip": "Optional: the CLIP whose text encoder(s) get the LoRAs' text-encoder part "
+            "(lora_te*, as the core LoraLoader applies it). Unconnected: MODEL only, and "
+            "the CLIP output is empty."
+        },
+    )
 
 
 def add_clip_part(host, clip, loras: list[tuple[str, float]]):
@@ -41,23 +47,40 @@ class LCMLoraLoader:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to accelerate."}),
-                "lora_name": (get_host().lora_names(), {
-                    "tooltip": "The LCM-LoRA file (models/loras) distilled for this model's family "
-                               "(SD1.5, SDXL or SSD-1B)."}),
-                "strength": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
-                                       "tooltip": "How strongly the LoRA is applied (1.0 = as distilled)."}),
+                "lora_name": (
+                    get_host().lora_names(),
+                    {
+                        "tooltip": "The LCM-LoRA file (models/loras) distilled for this model's family "
+                        "(SD1.5, SDXL or SSD-1B)."
+                    },
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        **WEIGHT_RANGE,
+                        "tooltip": "How strongly the LoRA is applied (1.0 = as distilled).",
+                    },
+                ),
             },
             "optional": {
                 "clip": clip_input(),
-                "strength_clip": ("FLOAT", {"default": 1.0, **WEIGHT_RANGE,
-                                            "tooltip": "How strongly the LoRA's text-encoder part (if it has one) "
-                                                       "is applied to the CLIP."}),
+                "strength_clip": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        **WEIGHT_RANGE,
+                        "tooltip": "How strongly the LoRA's text-encoder part (if it has one) is applied to the CLIP.",
+                    },
+                ),
             },
         }
 
     RETURN_TYPES = ("MODEL", "CLIP")
-    OUTPUT_TOOLTIPS = ("The model with the LCM-LoRA applied and LCM sampling enabled.",
-                       "The CLIP with the LoRA's text-encoder part (None when no CLIP is connected).")
+    OUTPUT_TOOLTIPS = (
+        "The model with the LCM-LoRA applied and LCM sampling enabled.",
+        "The CLIP with the LoRA's text-encoder part (None when no CLIP is connected).",
+    )
     FUNCTION = "load_lora"
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads an LCM-LoRA and sets the model's sampling to LCM."
@@ -86,45 +109,91 @@ class LCMAdapterMixer:
         required = {"model": ("MODEL", {"tooltip": "The diffusion model the mix is applied to."})}
         for i in range(1, cls.SLOTS + 1):
             default = loras[0] if i == 1 and loras else NONE
-            required[f"lora_{i}"] = (choices, {
-                "default": default,
-                "tooltip": f"LoRA number {i} of the mix (models/loras); None leaves the slot empty."})
-            required[f"weight_{i}"] = ("FLOAT", {
-                "default": cls.DEFAULT_WEIGHTS[i - 1], **WEIGHT_RANGE,
-                "tooltip": f"The weight (lambda) of lora_{i} in the mix."})
-        required["rank"] = ("INT", {
-            "default": 0, "min": 0, "max": MAX_RANK,
-            "tooltip": "0 keeps the full concatenated rank (exact); otherwise the mix is re-compressed "
-                       "by SVD to this rank (smaller, approximate)."})
+            required[f"lora_{i}"] = (
+                choices,
+                {
+                    "default": default,
+                    "tooltip": f"LoRA number {i} of the mix (models/loras); None leaves the slot empty.",
+                },
+            )
+            required[f"weight_{i}"] = (
+                "FLOAT",
+                {
+                    "default": cls.DEFAULT_WEIGHTS[i - 1],
+                    **WEIGHT_RANGE,
+                    "tooltip": f"The weight (lambda) of lora_{i} in the mix.",
+                },
+            )
+        required["rank"] = (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": MAX_RANK,
+                "tooltip": "0 keeps the full concatenated rank (exact); otherwise the mix is re-compressed "
+                "by SVD to this rank (smaller, approximate).",
+            },
+        )
         # new inputs are optional and come last, so workflows saved before them keep their widget order
         optional = {
             "clip": clip_input(),
-            "lora_stack": (LORA_STACK, {"tooltip": "Optional LORA_STACK (list of (lora_name, model_strength, "
-                                                   "clip_strength), e.g. from Efficiency Nodes, Comfyroll, Easy-Use "
-                                                   "or TinyTerra stack nodes), mixed into the same single patch."}),
+            "lora_stack": (
+                LORA_STACK,
+                {
+                    "tooltip": "Optional LORA_STACK (list of (lora_name, model_strength, "
+                    "clip_strength), e.g. from Efficiency Nodes, Comfyroll, Easy-Use "
+                    "or TinyTerra stack nodes), mixed into the same single patch."
+                },
+            ),
         }
         for i in range(1, cls.SLOTS + 1):
-            optional[f"clip_weight_{i}"] = ("FLOAT", {
-                "default": cls.DEFAULT_WEIGHTS[i - 1], **WEIGHT_RANGE,
-                "tooltip": f"The strength of lora_{i}'s text-encoder part on the CLIP (if connected)."})
+            optional[f"clip_weight_{i}"] = (
+                "FLOAT",
+                {
+                    "default": cls.DEFAULT_WEIGHTS[i - 1],
+                    **WEIGHT_RANGE,
+                    "tooltip": f"The strength of lora_{i}'s text-encoder part on the CLIP (if connected).",
+                },
+            )
         return {"required": required, "optional": optional}
 
     RETURN_TYPES = ("MODEL", "CLIP")
-    OUTPUT_TOOLTIPS = ("The model with the weighted LoRA mix applied as one patch.",
-                       "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).")
+    OUTPUT_TOOLTIPS = (
+        "The model with the weighted LoRA mix applied as one patch.",
+        "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).",
+    )
     FUNCTION = "mix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Mixes up to four LoRAs (and a LORA_STACK) with weights into one low-rank patch."
 
-    def mix(self, model, lora_1: str, weight_1: float, lora_2: str = NONE, weight_2: float = 0.8,
-            lora_3: str = NONE, weight_3: float = 1.0, lora_4: str = NONE, weight_4: float = 1.0, rank: int = 0,
-            clip=None, lora_stack=None, clip_weight_1: float = 1.0, clip_weight_2: float = 0.8,
-            clip_weight_3: float = 1.0, clip_weight_4: float = 1.0):
+    def mix(
+        self,
+        model,
+        lora_1: str,
+        weight_1: float,
+        lora_2: str = NONE,
+        weight_2: float = 0.8,
+        lora_3: str = NONE,
+        weight_3: float = 1.0,
+        lora_4: str = NONE,
+        weight_4: float = 1.0,
+        rank: int = 0,
+        clip=None,
+        lora_stack=None,
+        clip_weight_1: float = 1.0,
+        clip_weight_2: float = 0.8,
+        clip_weight_3: float = 1.0,
+        clip_weight_4: float = 1.0,
+    ):
         node = "LCMAdapterMixer"
         host = get_host()
         available = host.lora_names()
-        slots = [(lora_1, weight_1, clip_weight_1), (lora_2, weight_2, clip_weight_2),
-                 (lora_3, weight_3, clip_weight_3), (lora_4, weight_4, clip_weight_4)]
+        slots = [
+            (lora_1, weight_1, clip_weight_1),
+            (lora_2, weight_2, clip_weight_2),
+            (lora_3, weight_3, clip_weight_3),
+            (lora_4, weight_4, clip_weight_4),
+        ]
         entries = []
         for i, (name, weight, clip_weight) in enumerate(slots, start=1):
             check_lora_choice(node, f"lora_{i}", name, available, allow_none=True)

@@ -1,4 +1,5 @@
 """The LCMQuantizeUNet node: merge-then-quantize the model's UNet to int8 / fp8 / int4 weights."""
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -19,22 +20,50 @@ class LCMQuantizeUNet:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to quantize; LoRAs loaded before this node are merged "
-                                               "first, then quantized with the weights."}),
-                "format": (FORMATS, {"default": "int8", "tooltip":
-                                     "int8: per output channel (about 1/4 of fp32). fp8_e4m3fn: per-channel scaled "
-                                     "fp8 (fast matmul on Ada/Hopper GPUs). int4: group-wise (about 1/7 of fp32, "
-                                     "least exact)."}),
-                "keep": ("STRING", {"default": "default", "tooltip":
-                                    "Comma-separated layer-name patterns (globs) kept in high precision. "
-                                    "'default' = first/last conv and the time embedding (conv_in, conv_out, "
-                                    "time_embedding / input_blocks.0.0, out.2, time_embed)."}),
-                "group_size": ("INT", {"default": 64, "min": GROUP_SIZES[0], "max": GROUP_SIZES[1], "step": 2,
-                                       "tooltip": "int4 only: weights per scale (even; 64 or 128 are usual)."}),
-                "keep_source": ("BOOLEAN", {"default": False, "tooltip":
-                                            "Keep the merged float weights too, so LoRAs can be added or "
-                                            "re-weighted after this node (re-quantized on change). Costs the "
-                                            "float model's memory: no saving."}),
+                "model": (
+                    "MODEL",
+                    {
+                        "tooltip": "The model to quantize; LoRAs loaded before this node are merged "
+                        "first, then quantized with the weights."
+                    },
+                ),
+                "format": (
+                    FORMATS,
+                    {
+                        "default": "int8",
+                        "tooltip": "int8: per output channel (about 1/4 of fp32). fp8_e4m3fn: per-channel scaled "
+                        "fp8 (fast matmul on Ada/Hopper GPUs). int4: group-wise (about 1/7 of fp32, "
+                        "least exact).",
+                    },
+                ),
+                "keep": (
+                    "STRING",
+                    {
+                        "default": "default",
+                        "tooltip": "Comma-separated layer-name patterns (globs) kept in high precision. "
+                        "'default' = first/last conv and the time embedding (conv_in, conv_out, "
+                        "time_embedding / input_blocks.0.0, out.2, time_embed).",
+                    },
+                ),
+                "group_size": (
+                    "INT",
+                    {
+                        "default": 64,
+                        "min": GROUP_SIZES[0],
+                        "max": GROUP_SIZES[1],
+                        "step": 2,
+                        "tooltip": "int4 only: weights per scale (even; 64 or 128 are usual).",
+                    },
+                ),
+                "keep_source": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Keep the merged float weights too, so LoRAs can be added or "
+                        "re-weighted after this node (re-quantized on change). Costs the "
+                        "float model's memory: no saving.",
+                    },
+                ),
             }
         }
 
@@ -42,8 +71,10 @@ class LCMQuantizeUNet:
     OUTPUT_TOOLTIPS = ("The model with a quantized UNet.",)
     FUNCTION = "quantize"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Low-bit UNet: merge the loaded LoRAs, then quantize the weights to int8, fp8_e4m3fn or int4 "
-                   "(dequantized on the fly).")
+    DESCRIPTION = (
+        "Low-bit UNet: merge the loaded LoRAs, then quantize the weights to int8, fp8_e4m3fn or int4 "
+        "(dequantized on the fly)."
+    )
 
     @classmethod
     def VALIDATE_INPUTS(cls, format):

@@ -1,5 +1,6 @@
 """LCM sampling nodes: the exact LCM schedule (SIGMAS), the LCM/TCD sampler (SAMPLER), and the
 one-node LCMKSampler."""
+
 from __future__ import annotations
 
 from ..hosts import get_host
@@ -13,8 +14,10 @@ GAMMA = {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}
 STRENGTH = {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}
 
 STEPS_TIP = "Sampling steps: LCM needs 1-8 (4 is typical)."
-ORIGINAL_TIP = ("The grid the LCM was distilled on: every (1000 / N)-th training timestep. 50 for the "
-                "published LCM-LoRAs; the steps are taken from this grid.")
+ORIGINAL_TIP = (
+    "The grid the LCM was distilled on: every (1000 / N)-th training timestep. 50 for the "
+    "published LCM-LoRAs; the steps are taken from this grid."
+)
 GAMMA_TIP = "0 = plain LCM. Above 0 = TCD with this gamma (stochasticity; 0.3 is TCD's default)."
 
 
@@ -35,8 +38,14 @@ class LCMScheduler:
                 "model": ("MODEL", {"tooltip": "The model whose noise schedule the sigmas are taken from."}),
                 "steps": ("INT", {**STEPS, "tooltip": STEPS_TIP}),
                 "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "tooltip": ORIGINAL_TIP}),
-                "strength": ("FLOAT", {**STRENGTH, "tooltip": "img2img strength: 1.0 starts from pure noise, "
-                                       "lower keeps more of the input latent (use SamplerCustom add_noise)."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        **STRENGTH,
+                        "tooltip": "img2img strength: 1.0 starts from pure noise, "
+                        "lower keeps more of the input latent (use SamplerCustom add_noise).",
+                    },
+                ),
             }
         }
 
@@ -77,20 +86,44 @@ class LCMKSampler:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model (with an LCM-LoRA, or a full LCM)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "The random seed of the initial and per-step noise."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": True,
+                        "tooltip": "The random seed of the initial and per-step noise.",
+                    },
+                ),
                 "steps": ("INT", {**STEPS, "tooltip": STEPS_TIP}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "Guidance scale: 1.0 = one UNet pass per step (no negative); "
-                                             "1-2 suits LCM. For a full LCM UNet it is the embedded guidance."}),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 30.0,
+                        "step": 0.1,
+                        "tooltip": "Guidance scale: 1.0 = one UNet pass per step (no negative); "
+                        "1-2 suits LCM. For a full LCM UNet it is the embedded guidance.",
+                    },
+                ),
                 "positive": ("CONDITIONING", {"tooltip": "What to include in the image."}),
                 "negative": ("CONDITIONING", {"tooltip": "What to exclude (used only when cfg != 1)."}),
-                "latent_image": ("LATENT", {"tooltip": "The latent to denoise: empty for txt2img, "
-                                                       "an encoded image for img2img."}),
+                "latent_image": (
+                    "LATENT",
+                    {"tooltip": "The latent to denoise: empty for txt2img, an encoded image for img2img."},
+                ),
                 "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "tooltip": ORIGINAL_TIP}),
                 "gamma": ("FLOAT", {**GAMMA, "tooltip": GAMMA_TIP}),
-                "denoise": ("FLOAT", {**STRENGTH, "tooltip": "1.0 = txt2img; below 1 = img2img strength: the "
-                                      "latent is noised to the first LCM timestep of that strength."}),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        **STRENGTH,
+                        "tooltip": "1.0 = txt2img; below 1 = img2img strength: the "
+                        "latent is noised to the first LCM timestep of that strength.",
+                    },
+                ),
             }
         }
 
@@ -100,13 +133,34 @@ class LCMKSampler:
     CATEGORY = CATEGORY
     DESCRIPTION = "LCM / TCD sampling in one node, seeded as diffusers' LCM pipelines."
 
-    def sample(self, model, seed: int, steps: int, cfg: float, positive, negative, latent_image,
-               original_inference_steps: int = 50, gamma: float = 0.0, denoise: float = 1.0):
+    def sample(
+        self,
+        model,
+        seed: int,
+        steps: int,
+        cfg: float,
+        positive,
+        negative,
+        latent_image,
+        original_inference_steps: int = 50,
+        gamma: float = 0.0,
+        denoise: float = 1.0,
+    ):
         node = "LCMKSampler"
         check_int(node, "seed", seed, 0, MAX_SEED)
         check_range(node, "cfg", cfg, 0.0, 30.0)
         check_range(node, "gamma", gamma, GAMMA["min"], GAMMA["max"])
         _check_schedule(node, steps, original_inference_steps, denoise, "denoise")
-        latent = get_host().lcm_ksample(model, seed, steps, float(cfg), positive, negative, latent_image,
-                                        original_inference_steps, float(gamma), float(denoise))
+        latent = get_host().lcm_ksample(
+            model,
+            seed,
+            steps,
+            float(cfg),
+            positive,
+            negative,
+            latent_image,
+            original_inference_steps,
+            float(gamma),
+            float(denoise),
+        )
         return (latent,)

@@ -5,6 +5,7 @@ QALoRA (EfficientDM) building blocks.
     patcher.apply([(lcm_lora, 1.0), (style, 0.8)])      # lora_merge: merge first
     report = quantize_unet(unet, "int8")                 # then quantize (keeps conv_in/out, time embedding)
 """
+
 from .checkpoint import QUANT_MARKER, load_quantized_unet_state, quantized_state_dict, read_quant_metadata
 from .formats import (
     DEFAULT_GROUP_SIZE,

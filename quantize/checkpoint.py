@@ -7,6 +7,7 @@ for asymmetric int4) and `<name>.bias`; every other UNet parameter as it is. The
 it is (`QUANT_MARKER`), the format, group size, symmetry, the quantized and kept layers, the model
 family and the UNet config, so a loader can rebuild the exact modules (bit-identical weights).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def _json_safe(config: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def quantized_state_dict(unet: torch.nn.Module, family: str, unet_config: dict | None = None,
-                         kept: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def quantized_state_dict(
+    unet: torch.nn.Module, family: str, unet_config: dict | None = None, kept: list[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors under UNET_KEY_PREFIX, metadata) for a quantized UNet; kept sources are not saved."""
     layers = quantized_layers(unet)
     if not layers:
@@ -37,7 +39,7 @@ def quantized_state_dict(unet: torch.nn.Module, family: str, unet_config: dict |
     formats = {(m.format, m.group_size, m.symmetric) for _, m in layers}
     if len(formats) != 1:
         raise QuantizeError(f"the UNet mixes quantization formats {sorted(map(str, formats))}; a file holds one")
-    (fmt, group_size, symmetric), = formats
+    ((fmt, group_size, symmetric),) = formats
     sources = {f"{name}.weight" for name, m in layers if m.keeps_source}
     tensors = {UNET_KEY_PREFIX + k: v.detach().contiguous() for k, v in unet.state_dict().items() if k not in sources}
     config = unet_config if unet_config is not None else getattr(unet, "config", None)
@@ -69,10 +71,14 @@ def read_quant_metadata(path: str | Path) -> dict[str, Any] | None:
     if QUANT_MARKER not in metadata:
         return None
     if metadata[QUANT_MARKER] != FILE_VERSION:
-        raise QuantizeError(f"{path.name}: quantized checkpoint version {metadata[QUANT_MARKER]!r}, this pack reads "
-                            f"version {FILE_VERSION}")
-    decoded = {k: json.loads(metadata[k]) for k in ("group_size", "symmetric", "quantized_layers", "kept_layers",
-                                                    "unet_config")}
+        raise QuantizeError(
+            f"{path.name}: quantized checkpoint version {metadata[QUANT_MARKER]!r}, this pack reads "
+            f"version {FILE_VERSION}"
+        )
+    decoded = {
+        k: json.loads(metadata[k])
+        for k in ("group_size", "symmetric", "quantized_layers", "kept_layers", "unet_config")
+    }
     return {"format": metadata["format"], "family": metadata["family"], **decoded}
 
 
@@ -87,7 +93,9 @@ def load_quantized_unet_state(unet: torch.nn.Module, tensors: dict[str, torch.Te
         try:
             module = unet.get_submodule(name)
         except AttributeError:
-            raise QuantizeError(f"quantized layer {name!r} does not exist in the UNet built from the file's config")
+            raise QuantizeError(
+                f"quantized layer {name!r} does not exist in the UNet built from the file's config"
+            ) from None
         try:
             data, scales = state.pop(f"{name}.qdata"), state.pop(f"{name}.scales")
         except KeyError as missing:
@@ -99,8 +107,9 @@ def load_quantized_unet_state(unet: torch.nn.Module, tensors: dict[str, torch.Te
         if isinstance(module, torch.nn.Linear):
             quant = QuantLinear(q, bias, symmetric=recipe["symmetric"])
         elif isinstance(module, torch.nn.Conv2d):
-            quant = QuantConv2d(q, bias, module.stride, module.padding, module.dilation, module.groups,
-                                symmetric=recipe["symmetric"])
+            quant = QuantConv2d(
+                q, bias, module.stride, module.padding, module.dilation, module.groups, symmetric=recipe["symmetric"]
+            )
         else:
             raise QuantizeError(f"layer {name!r} is a {type(module).__name__}, not a Linear or Conv2d")
         set_submodule(unet, name, quant)
@@ -108,5 +117,7 @@ def load_quantized_unet_state(unet: torch.nn.Module, tensors: dict[str, torch.Te
     expected = {k for k in unet.state_dict() if k not in quant_buffers}
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
-        raise QuantizeError(f"quantized checkpoint does not fit the UNet: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise QuantizeError(
+            f"quantized checkpoint does not fit the UNet: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     unet.load_state_dict(state, strict=False, assign=True)

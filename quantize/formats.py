@@ -18,6 +18,7 @@ A weight of shape (out, ...) is viewed as a matrix (out, K), K = the product of 
 Scales are float32 (they are 1/K or 1/group_size of the weight, so their cost is small).
 `quantize(..., scales=...)` quantizes with given step sizes (QALoRA exports learned ones).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,10 +76,11 @@ class QuantizedTensor:
         """The weight in `dtype`, shape `self.shape` (computed in float32, then cast)."""
         return dequantize(self, dtype)
 
-    def to(self, device) -> "QuantizedTensor":
+    def to(self, device) -> QuantizedTensor:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QuantizedTensor(move(self.data), move(self.scales), self.format, self.shape, self.group_size,
-                               move(self.zero_points))
+        return QuantizedTensor(
+            move(self.data), move(self.scales), self.format, self.shape, self.group_size, move(self.zero_points)
+        )
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -125,8 +127,12 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(
-    weight: torch.Tensor, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = True,
-    scales: torch.Tensor | None = None, zero_points: torch.Tensor | None = None,
+    weight: torch.Tensor,
+    fmt: str,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    symmetric: bool = True,
+    scales: torch.Tensor | None = None,
+    zero_points: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """Quantize `weight` (out, ...) to `fmt` (see the module docstring for the formulas and bounds).
     `scales` (and `zero_points` for asymmetric int4) override the computed step sizes."""
@@ -181,5 +187,5 @@ def error_bound(weight: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     per_row = q.scales[:, None].expand(_rows(weight).shape)
     if q.format == "int8":
         return (per_row / 2).reshape(weight.shape)
-    rel = _rows(weight).abs() * 2.0 ** -4
-    return torch.maximum(rel, per_row * 2.0 ** -10).reshape(weight.shape)
+    rel = _rows(weight).abs() * 2.0**-4
+    return torch.maximum(rel, per_row * 2.0**-10).reshape(weight.shape)

@@ -12,6 +12,7 @@ On CUDA, an fp8_e4m3 Linear uses `torch._scaled_mm` where it fits (2-D matmul, K
 of 16, fp16/bf16 activations, compute capability >= 8.9): the activation is quantized to fp8 per
 row (dynamic, per token) and both scales are applied by the kernel. Elsewhere it dequantizes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ def _fingerprint(weight: torch.Tensor) -> int:
 class _QuantWeight(torch.nn.Module):
     """What QuantLinear and QuantConv2d share: the quantized buffers and the optional source."""
 
-    def _init_quant(self, q: QuantizedTensor, bias: torch.Tensor | None, source: torch.nn.Parameter | None,
-                    symmetric: bool = True) -> None:
+    def _init_quant(
+        self, q: QuantizedTensor, bias: torch.Tensor | None, source: torch.nn.Parameter | None, symmetric: bool = True
+    ) -> None:
         self.format = q.format
         self.group_size = q.group_size
         self.symmetric = symmetric
@@ -58,8 +60,9 @@ class _QuantWeight(torch.nn.Module):
     @property
     def quantized(self) -> QuantizedTensor:
         """The stored weight as a QuantizedTensor (shares the buffers)."""
-        return QuantizedTensor(self.qdata, self.scales, self.format, torch.Size(self.weight_shape), self.group_size,
-                               self.zero_points)
+        return QuantizedTensor(
+            self.qdata, self.scales, self.format, torch.Size(self.weight_shape), self.group_size, self.zero_points
+        )
 
     def requantize(self) -> None:
         """Quantize again from the kept source (after a LoRA re-weight or restore changed it)."""
@@ -94,8 +97,13 @@ class _QuantWeight(torch.nn.Module):
 class QuantLinear(_QuantWeight):
     """torch.nn.Linear with a quantized weight."""
 
-    def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None = None,
-                 source: torch.nn.Parameter | None = None, symmetric: bool = True):
+    def __init__(
+        self,
+        q: QuantizedTensor,
+        bias: torch.Tensor | None = None,
+        source: torch.nn.Parameter | None = None,
+        symmetric: bool = True,
+    ):
         super().__init__()
         if len(q.shape) != 2:
             raise ValueError(f"QuantLinear needs a 2-D weight, got shape {tuple(q.shape)}")
@@ -103,8 +111,15 @@ class QuantLinear(_QuantWeight):
         self._init_quant(q, bias, source, symmetric)
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, fmt: str, group_size: int = 64, symmetric: bool = True,
-                    keep_source: bool = False, scales: torch.Tensor | None = None) -> "QuantLinear":
+    def from_linear(
+        cls,
+        linear: torch.nn.Linear,
+        fmt: str,
+        group_size: int = 64,
+        symmetric: bool = True,
+        keep_source: bool = False,
+        scales: torch.Tensor | None = None,
+    ) -> QuantLinear:
         q = quantize(linear.weight, fmt, group_size, symmetric, scales=scales)
         return cls(q, linear.bias, linear.weight if keep_source else None, symmetric)
 
@@ -119,8 +134,17 @@ class QuantLinear(_QuantWeight):
 class QuantConv2d(_QuantWeight):
     """torch.nn.Conv2d (zeros padding) with a quantized weight."""
 
-    def __init__(self, q: QuantizedTensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int,
-                 source: torch.nn.Parameter | None = None, symmetric: bool = True):
+    def __init__(
+        self,
+        q: QuantizedTensor,
+        bias: torch.Tensor | None,
+        stride,
+        padding,
+        dilation,
+        groups: int,
+        source: torch.nn.Parameter | None = None,
+        symmetric: bool = True,
+    ):
         super().__init__()
         if len(q.shape) != 4:
             raise ValueError(f"QuantConv2d needs a 4-D weight, got shape {tuple(q.shape)}")
@@ -131,13 +155,28 @@ class QuantConv2d(_QuantWeight):
         self._init_quant(q, bias, source, symmetric)
 
     @classmethod
-    def from_conv(cls, conv: torch.nn.Conv2d, fmt: str, group_size: int = 64, symmetric: bool = True,
-                  keep_source: bool = False, scales: torch.Tensor | None = None) -> "QuantConv2d":
+    def from_conv(
+        cls,
+        conv: torch.nn.Conv2d,
+        fmt: str,
+        group_size: int = 64,
+        symmetric: bool = True,
+        keep_source: bool = False,
+        scales: torch.Tensor | None = None,
+    ) -> QuantConv2d:
         if conv.padding_mode != "zeros":
             raise ValueError(f"QuantConv2d supports zeros padding only, this conv uses {conv.padding_mode!r}")
         q = quantize(conv.weight, fmt, group_size, symmetric, scales=scales)
-        return cls(q, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                   conv.weight if keep_source else None, symmetric)
+        return cls(
+            q,
+            conv.bias,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.weight if keep_source else None,
+            symmetric,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dequantized_weight(x.dtype, x.device)
@@ -173,8 +212,7 @@ def _fp8_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     x_scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp_min(1e-12)
     x_fp8 = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     w_scale = layer.scales.to(x.device).view(1, -1)
-    out = torch._scaled_mm(x_fp8, layer.qdata.to(x.device).t(), scale_a=x_scale, scale_b=w_scale,
-                           out_dtype=x.dtype)
+    out = torch._scaled_mm(x_fp8, layer.qdata.to(x.device).t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
     if layer.bias is not None:
         out = out + layer.bias.to(device=x.device, dtype=x.dtype)
     return out.reshape(*x.shape[:-1], layer.out_features)

@@ -27,6 +27,7 @@ the student's noise predictions on those latents) that the trainer's loop backpr
 `export_qalora` merges the LoRA and quantizes with the learned step sizes into QuantLinear /
 QuantConv2d layers (a quantized UNet like `quantize_unet` makes; its checkpoints save the same way).
 """
+
 from __future__ import annotations
 
 import copy
@@ -129,8 +130,15 @@ def _weight_qmax(fmt: str) -> int:
 class QALoRALayer(torch.nn.Module):
     """Q_a(x) (*) Q_w(W + s_row (.) B A) for one Linear or Conv2d (see the module docstring)."""
 
-    def __init__(self, layer: torch.nn.Module, fmt: str, rank: int, num_steps: int, act_bits: int | None = 8,
-                 group_size: int = DEFAULT_GROUP_SIZE):
+    def __init__(
+        self,
+        layer: torch.nn.Module,
+        fmt: str,
+        rank: int,
+        num_steps: int,
+        act_bits: int | None = 8,
+        group_size: int = DEFAULT_GROUP_SIZE,
+    ):
         super().__init__()
         if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
             raise QuantizeError(f"QALoRALayer wraps Linear or Conv2d, got {type(layer).__name__}")
@@ -140,11 +148,12 @@ class QALoRALayer(torch.nn.Module):
             self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
         weight = layer.weight.detach().float()
         self.register_buffer("weight", weight.clone())
-        self.bias = None if layer.bias is None else torch.nn.Parameter(layer.bias.detach().float().clone(),
-                                                                       requires_grad=False)
+        self.bias = (
+            None if layer.bias is None else torch.nn.Parameter(layer.bias.detach().float().clone(), requires_grad=False)
+        )
         out, k = weight.shape[0], weight[0].numel()
         rank = max(1, min(rank, out, k))
-        self.lora_A = torch.nn.Parameter(torch.randn(rank, k) / k ** 0.5)
+        self.lora_A = torch.nn.Parameter(torch.randn(rank, k) / k**0.5)
         self.lora_B = torch.nn.Parameter(torch.zeros(out, rank))
         if self.format == "int4":
             steps, _ = int4_scales(weight, group_size)
@@ -187,9 +196,15 @@ class QALoRALayer(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------- student / export
-def build_qalora_student(unet: torch.nn.Module, fmt: str = "int4", rank: int = 4, num_steps: int = 4,
-                         act_bits: int | None = 8, keep: str | Sequence[str] | None = None,
-                         group_size: int = DEFAULT_GROUP_SIZE) -> torch.nn.Module:
+def build_qalora_student(
+    unet: torch.nn.Module,
+    fmt: str = "int4",
+    rank: int = 4,
+    num_steps: int = 4,
+    act_bits: int | None = 8,
+    keep: str | Sequence[str] | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> torch.nn.Module:
     """A copy of the merged float UNet whose quantizable layers (except `keep`) are QALoRALayers;
     only LoRA factors and step sizes are trainable."""
     fmt = normalize_format(fmt)
@@ -225,8 +240,17 @@ def export_qalora(student: torch.nn.Module) -> torch.nn.Module:
         merged = layer.merged_weight().detach()
         if layer.is_conv:
             stride, padding, dilation, groups = layer.conv_args
-            plain = torch.nn.Conv2d(merged.shape[1] * groups, merged.shape[0], merged.shape[2:], stride, padding,
-                                    dilation, groups, bias=layer.bias is not None, device="meta")
+            plain = torch.nn.Conv2d(
+                merged.shape[1] * groups,
+                merged.shape[0],
+                merged.shape[2:],
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias=layer.bias is not None,
+                device="meta",
+            )
         else:
             plain = torch.nn.Linear(merged.shape[1], merged.shape[0], bias=layer.bias is not None, device="meta")
         plain.weight = torch.nn.Parameter(merged)
@@ -250,17 +274,28 @@ class TrajectoryBatch:
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher: torch.nn.Module, encoder_hidden_states: torch.Tensor, steps: int = 4,
-                         latent_shape: Sequence[int] = (1, 4, 8, 8), seed: int = 0,
-                         original_inference_steps: int = 50, added_cond_kwargs: dict | None = None,
-                         noise_schedule: dict | None = None) -> TrajectoryBatch:
+def teacher_trajectories(
+    teacher: torch.nn.Module,
+    encoder_hidden_states: torch.Tensor,
+    steps: int = 4,
+    latent_shape: Sequence[int] = (1, 4, 8, 8),
+    seed: int = 0,
+    original_inference_steps: int = 50,
+    added_cond_kwargs: dict | None = None,
+    noise_schedule: dict | None = None,
+) -> TrajectoryBatch:
     """Run the teacher's own LCM sampling from noise (data-free) and record x_t at every step."""
     from ..lcm_scheduler import lcm_timesteps, make_alphas_cumprod, sample_lcm_vp
 
-    schedule = noise_schedule or {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                                  "beta_schedule": "scaled_linear"}
-    acp = make_alphas_cumprod(schedule["beta_schedule"], schedule["beta_start"], schedule["beta_end"],
-                              schedule["num_train_timesteps"])
+    schedule = noise_schedule or {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+    }
+    acp = make_alphas_cumprod(
+        schedule["beta_schedule"], schedule["beta_start"], schedule["beta_end"], schedule["num_train_timesteps"]
+    )
     timesteps = lcm_timesteps(steps, original_inference_steps, num_train_timesteps=schedule["num_train_timesteps"])
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(tuple(latent_shape), generator=generator)
@@ -272,13 +307,22 @@ def teacher_trajectories(teacher: torch.nn.Module, encoder_hidden_states: torch.
     def model(x_t, t, **extra):
         return teacher(x_t, t, **extra).sample
 
-    sample_lcm_vp(model, x, timesteps, acp, extra_args=kwargs, disable=True, generator=generator,
-                  callback=lambda info: latents.append(info["x"].clone()))
+    sample_lcm_vp(
+        model,
+        x,
+        timesteps,
+        acp,
+        extra_args=kwargs,
+        disable=True,
+        generator=generator,
+        callback=lambda info: latents.append(info["x"].clone()),
+    )
     return TrajectoryBatch(latents, [int(t) for t in timesteps], encoder_hidden_states, added_cond_kwargs)
 
 
-def qalora_step(student: torch.nn.Module, teacher: torch.nn.Module, batch: TrajectoryBatch,
-                step_index: int) -> torch.Tensor:
+def qalora_step(
+    student: torch.nn.Module, teacher: torch.nn.Module, batch: TrajectoryBatch, step_index: int
+) -> torch.Tensor:
     """The distillation loss at one sampling step: MSE(student eps, teacher eps) on the teacher's x_t.
     Sets the temporal step index for the student's activation quantizers. Call `.backward()` on it."""
     x = batch.latents[step_index]

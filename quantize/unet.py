@@ -18,6 +18,7 @@ after a change. That costs the memory of the float weights (no saving over the f
 quantized copy comes on top) and one quantization of every changed layer (milliseconds per layer on
 CPU). Without it, the float weights are dropped and `refuse_lora_on_quantized` explains why.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -59,9 +60,11 @@ class QuantizeReport:
     def summary(self) -> str:
         mib = 1 << 20
         group = f", group size {self.group_size}" if self.group_size else ""
-        return (f"{self.format}{group}: {len(self.quantized)} layers quantized, {len(self.kept)} kept "
-                f"({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''}); weights "
-                f"{self.bytes_before / mib:.1f} MiB -> {self.bytes_after / mib:.1f} MiB")
+        return (
+            f"{self.format}{group}: {len(self.quantized)} layers quantized, {len(self.kept)} kept "
+            f"({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''}); weights "
+            f"{self.bytes_before / mib:.1f} MiB -> {self.bytes_after / mib:.1f} MiB"
+        )
 
 
 def parse_keep(keep: str | Sequence[str] | None) -> list[str]:
@@ -91,12 +94,16 @@ def quantizable_layers(
     """(name, module) of every Linear and Conv2d (zeros padding) in the UNet, in module order (`unet`
     may also be the (name, module) list of a host's view of the UNet)."""
     modules = unet.named_modules() if isinstance(unet, torch.nn.Module) else unet
-    return [(name, m) for name, m in modules
-            if isinstance(m, torch.nn.Linear) or isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros"]
+    return [
+        (name, m)
+        for name, m in modules
+        if isinstance(m, torch.nn.Linear) or isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros"
+    ]
 
 
 def split_layers(
-    unet: torch.nn.Module | Sequence[tuple[str, torch.nn.Module]], keep: str | Sequence[str] | None = None,
+    unet: torch.nn.Module | Sequence[tuple[str, torch.nn.Module]],
+    keep: str | Sequence[str] | None = None,
 ) -> tuple[list[tuple[str, torch.nn.Module]], list[str], list[str]]:
     """(layers to quantize, names kept, patterns) after checking that every user pattern matches a layer."""
     patterns = parse_keep(keep)
@@ -108,16 +115,24 @@ def split_layers(
     for pattern in patterns:
         if pattern not in defaults and not any(_matches(n, pattern) for n in names):
             examples = ", ".join(names[:3] + names[-2:])
-            raise QuantizeError(f"keep pattern {pattern!r} matches no Linear/Conv2d layer of this UNet; layer "
-                                f"names look like: {examples} (globs such as '*attn2*' work)")
+            raise QuantizeError(
+                f"keep pattern {pattern!r} matches no Linear/Conv2d layer of this UNet; layer "
+                f"names look like: {examples} (globs such as '*attn2*' work)"
+            )
     todo, kept = [], []
     for name, module in layers:
         (kept.append(name) if any(_matches(name, p) for p in patterns) else todo.append((name, module)))
     return todo, kept, patterns
 
 
-def quantize_layer(module: torch.nn.Module, fmt: str, group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = True,
-                   keep_source: bool = False, scales: torch.Tensor | None = None) -> torch.nn.Module:
+def quantize_layer(
+    module: torch.nn.Module,
+    fmt: str,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    symmetric: bool = True,
+    keep_source: bool = False,
+    scales: torch.Tensor | None = None,
+) -> torch.nn.Module:
     """The QuantLinear / QuantConv2d replacing one Linear / Conv2d (its weight as it is now)."""
     if isinstance(module, torch.nn.Linear):
         return QuantLinear.from_linear(module, fmt, group_size, symmetric, keep_source, scales)
@@ -134,8 +149,12 @@ def set_submodule(root: torch.nn.Module, name: str, module: torch.nn.Module) -> 
 
 
 def quantize_unet(
-    unet: torch.nn.Module, fmt: str, keep: str | Sequence[str] | None = None, keep_source: bool = False,
-    group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = True,
+    unet: torch.nn.Module,
+    fmt: str,
+    keep: str | Sequence[str] | None = None,
+    keep_source: bool = False,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    symmetric: bool = True,
 ) -> QuantizeReport:
     """Replace the UNet's Linear / Conv2d layers (except `keep`) by quantized ones, in place, on the
     same parent modules. Everything is checked before the first layer is swapped."""
@@ -174,7 +193,8 @@ def refuse_lora_on_quantized(unet: torch.nn.Module, what: str = "LoRA") -> None:
         raise QuantizeError(
             f"cannot apply a {what} to a quantized UNet: its high-precision weights were dropped when it was "
             "quantized. Load the LoRAs before quantizing (merge-then-quantize), or quantize with keep_source "
-            "enabled (keeps the float weights in memory and re-quantizes after each LoRA change).")
+            "enabled (keeps the float weights in memory and re-quantizes after each LoRA change)."
+        )
 
 
 def weight_bytes(modules: Iterable[torch.nn.Module]) -> int:

@@ -8,6 +8,7 @@ BASE_DIR as `comfyui_server.sd15_unet_base` writes it. For each route: our LCMAc
 users pick for that family; the latent PSNR of the built-in one against the exact one, and whether
 SamplerCustom + LCMAcceleratorScheduler + LCMAcceleratorSampler equals the one-node route.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def psnr(reference, other) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
-def compare_routes(node: dict, model, positive, negative, latent, seed: int = 42,
-                   routes: list | None = None) -> list[dict]:
+def compare_routes(
+    node: dict, model, positive, negative, latent, seed: int = 42, routes: list | None = None
+) -> list[dict]:
     """One row per route: family, steps, the built-in sampler / scheduler and the PSNR in dB."""
     from lcm_accel.hosts.accelerator_record import with_accelerator_record
 
@@ -45,8 +47,14 @@ def compare_routes(node: dict, model, positive, negative, latent, seed: int = 42
         recorded = with_accelerator_record(model, family, "none", None, "benchmark")
         exact = node["LCMAcceleratorKSampler"].sample(recorded, seed, steps, cfg, positive, negative, latent)[0]
         builtin = node["KSampler"].sample(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)[0]
-        rows.append({"family": family, "steps": steps, "builtin": f"{sampler} + {scheduler}",
-                     "psnr_db": psnr(exact["samples"].float(), builtin["samples"].float())})
+        rows.append(
+            {
+                "family": family,
+                "steps": steps,
+                "builtin": f"{sampler} + {scheduler}",
+                "psnr_db": psnr(exact["samples"].float(), builtin["samples"].float()),
+            }
+        )
     return rows
 
 
@@ -73,9 +81,17 @@ def main(comfyui: str, base: str) -> None:
             recorded = with_accelerator_record(model, family, "none", None, "check")
             sigmas = node["LCMAcceleratorScheduler"].get_sigmas(recorded, "from_model", 4, 1.0)[0]
             sampler = node["LCMAcceleratorSampler"].get_sampler(recorded, "from_model")[0]
-            custom = node["SamplerCustom"].sample(model=recorded, add_noise=True, noise_seed=42, cfg=1.0,
-                                                  positive=positive, negative=negative, sampler=sampler,
-                                                  sigmas=sigmas, latent_image=latent)[0]
+            custom = node["SamplerCustom"].sample(
+                model=recorded,
+                add_noise=True,
+                noise_seed=42,
+                cfg=1.0,
+                positive=positive,
+                negative=negative,
+                sampler=sampler,
+                sigmas=sigmas,
+                latent_image=latent,
+            )[0]
             one = node["LCMAcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)[0]
             diffs[family] = float((custom["samples"] - one["samples"]).abs().max())
         report("custom_route", max_diff=diffs)

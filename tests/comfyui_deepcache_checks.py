@@ -8,6 +8,7 @@ that feature_cache.deepcache skips on the diffusers twin of that UNet (computed 
 ComfyUI is imported in-process and the pack loaded as ComfyUI loads custom nodes; everything runs
 through the real nodes. One JSON object per check is printed on a line starting with "CHECK ".
 """
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,9 @@ def main(comfyui: str, base: str) -> None:
         return probed, seen
 
     def blocks_are_original():
-        return all(a is b for a, b in zip(original_blocks, [*unet.input_blocks, unet.middle_block, *unet.output_blocks]))
+        return all(
+            a is b for a, b in zip(original_blocks, [*unet.input_blocks, unet.middle_block, *unet.output_blocks])
+        )
 
     def host_module():
         return next(m for n, m in sys.modules.items() if n.endswith("hosts.comfyui.deepcache"))
@@ -77,15 +80,26 @@ def main(comfyui: str, base: str) -> None:
         per_branch = {}
         for branch, diffusers_keys in expected.items():
             plan = host.unet_skip_plan(unet, int(branch))
-            prefixes = tuple(("middle_block." if kind == "middle" else f"{kind}_blocks.{i}.") for kind, i in plan.skipped)
+            prefixes = tuple(
+                ("middle_block." if kind == "middle" else f"{kind}_blocks.{i}.") for kind, i in plan.skipped
+            )
             ours = {n for n in names if n.startswith(prefixes)}
-            theirs = {k[len(PREFIX):] for k in diffusers_keys}
-            per_branch[branch] = {"skipped": [f"{k}{i}" for k, i in plan.skipped], "deep": list(plan.deep),
-                                  "params": sum(unet.state_dict()[n].numel() for n in ours),
-                                  "same_keys": ours == theirs, "only_ours": sorted(ours - theirs)[:5],
-                                  "only_diffusers": sorted(theirs - ours)[:5]}
-        report("mapping", branches=per_branch, levels=plan.num_levels, layers=plan.layers_per_level,
-               total_params=sum(unet.state_dict()[n].numel() for n in names))
+            theirs = {k[len(PREFIX) :] for k in diffusers_keys}
+            per_branch[branch] = {
+                "skipped": [f"{k}{i}" for k, i in plan.skipped],
+                "deep": list(plan.deep),
+                "params": sum(unet.state_dict()[n].numel() for n in ours),
+                "same_keys": ours == theirs,
+                "only_ours": sorted(ours - theirs)[:5],
+                "only_diffusers": sorted(theirs - ours)[:5],
+            }
+        report(
+            "mapping",
+            branches=per_branch,
+            levels=plan.num_levels,
+            layers=plan.layers_per_level,
+            total_params=sum(unet.state_dict()[n].numel() for n in names),
+        )
 
     def parity():
         """Direct UNet calls through our DIFFUSION_MODEL wrapper vs the standalone host's outputs."""
@@ -97,21 +111,29 @@ def main(comfyui: str, base: str) -> None:
         timesteps = ref["timesteps"].tolist()
         sigmas = [float(len(timesteps) - k) for k in range(len(timesteps) + 1)]  # any distinct per-step values
         results = {}
-        for branch in sorted({int(k[len("flags"):]) for k in ref if k.startswith("flags")}):
+        for branch in sorted({int(k[len("flags") :]) for k in ref if k.startswith("flags")}):
             wrappers = deepcache(model, 3, branch).get_wrappers(pe.WrappersMP.DIFFUSION_MODEL, host.KEY)
             flags = ref[f"flags{branch}"].tolist()
             state = host.RunState(flags, sigmas)
             diffs = {True: 0.0, False: 0.0}
             for k, t in enumerate(timesteps):
-                options = {"wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {host.KEY: wrappers}}, host.KEY: state,
-                           "uuids": ["parity"], "sigmas": torch.tensor([sigmas[k]])}
+                options = {
+                    "wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {host.KEY: wrappers}},
+                    host.KEY: state,
+                    "uuids": ["parity"],
+                    "sigmas": torch.tensor([sigmas[k]]),
+                }
                 with torch.no_grad():
-                    out = unet(ref[f"x{k}"], timesteps=torch.tensor([t]), context=ref["context"],
-                               transformer_options=options)
+                    out = unet(
+                        ref[f"x{k}"], timesteps=torch.tensor([t]), context=ref["context"], transformer_options=options
+                    )
                 diffs[flags[k]] = max(diffs[flags[k]], max_diff(out, ref[f"out{branch}_{k}"]))
-            results[str(branch)] = {"full_max_diff": diffs[True], "partial_max_diff": diffs[False],
-                                    "scale": max(float(ref[f"out{branch}_{k}"].abs().max()) for k in range(len(timesteps))),
-                                    "stats": state.stats}
+            results[str(branch)] = {
+                "full_max_diff": diffs[True],
+                "partial_max_diff": diffs[False],
+                "scale": max(float(ref[f"out{branch}_{k}"].abs().max()) for k in range(len(timesteps))),
+                "stats": state.stats,
+            }
         report("parity", **results)
 
     def reuse_is_exact():
@@ -133,25 +155,41 @@ def main(comfyui: str, base: str) -> None:
             state = host.RunState([True, False], [2.0, 1.0, 0.0])
             outs = []
             for sigma in (2.0, 1.0):
-                options = {"wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {host.KEY: wrappers}}, host.KEY: state,
-                           "uuids": ["reuse"], "sigmas": torch.tensor([sigma]),
-                           "patches": {"output_block_patch": [scale_in_place]}}
+                options = {
+                    "wrappers": {pe.WrappersMP.DIFFUSION_MODEL: {host.KEY: wrappers}},
+                    host.KEY: state,
+                    "uuids": ["reuse"],
+                    "sigmas": torch.tensor([sigma]),
+                    "patches": {"output_block_patch": [scale_in_place]},
+                }
                 with torch.no_grad():
-                    outs.append(unet(x, timesteps=torch.tensor([500.0]), context=context,
-                                     control={"middle": [middle_residual.clone()]}, transformer_options=options))
-            results[str(branch)] = {"partial_vs_full": max_diff(outs[1], outs[0]), "scale": float(outs[0].abs().max()),
-                                    "stats": state.stats}
+                    outs.append(
+                        unet(
+                            x,
+                            timesteps=torch.tensor([500.0]),
+                            context=context,
+                            control={"middle": [middle_residual.clone()]},
+                            transformer_options=options,
+                        )
+                    )
+            results[str(branch)] = {
+                "partial_vs_full": max_diff(outs[1], outs[0]),
+                "scale": float(outs[0].abs().max()),
+                "stats": state.stats,
+            }
         report("reuse", **results)
 
     def exact_at_interval_1():
         one = deepcache(model, 1)
         chained = deepcache(deepcache(model, 3), 1)  # the last DeepCache in a chain wins
-        report("interval_1",
-               euler_cfg3=max_diff(ksample(one, steps=3), untouched),
-               chained=max_diff(ksample(chained, steps=3), untouched),
-               lcmksampler=max_diff(lcm_ksample(one, steps=3), lcm_ksample(model, steps=3)),
-               heun=max_diff(ksample(one, "heun", steps=3, cfg=1.0), ksample(model, "heun", steps=3, cfg=1.0)),
-               wrappers=len(chained.get_wrappers(pe.WrappersMP.DIFFUSION_MODEL, host_module().KEY)))
+        report(
+            "interval_1",
+            euler_cfg3=max_diff(ksample(one, steps=3), untouched),
+            chained=max_diff(ksample(chained, steps=3), untouched),
+            lcmksampler=max_diff(lcm_ksample(one, steps=3), lcm_ksample(model, steps=3)),
+            heun=max_diff(ksample(one, "heun", steps=3, cfg=1.0), ksample(model, "heun", steps=3, cfg=1.0)),
+            wrappers=len(chained.get_wrappers(pe.WrappersMP.DIFFUSION_MODEL, host_module().KEY)),
+        )
 
     def counting_transformers(m):
         """A clone whose attention layers note (block, transformer_index) as GLIGEN would read it."""
@@ -174,11 +212,19 @@ def main(comfyui: str, base: str) -> None:
         cached = ksample(probed, steps=steps)
         rmse = float((cached - plain).pow(2).mean().sqrt())
         value_range = float(plain.max() - plain.min())
-        report("interval_3", steps=steps, stats=seen, max_diff=max_diff(cached, plain), rmse=rmse,
-               plain_std=float(plain.std()), value_range=value_range,
-               psnr=20 * math.log10(value_range / rmse) if rmse > 0 else None,
-               finite=bool(torch.isfinite(cached).all()), transformer_index_plain=sorted(plain_index),
-               transformer_index_cached=sorted(cached_index))
+        report(
+            "interval_3",
+            steps=steps,
+            stats=seen,
+            max_diff=max_diff(cached, plain),
+            rmse=rmse,
+            plain_std=float(plain.std()),
+            value_range=value_range,
+            psnr=20 * math.log10(value_range / rmse) if rmse > 0 else None,
+            finite=bool(torch.isfinite(cached).all()),
+            transformer_index_plain=sorted(plain_index),
+            transformer_index_cached=sorted(cached_index),
+        )
 
     def every_sampler():
         dc = deepcache(model, 2, 0)
@@ -202,10 +248,16 @@ def main(comfyui: str, base: str) -> None:
         b = ksample(probed, steps=5, cfg=1.0, lat=big, seed=9)
         a2 = ksample(probed, cfg=1.0)
         again = ksample(model, steps=3)
-        report("no_leak", a_repeat=max_diff(a1, a2), b_shape=list(b.shape), b_finite=bool(torch.isfinite(b).all()),
-               stats=seen, blocks_original=blocks_are_original(),
-               input_model_vs_untouched=max_diff(again, untouched), input_wrappers=len(model.wrappers.get(
-                   pe.WrappersMP.DIFFUSION_MODEL, {})))
+        report(
+            "no_leak",
+            a_repeat=max_diff(a1, a2),
+            b_shape=list(b.shape),
+            b_finite=bool(torch.isfinite(b).all()),
+            stats=seen,
+            blocks_original=blocks_are_original(),
+            input_model_vs_untouched=max_diff(again, untouched),
+            input_wrappers=len(model.wrappers.get(pe.WrappersMP.DIFFUSION_MODEL, {})),
+        )
 
     def interrupt():
         dc = deepcache(model, 3, 0)
@@ -232,9 +284,15 @@ def main(comfyui: str, base: str) -> None:
         finally:
             mm.interrupt_current_processing(False)
         after = ksample(dc, cfg=1.0)
-        report("interrupt", raised=raised, calls=len(calls), shims_in_place_when_stopped=seen_partial,
-               blocks_original=blocks_are_original(), rerun_vs_before=max_diff(after, reference),
-               key=host.KEY)
+        report(
+            "interrupt",
+            raised=raised,
+            calls=len(calls),
+            shims_in_place_when_stopped=seen_partial,
+            blocks_original=blocks_are_original(),
+            rerun_vs_before=max_diff(after, reference),
+            key=host.KEY,
+        )
 
     def errors():
         messages = {}
@@ -255,8 +313,17 @@ def main(comfyui: str, base: str) -> None:
             messages["not_unet"] = str(error)
         report("errors", **messages)
 
-    for name, fn in (("mapping", mapping), ("parity", parity), ("reuse", reuse_is_exact), ("interval_1", exact_at_interval_1), ("interval_3", cached_at_interval_3),
-                     ("samplers", every_sampler), ("no_leak", no_leak), ("interrupt", interrupt), ("errors", errors)):
+    for name, fn in (
+        ("mapping", mapping),
+        ("parity", parity),
+        ("reuse", reuse_is_exact),
+        ("interval_1", exact_at_interval_1),
+        ("interval_3", cached_at_interval_3),
+        ("samplers", every_sampler),
+        ("no_leak", no_leak),
+        ("interrupt", interrupt),
+        ("errors", errors),
+    ):
         run_check(name, fn)
 
 

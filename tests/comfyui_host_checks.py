@@ -7,6 +7,7 @@ models/loras/. ComfyUI is imported in-process (its own nodes, model management a
 pack loaded from BASE_DIR/custom_nodes as ComfyUI loads custom nodes). One JSON object per check
 is printed on a line starting with "CHECK "; the pytest side asserts on them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,9 @@ def main(comfyui: str, base: str) -> None:
     import comfy.utils
     import torch
 
-    report("registered", nodes=sorted(name for name, obj in node.items() if getattr(obj, "CATEGORY", "") == "LCM Accel"))
+    report(
+        "registered", nodes=sorted(name for name, obj in node.items() if getattr(obj, "CATEGORY", "") == "LCM Accel")
+    )
 
     model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
     g = torch.Generator().manual_seed(0)
@@ -49,12 +52,19 @@ def main(comfyui: str, base: str) -> None:
         w_mixed, w_chained, w_composed = weights(mixed), weights(chained), weights(composed)
         spec = mixed.object_patches["lcm_accel_inplace.wanted"].spec  # in place: one write per weight
         w_after = weights(model)
-        report("lora_mix", mixer_vs_chained=max_diff(w_mixed, w_chained),
-               composed_vs_chained=max_diff(w_composed, w_chained),
-               changed_mixer=changed(w_mixed, base), changed_chained=changed(w_chained, base),
-               delta_scale=max(float((w_chained[k] - base[k]).abs().max()) for k in base),
-               base_restored=max_diff(w_after, base), patches_per_key=len(spec.groups),
-               mixer_keys=len(spec.targets), comfy_patches=len(mixed.patches), input_patches=len(model.patches))
+        report(
+            "lora_mix",
+            mixer_vs_chained=max_diff(w_mixed, w_chained),
+            composed_vs_chained=max_diff(w_composed, w_chained),
+            changed_mixer=changed(w_mixed, base),
+            changed_chained=changed(w_chained, base),
+            delta_scale=max(float((w_chained[k] - base[k]).abs().max()) for k in base),
+            base_restored=max_diff(w_after, base),
+            patches_per_key=len(spec.groups),
+            mixer_keys=len(spec.targets),
+            comfy_patches=len(mixed.patches),
+            input_patches=len(model.patches),
+        )
 
     def bad_lora():
         uuid_before, patches_before = model.patches_uuid, dict(model.patches)
@@ -62,8 +72,12 @@ def main(comfyui: str, base: str) -> None:
             node["LCMAdapterMixer"].mix(model, lcm, 1.0, sdxl, 1.0)
             report("bad_lora", raised=None)
         except Exception as error:  # noqa: BLE001 - the check reports what was raised
-            report("bad_lora", raised=type(error).__name__, message=str(error),
-                   unchanged=model.patches_uuid == uuid_before and model.patches == patches_before)
+            report(
+                "bad_lora",
+                raised=type(error).__name__,
+                message=str(error),
+                unchanged=model.patches_uuid == uuid_before and model.patches == patches_before,
+            )
 
     def sampling():
         lcm_model = node["LCMLoraLoader"].load_lora(model, lcm, 1.0)[0]
@@ -73,22 +87,33 @@ def main(comfyui: str, base: str) -> None:
         for gamma, cfg in ((0.0, 1.0), (0.0, 1.5), (0.3, 1.0)):
             one = node["LCMKSampler"].sample(lcm_model, 7, 4, cfg, positive, negative, latent, 50, gamma, 1.0)[0]
             sampler = node["LCMSampler"].get_sampler(gamma)[0]
-            custom = node["SamplerCustom"].sample(lcm_model, True, 7, cfg, positive, negative, sampler, sigmas, latent)[0]
+            custom = node["SamplerCustom"].sample(lcm_model, True, 7, cfg, positive, negative, sampler, sigmas, latent)[
+                0
+            ]
             results[f"gamma{gamma}_cfg{cfg}"] = float((one["samples"] - custom["samples"]).abs().max())
         ours = node["LCMKSampler"].sample(lcm_model, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
         comfy_lcm = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
         comfy_lcm = node["ModelSamplingDiscrete"].patch(comfy_lcm, "lcm", False)[0]
-        on_comfy_lcm = node["LCMKSampler"].sample(comfy_lcm, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
+        on_comfy_lcm = node["LCMKSampler"].sample(comfy_lcm, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
+            "samples"
+        ]
         plain = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
         on_plain = node["LCMKSampler"].sample(plain, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
-        builtin = node["KSampler"].sample(lcm_model, 7, 4, 1.0, "lcm", "sgm_uniform", positive, negative, latent)[0]["samples"]
+        builtin = node["KSampler"].sample(lcm_model, 7, 4, 1.0, "lcm", "sgm_uniform", positive, negative, latent)[0][
+            "samples"
+        ]
         scale = float(ours.abs().max())
-        report("sampling", model_sampling=sampling_name, sigmas=[float(s) for s in sigmas],
-               lcmksampler_vs_samplercustom=results,
-               ours_on_comfy_lcm_rel=float((on_comfy_lcm - ours).abs().max()) / scale,
-               ours_on_plain_rel=float((on_plain - ours).abs().max()) / scale,
-               builtin_finite=bool(torch.isfinite(builtin).all()), builtin_std=float(builtin.std()),
-               ours_std=float(ours.std()))
+        report(
+            "sampling",
+            model_sampling=sampling_name,
+            sigmas=[float(s) for s in sigmas],
+            lcmksampler_vs_samplercustom=results,
+            ours_on_comfy_lcm_rel=float((on_comfy_lcm - ours).abs().max()) / scale,
+            ours_on_plain_rel=float((on_plain - ours).abs().max()) / scale,
+            builtin_finite=bool(torch.isfinite(builtin).all()),
+            builtin_std=float(builtin.std()),
+            ours_std=float(ours.std()),
+        )
 
     def interrupt():
         lcm_model = node["LCMLoraLoader"].load_lora(model, lcm, 1.0)[0]

@@ -6,6 +6,7 @@ BASE_DIR holds models/diffusion_models/unet.safetensors (SD1.5-detectable) and l
 models/loras/. Every check compares our nodes with ComfyUI's own core LoraLoader route on the same
 weights. One "CHECK {json}" line per check.
 """
+
 from __future__ import annotations
 
 import random
@@ -78,8 +79,10 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         w_ours = raw()
         controller = model.model.lcm_accel_inplace
         patched_weights = len(controller.applied)
-        rel = (sum(float((w_ours[k] - base[k]).square().sum()) for k in keys)
-               / sum(float(base[k].square().sum()) for k in keys)) ** 0.5
+        rel = (
+            sum(float((w_ours[k] - base[k]).square().sum()) for k in keys)
+            / sum(float(base[k].square().sum()) for k in keys)
+        ) ** 0.5
         patched_bytes = sum(a.param.numel() * a.param.element_size() for a in controller.applied.values())
         state_bytes = sum(_state_bytes(a.state) for a in controller.applied.values())
         chained = core(core(model, lcm, 1.0), style, 0.8)
@@ -90,21 +93,31 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         mm.load_models_gpu([mixed])
         mm.unload_all_models()
         w_unloaded = raw()
-        report("inplace_identity_memory", params=len(before), moved_ours=sum(before[k] != after[k] for k in before),
-               patched_weights=patched_weights, relative_delta=rel, patched_bytes=patched_bytes,
-               restore_state_bytes=state_bytes, ratio_ours=state_bytes / max(1, patched_bytes),
-               core_backups=len(chained.backup) if chained.backup else len(moved),
-               ratio_core=core_copy_bytes / max(1, patched_bytes),
-               ours_vs_core=max_diff(w_ours, w_core, keys), delta_scale=scale,
-               plain_after_ours_bitwise_diffs=bitwise(w_plain, base),
-               unloaded_bitwise_diffs=bitwise(w_unloaded, base))
+        report(
+            "inplace_identity_memory",
+            params=len(before),
+            moved_ours=sum(before[k] != after[k] for k in before),
+            patched_weights=patched_weights,
+            relative_delta=rel,
+            patched_bytes=patched_bytes,
+            restore_state_bytes=state_bytes,
+            ratio_ours=state_bytes / max(1, patched_bytes),
+            core_backups=len(chained.backup) if chained.backup else len(moved),
+            ratio_core=core_copy_bytes / max(1, patched_bytes),
+            ours_vs_core=max_diff(w_ours, w_core, keys),
+            delta_scale=scale,
+            plain_after_ours_bitwise_diffs=bitwise(w_plain, base),
+            unloaded_bitwise_diffs=bitwise(w_unloaded, base),
+        )
 
     def composition():
         cases = {
             "core_then_ours": (ours(core(model, lcm, 1.0), (style, 0.8)), [(lcm, 1.0), (style, 0.8)]),
             "ours_then_core": (core(ours(model, (lcm, 0.7)), style, 0.8), [(lcm, 0.7), (style, 0.8)]),
-            "ours_core_ours": (ours(core(ours(model, (lcm, 1.0)), style, 0.5), (lcm, -0.25)),
-                               [(lcm, 0.75), (style, 0.5)]),
+            "ours_core_ours": (
+                ours(core(ours(model, (lcm, 1.0)), style, 0.5), (lcm, -0.25)),
+                [(lcm, 0.75), (style, 0.5)],
+            ),
         }
         out = {}
         for label, (patcher, pairs) in cases.items():
@@ -112,8 +125,10 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
             for name, s in pairs:
                 core_chain = core(core_chain, name, s)
             w_core = loaded(core_chain)
-            out[label] = {"vs_core_chain": max_diff(loaded(patcher), w_core, keys),
-                          "vs_formula": max_diff(raw(), expected(pairs), keys)}
+            out[label] = {
+                "vs_core_chain": max_diff(loaded(patcher), w_core, keys),
+                "vs_formula": max_diff(raw(), expected(pairs), keys),
+            }
         out["plain_after_bitwise_diffs"] = bitwise(loaded(model), base)
         report("composition", delta_scale=scale, **out)
 
@@ -149,6 +164,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
                     calls["n"] += 1
                     if calls["n"] == calls["at"]:
                         mm.interrupt_current_processing(True)
+
                 comfy.utils.set_progress_bar_global_hook(hook)
                 try:
                     mm.load_models_gpu([patcher])
@@ -168,9 +184,19 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
                 wrong.append((step, label, pairs, diff))
         final = bitwise(loaded(model), base)
         mm.unload_all_models()
-        report("random_sequences", weights=len(attn_keys), steps=steps, checked=checked, interrupted=interrupted, worst=worst,
-               delta_scale=seq_scale, wrong=wrong[:5], n_wrong=len(wrong), final_bitwise_diffs=final,
-               unloaded_bitwise_diffs=bitwise(raw(), base))
+        report(
+            "random_sequences",
+            weights=len(attn_keys),
+            steps=steps,
+            checked=checked,
+            interrupted=interrupted,
+            worst=worst,
+            delta_scale=seq_scale,
+            wrong=wrong[:5],
+            n_wrong=len(wrong),
+            final_bitwise_diffs=final,
+            unloaded_bitwise_diffs=bitwise(raw(), base),
+        )
 
     def torch_compile():
         import torch._dynamo.utils as dynamo_utils
@@ -179,7 +205,9 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         compiled = compiled.args[0] if hasattr(compiled, "args") else compiled[0]
 
         def sample(patcher):
-            return node["KSampler"].sample(patcher, 5, 1, 1.0, "euler", "normal", positive, negative, latent)[0]["samples"]
+            return node["KSampler"].sample(patcher, 5, 1, 1.0, "euler", "normal", positive, negative, latent)[0][
+                "samples"
+            ]
 
         sample(ours(compiled, (lcm, 1.0)))  # compiles; dynamo settles its frames over the first two calls
         first = sample(ours(compiled, (lcm, 1.0)))
@@ -189,23 +217,34 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         recompiles = dynamo_utils.counters["stats"]["unique_graphs"] - graphs
         eager = sample(ours(model, (lcm, 0.4)))
         eager_first = sample(ours(model, (lcm, 1.0)))
-        report("torch_compile", recompiles=recompiles, graphs_before=graphs,
-               compiled_vs_eager=float((second - eager).abs().max()),
-               strength_effect=float((eager - eager_first).abs().max()),
-               first_vs_eager=float((first - eager_first).abs().max()), scale=float(eager.abs().max()))
+        report(
+            "torch_compile",
+            recompiles=recompiles,
+            graphs_before=graphs,
+            compiled_vs_eager=float((second - eager).abs().max()),
+            strength_effect=float((eager - eager_first).abs().max()),
+            first_vs_eager=float((first - eager_first).abs().max()),
+            scale=float(eager.abs().max()),
+        )
 
     def lycoris():
         """LoHa / LoKr mixed with a LoRA in one node, DoRA alone and on top of a core LoRA: in place, the
         weights ComfyUI's own LoraLoader chain gives."""
         lcm = "lcm_attn.safetensors"
         cases = {
-            "loha+lora": (ours(model, (lcm, 1.0), ("loha.safetensors", 0.8)),
-                          core(core(model, lcm, 1.0), "loha.safetensors", 0.8)),
-            "lokr+lora": (ours(model, (lcm, 0.6), ("lokr.safetensors", 1.0)),
-                          core(core(model, lcm, 0.6), "lokr.safetensors", 1.0)),
+            "loha+lora": (
+                ours(model, (lcm, 1.0), ("loha.safetensors", 0.8)),
+                core(core(model, lcm, 1.0), "loha.safetensors", 0.8),
+            ),
+            "lokr+lora": (
+                ours(model, (lcm, 0.6), ("lokr.safetensors", 1.0)),
+                core(core(model, lcm, 0.6), "lokr.safetensors", 1.0),
+            ),
             "dora": (ours(model, ("dora.safetensors", 0.8)), core(model, "dora.safetensors", 0.8)),
-            "core_lora_then_dora": (ours(core(model, lcm, 1.0), ("dora.safetensors", 1.0)),
-                                    core(core(model, lcm, 1.0), "dora.safetensors", 1.0)),
+            "core_lora_then_dora": (
+                ours(core(model, lcm, 1.0), ("dora.safetensors", 1.0)),
+                core(core(model, lcm, 1.0), "dora.safetensors", 1.0),
+            ),
         }
         out = {}
         for label, (mine, theirs) in cases.items():
@@ -214,16 +253,19 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
             w_mine = loaded(mine)
             moved = sum(id(p) != ids[k] for k, p in unet.named_parameters())
             w_theirs = loaded(theirs)
-            out[label] = {"diff": max_diff(w_mine, w_theirs, attn_keys),
-                          "delta": max(float((w_theirs[k] - base[k]).abs().max()) for k in attn_keys),
-                          "moved": moved, "core_below": label.startswith("core")}
+            out[label] = {
+                "diff": max_diff(w_mine, w_theirs, attn_keys),
+                "delta": max(float((w_theirs[k] - base[k]).abs().max()) for k in attn_keys),
+                "moved": moved,
+                "core_below": label.startswith("core"),
+            }
         report("lycoris", cases=out, plain_after_bitwise_diffs=bitwise(loaded(model), base))
 
     def fast_mode():
         """LCMFastMode's capture wrapper, with a CPU stand-in backend (the real ones need CUDA): one
         capture per shape, replays after a strength change read the re-weighted weights."""
         fm = next(m for n, m in sys.modules.items() if n.endswith("hosts.comfyui.fast_mode"))
-        graph_cache = next(m for n, m in sys.modules.items() if n.endswith("hosts.graph_cache"))
+        graph_cache = next(m for n, m in sys.modules.items() if n.endswith("runtime.graph_cache"))
 
         class CpuReplay:
             name = "cpu_replay"
@@ -239,17 +281,29 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         fm.BACKENDS["cpu_replay"] = CpuReplay()
 
         def sample(patcher):
-            return node["LCMKSampler"].sample(patcher, 5, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
+            return node["LCMKSampler"].sample(patcher, 5, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
+                "samples"
+            ]
 
         fast = {s: sample(fm.fast_mode(ours(model, (lcm, s)), None, None, True, "cpu_replay")[0]) for s in (1.0, 0.4)}
         cache = graph_cache.graph_cache(unet, fm.BACKENDS["cpu_replay"])
         eager = {s: sample(ours(model, (lcm, s))) for s in (1.0, 0.4)}
-        report("fast_mode", cpu_passthrough=on_cpu, captures=cache.captures, replays=cache.replays,
-               diffs=[float((fast[s] - eager[s]).abs().max()) for s in fast],
-               strength_effect=float((eager[1.0] - eager[0.4]).abs().max()))
+        report(
+            "fast_mode",
+            cpu_passthrough=on_cpu,
+            captures=cache.captures,
+            replays=cache.replays,
+            diffs=[float((fast[s] - eager[s]).abs().max()) for s in fast],
+            strength_effect=float((eager[1.0] - eager[0.4]).abs().max()),
+        )
 
-    checks = [("inplace_identity_memory", inplace_identity_memory), ("composition", composition),
-              ("random_sequences", random_sequences), ("lycoris", lycoris), ("fast_mode", fast_mode)]
+    checks = [
+        ("inplace_identity_memory", inplace_identity_memory),
+        ("composition", composition),
+        ("random_sequences", random_sequences),
+        ("lycoris", lycoris),
+        ("fast_mode", fast_mode),
+    ]
     if with_compile:
         checks.append(("torch_compile", torch_compile))
     for name, fn in checks:
@@ -263,10 +317,15 @@ def _state_bytes(state) -> int:
     total = getattr(state, "nbytes", None)
     if isinstance(total, int):
         return total
-    return sum(v.numel() * v.element_size() for k, v in vars(state).items()
-               if isinstance(v, torch.Tensor) and k != "patch")
+    return sum(
+        v.numel() * v.element_size() for k, v in vars(state).items() if isinstance(v, torch.Tensor) and k != "patch"
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 200,
-         len(sys.argv) > 4 and sys.argv[4] == "compile")
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]) if len(sys.argv) > 3 else 200,
+        len(sys.argv) > 4 and sys.argv[4] == "compile",
+    )

@@ -4,6 +4,7 @@ The scripts (tests/comfyui_*_checks.py) run in ComfyUI's interpreter, import Com
 checkout with the given base directory, load the custom nodes there as ComfyUI does, and print one
 line "CHECK {json}" per check; `comfyui_server.run_checks` runs them and reads those lines back.
 """
+
 from __future__ import annotations
 
 import asyncio

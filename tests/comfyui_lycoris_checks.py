@@ -3,6 +3,7 @@ calculate_weight (CPU, fp32 intermediate) and save the resulting weights and bia
 
     python tests/comfyui_lycoris_checks.py COMFYUI_PATH BUNDLE OUT '{"strength": s, "names": [...]}'
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def main() -> None:
     bundle = load_file(bundle_path)
     out = {}
     for name in options["names"]:
-        lora = {k[len("lora."):]: v for k, v in bundle.items() if k.startswith(f"lora.{name}.")}
+        lora = {k[len("lora.") :]: v for k, v in bundle.items() if k.startswith(f"lora.{name}.")}
         to_load = {name: f"{name}.weight"}
         patches = comfy.lora.load_lora(lora, to_load, log_missing=False)
         for key in (f"{name}.weight", f"{name}.bias"):

@@ -6,6 +6,7 @@ free port, with `--base-directory` pointing at the test's folder (models/, custo
 output/ live there), an in-memory database, and its log captured in a file the tests show when
 something fails. Only the standard library is used: the tests need no HTTP client package.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,18 +52,26 @@ def comfyui_python(checkout: Path) -> str:
     return sys.executable
 
 
-def run_checks(checkout: Path, script: Path, base: Path, timeout: float = 900, args: tuple[str, ...] = ()) -> dict[str, dict]:
+def run_checks(
+    checkout: Path, script: Path, base: Path, timeout: float = 900, args: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """Run a check script (tests/comfyui_*_checks.py) in ComfyUI's interpreter on `base`; its
     "CHECK {json}" lines as {name: values}. Fails (AssertionError with the output) if the script
     fails, reports nothing, or any check reports an error."""
-    done = subprocess.run([comfyui_python(checkout), str(script), str(checkout), str(base), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [comfyui_python(checkout), str(script), str(checkout), str(base), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     found = {}
     for line in done.stdout.splitlines():
         if line.startswith("CHECK "):
-            item = json.loads(line[len("CHECK "):])
+            item = json.loads(line[len("CHECK ") :])
             found[item.pop("name")] = item
-    assert done.returncode == 0 and found, f"the ComfyUI-side checks failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0 and found, (
+        f"the ComfyUI-side checks failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     for name, item in found.items():
         assert "error" not in item, f"{name}:\n{item['error']}"
     return found
@@ -82,7 +91,9 @@ class ComfyUIServer:
     custom_nodes/, input/); output/, temp/ and user/ are created by ComfyUI.
     """
 
-    def __init__(self, checkout: Path, python: str, base_dir: Path, extra_args: tuple[str, ...] = ("--cpu", "--force-fp32")):
+    def __init__(
+        self, checkout: Path, python: str, base_dir: Path, extra_args: tuple[str, ...] = ("--cpu", "--force-fp32")
+    ):
         self.checkout, self.python, self.base_dir = Path(checkout), python, Path(base_dir)
         self.extra_args = tuple(extra_args)
         self.port = free_port()
@@ -95,21 +106,33 @@ class ComfyUIServer:
     # -- process ---------------------------------------------------------------------------
     def command(self) -> list[str]:
         return [
-            self.python, str(self.checkout / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir), "--disable-auto-launch",
-            "--database-url", "sqlite:///:memory:", *self.extra_args,
+            self.python,
+            str(self.checkout / "main.py"),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
         ]
 
-    def start(self, timeout: float = 300.0) -> "ComfyUIServer":
+    def start(self, timeout: float = 300.0) -> ComfyUIServer:
         """Launch ComfyUI and poll `/system_stats` until it answers (or fail with its log)."""
         self._log_file = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._process = subprocess.Popen(self.command(), cwd=self.checkout, stdout=self._log_file,
-                                         stderr=subprocess.STDOUT, env=env)
+        self._process = subprocess.Popen(
+            self.command(), cwd=self.checkout, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise ComfyUIError(f"ComfyUI exited with code {self._process.returncode} while starting\n{self.log_tail()}")
+                raise ComfyUIError(
+                    f"ComfyUI exited with code {self._process.returncode} while starting\n{self.log_tail()}"
+                )
             try:
                 self.get_json("/system_stats", timeout=5)
                 return self
@@ -130,7 +153,7 @@ class ComfyUIServer:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "ComfyUIServer":
+    def __enter__(self) -> ComfyUIServer:
         try:
             return self.start()
         except BaseException:
@@ -150,8 +173,9 @@ class ComfyUIServer:
     # -- HTTP ------------------------------------------------------------------------------
     def _request(self, path: str, body: dict | None = None, timeout: float = 60.0) -> bytes:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"} if data else {})
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"} if data else {}
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
 
@@ -181,7 +205,9 @@ class ComfyUIServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise ComfyUIError(f"ComfyUI exited (code {self._process.returncode}) while running a prompt\n{self.log_tail()}")
+                raise ComfyUIError(
+                    f"ComfyUI exited (code {self._process.returncode}) while running a prompt\n{self.log_tail()}"
+                )
             entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
             status = (entry or {}).get("status") or {}
             if status.get("status_str") == "error":

@@ -1,4 +1,5 @@
 """Test set-up: make sure `lcm_accel` is this checkout, not some other installed copy."""
+
 from __future__ import annotations
 
 from pathlib import Path

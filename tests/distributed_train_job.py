@@ -9,6 +9,7 @@ Trains to --steps (resuming WORK if it holds a checkpoint); with --snapshot-at K
 copies WORK to WORK.at<K> (a checkpoint to resume elsewhere), then continues to --steps. Every process
 writes OUT.rank<N>.pt: LoRA parameters, EMA shadow, latent proxy state, and the loss log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from training_helpers import micro_unet  # noqa: E402
+
 from lcm_accel.lcm_scheduler.schedule import make_alphas_cumprod  # noqa: E402
 from lcm_accel.training.data import ShuffledBatches  # noqa: E402
 from lcm_accel.training.distill import DistillSettings, LCMDistillTask  # noqa: E402
@@ -28,7 +31,6 @@ from lcm_accel.training.lcd import LCDSettings  # noqa: E402
 from lcm_accel.training.loop import LoopConfig, make_accelerator, train  # noqa: E402
 from lcm_accel.training.rewards import colorfulness  # noqa: E402
 from lcm_accel.training.student import add_lora  # noqa: E402
-from training_helpers import micro_unet  # noqa: E402
 
 GLOBAL_BATCH = 4
 
@@ -52,22 +54,37 @@ def prepare(batch: dict, ctx, teacher) -> dict:
     """Like SDBatchPreparer's posterior sample: noise drawn for the global batch, this process's rows."""
     shard = getattr(ctx, "shard", SINGLE)
     latents = batch["latents"]
-    noise = shard.rows(lambda n: torch.randn((n, *latents.shape[1:]), generator=ctx.generator, dtype=torch.float64),
-                       latents.shape[0])
-    return {"latents": latents + 0.05 * noise, "cond": {"encoder_hidden_states": batch["embeds"]},
-            "uncond": {"encoder_hidden_states": torch.zeros_like(batch["embeds"])}}
+    noise = shard.rows(
+        lambda n: torch.randn((n, *latents.shape[1:]), generator=ctx.generator, dtype=torch.float64), latents.shape[0]
+    )
+    return {
+        "latents": latents + 0.05 * noise,
+        "cond": {"encoder_hidden_states": batch["embeds"]},
+        "uncond": {"encoder_hidden_states": torch.zeros_like(batch["embeds"])},
+    }
 
 
 def _build(accelerator) -> tuple[LCMDistillTask, ShuffledBatches]:
     unet = micro_unet(0).double()
     torch.manual_seed(0)
     params = add_lora(unet, 4)
-    settings = DistillSettings(lcd=LCDSettings(w_min=2.0, w_max=6.0), reward_scale=0.1, latent_proxy=True,
-                               ema_rate=0.9)
-    task = LCMDistillTask(unet, params, make_alphas_cumprod().double(), settings, prepare, reward=colorfulness,
-                          decode=lambda z: torch.sigmoid(z[:, :3]))
-    batches = ShuffledBatches(ToyData(), GLOBAL_BATCH // accelerator.num_processes, seed=3,
-                              process_index=accelerator.process_index, num_processes=accelerator.num_processes)
+    settings = DistillSettings(lcd=LCDSettings(w_min=2.0, w_max=6.0), reward_scale=0.1, latent_proxy=True, ema_rate=0.9)
+    task = LCMDistillTask(
+        unet,
+        params,
+        make_alphas_cumprod().double(),
+        settings,
+        prepare,
+        reward=colorfulness,
+        decode=lambda z: torch.sigmoid(z[:, :3]),
+    )
+    batches = ShuffledBatches(
+        ToyData(),
+        GLOBAL_BATCH // accelerator.num_processes,
+        seed=3,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+    )
     return task, batches
 
 
@@ -85,10 +102,16 @@ def run_job(work: Path, out: Path, steps: int, snapshot_at: int | None = None) -
     task, batches = _build(accelerator)  # a fresh process's view: everything comes from the checkpoint
     result = train(task, batches, config, accelerator)
     state = task.state_dict()
-    torch.save({"params": {n: p.detach().clone() for n, p in task.trainable_parameters()},
-                "ema": state["ema"]["shadow"], "proxy": state["proxy"], "log": result.log,
-                "num_processes": accelerator.num_processes},
-               out.with_name(f"{out.name}.rank{accelerator.process_index}.pt"))
+    torch.save(
+        {
+            "params": {n: p.detach().clone() for n, p in task.trainable_parameters()},
+            "ema": state["ema"]["shadow"],
+            "proxy": state["proxy"],
+            "log": result.log,
+            "num_processes": accelerator.num_processes,
+        },
+        out.with_name(f"{out.name}.rank{accelerator.process_index}.pt"),
+    )
     accelerator.wait_for_everyone()
 
 

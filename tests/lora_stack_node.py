@@ -8,8 +8,13 @@ class TestLoraStack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"lora_name": ("STRING", {"default": ""}), "model_strength": ("FLOAT", {"default": 1.0}),
-                             "clip_strength": ("FLOAT", {"default": 1.0})}}
+        return {
+            "required": {
+                "lora_name": ("STRING", {"default": ""}),
+                "model_strength": ("FLOAT", {"default": 1.0}),
+                "clip_strength": ("FLOAT", {"default": 1.0}),
+            }
+        }
 
     RETURN_TYPES = ("LORA_STACK",)
     FUNCTION = "stack"

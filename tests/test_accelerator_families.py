@@ -3,6 +3,7 @@ do (scheduler class from the base model's scheduler config, timestep_spacing, ex
 cfg): every family and step count in the table, first as sampling loops (sigma view vs diffusers'
 scheduler loop), then through the nodes on the tiny SD1.5 checkpoint vs diffusers' pipeline; the
 guard's messages; `auto` detection; the mixer keeping the family."""
+
 from __future__ import annotations
 
 import logging
@@ -29,13 +30,32 @@ from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
 
 # the scheduler configs the authors' `from_config(pipe.scheduler.config)` starts from
 # (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json; stabilityai/stable-diffusion-xl-base-1.0)
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False,
-                      prediction_type="epsilon")
-SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      set_alpha_to_one=False, steps_offset=1, clip_sample=False, skip_prk_steps=True,
-                      interpolation_type="linear", timestep_spacing="leading",
-                      use_karras_sigmas=False, sample_max_value=1.0, prediction_type="epsilon")
+SD15_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    clip_sample=False,
+    prediction_type="epsilon",
+)
+SDXL_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    clip_sample=False,
+    skip_prk_steps=True,
+    interpolation_type="linear",
+    timestep_spacing="leading",
+    use_karras_sigmas=False,
+    sample_max_value=1.0,
+    prediction_type="epsilon",
+)
 CASES = [(key, steps) for key, family in FAMILIES.items() for steps in family.steps]
 
 
@@ -105,9 +125,17 @@ def test_family_loop_equals_the_authors_diffusers_scheduler(key, steps, base):
     sigmas = sigmas_for_timesteps(family_timesteps(family, steps), TABLE)
     full = bool(sigmas[0] >= TABLE[-1])  # ComfyUI's start: noise * sqrt(1 + sigma^2) at full denoise, else * sigma
     start = noise * ((1 + sigmas[0] ** 2) ** 0.5 if full else sigmas[0])
-    ours = sample_accelerated(_x0_denoiser(model, prediction), start, sigmas, family.sampler, family.gamma,
-                              disable=True, generator=torch.Generator().manual_seed(99), train_sigmas=TABLE,
-                              pure_noise_starts=family.pure_noise_starts)
+    ours = sample_accelerated(
+        _x0_denoiser(model, prediction),
+        start,
+        sigmas,
+        family.sampler,
+        family.gamma,
+        disable=True,
+        generator=torch.Generator().manual_seed(99),
+        train_sigmas=TABLE,
+        pure_noise_starts=family.pure_noise_starts,
+    )
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -125,8 +153,12 @@ def test_tcd_gamma_zero_is_deterministic_and_tcd_gamma_one_keeps_lcm_noise_order
     model = _x0_denoiser(RandomLinearModel(), "epsilon")
     sigmas = sigmas_for_timesteps(family_timesteps(get_family("tcd"), 4), TABLE)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * (1 + sigmas[0] ** 2) ** 0.5
-    runs = [sample_accelerated(model, x, sigmas, "tcd", 0.0, disable=True, generator=torch.Generator().manual_seed(s),
-                               train_sigmas=TABLE) for s in (1, 2)]
+    runs = [
+        sample_accelerated(
+            model, x, sigmas, "tcd", 0.0, disable=True, generator=torch.Generator().manual_seed(s), train_sigmas=TABLE
+        )
+        for s in (1, 2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
@@ -139,12 +171,20 @@ def test_tcd_gamma_zero_equals_diffusers_tcd_eta_zero():
     for t in scheduler.timesteps:
         latents = scheduler.step(model(latents, t), t, latents, eta=0.0, return_dict=False)[0]
     sigmas = sigmas_for_timesteps(family_timesteps(get_family("tcd"), 4), TABLE)
-    ours = sample_accelerated(_x0_denoiser(model, "epsilon"), noise * (1 + sigmas[0] ** 2) ** 0.5, sigmas, "tcd", 0.0,
-                              disable=True, train_sigmas=TABLE)
+    ours = sample_accelerated(
+        _x0_denoiser(model, "epsilon"),
+        noise * (1 + sigmas[0] ** 2) ** 0.5,
+        sigmas,
+        "tcd",
+        0.0,
+        disable=True,
+        train_sigmas=TABLE,
+    )
     torch.testing.assert_close(ours, latents, rtol=1e-5, atol=1e-5)
 
 
 # --- through the nodes, on the tiny SD1.5 checkpoint, against diffusers' StableDiffusionPipeline ---
+
 
 def _family_model(model, key):
     """The MODEL as LCMAcceleratorLoader leaves it, without a LoRA file: the family recorded."""
@@ -155,16 +195,21 @@ def _family_model(model, key):
 
 # DMD2's 1-step run is left to the loop test: at t = 399 the random tiny UNet turns the 1e-7 rounding of
 # the pure-noise rescale into 1e-3 (measured: unet(noise) vs unet(noise * (1 + s^2)^0.5 / (1 + s^2)^0.5))
-PIPELINE_CASES = [(key, family.default_steps) for key, family in FAMILIES.items()
-                  if family.default_steps > 1 and "sd15" in family.bases]  # SDXL-only: the SDXL test below
+PIPELINE_CASES = [
+    (key, family.default_steps)
+    for key, family in FAMILIES.items()
+    if family.default_steps > 1 and "sd15" in family.bases
+]  # SDXL-only: the SDXL test below
 PIPELINE_CASES += [("hyper_sd_cfg", 12), ("hyper_sd_unified", 1)]
 
 
 @pytest.mark.parametrize("key, steps", PIPELINE_CASES)
 def test_accelerator_ksampler_equals_the_authors_pipeline(sd15, key, steps):  # noqa: F811
-    """Through LCMAcceleratorKSampler on the tiny SD1.5 checkpoint. Tolerance 5e-5 of max |latent|: the
-    random tiny UNet drives latents to a few hundred and cfg 5 multiplies the cond/uncond rounding
-    (the loop test above holds every entry to 1e-5 on O(1) latents)."""
+    """Through LCMAcceleratorKSampler on the tiny SD1.5 checkpoint. Tolerance 2e-4 of max |latent|: the
+    random tiny UNet drives latents to a few hundred and cfg 5 multiplies the cond/uncond rounding, which
+    depends on the torch thread count (measured: 2-3e-5 with two threads, 9e-5 with one); a wrong
+    timestep or coefficient is off by whole percents (the loop test above holds every entry to 1e-5 on
+    O(1) latents)."""
     model, positive, negative, parts = sd15
     family = get_family(key)
     scheduler, extra = authors_scheduler(key, steps, "sd15")
@@ -179,10 +224,11 @@ def test_accelerator_ksampler_equals_the_authors_pipeline(sd15, key, steps):  # 
     else:
         kwargs_steps = steps
     reference = _diffusers_latent(pipe, positive, negative if cfg > 1 else None, kwargs_steps, cfg, **kwargs)
-    ours = PACK["LCMAcceleratorKSampler"]().sample(_family_model(model, key), SEED, steps, cfg, positive, negative,
-                                                   _empty_latent(), "from_model", 1.0)[0]["samples"]
+    ours = PACK["LCMAcceleratorKSampler"]().sample(
+        _family_model(model, key), SEED, steps, cfg, positive, negative, _empty_latent(), "from_model", 1.0
+    )[0]["samples"]
     error, scale = float((ours - reference).abs().max()), float(reference.abs().max())
-    assert error <= 5e-5 * max(scale, 1.0), f"max error {error:.3g} for max |latent| {scale:.3g}"
+    assert error <= 2e-4 * max(scale, 1.0), f"max error {error:.3g} for max |latent| {scale:.3g}"
 
 
 def test_scheduler_and_sampler_nodes_equal_the_ksampler(sd15):  # noqa: F811
@@ -198,6 +244,7 @@ def test_scheduler_and_sampler_nodes_equal_the_ksampler(sd15):  # noqa: F811
 
 
 # --- the guard ---
+
 
 def test_guard_warns_on_too_high_cfg_and_wrong_steps_and_names_the_recommended_values():
     lightning = get_family("lightning")
@@ -222,17 +269,21 @@ def test_guard_runs_on_and_logs_one_line_per_problem(sd15, caplog):  # noqa: F81
 
 # --- auto detection, the loader and the mixer ---
 
-@pytest.mark.parametrize("name, family, steps", [
-    ("lcm-lora-sdv1-5.safetensors", "lcm", None),
-    ("Hyper-SD15-4steps-lora.safetensors", "hyper_sd", 4),
-    ("Hyper-SDXL-1step-lora.safetensors", "hyper_sd_unified", 1),
-    ("Hyper-SDXL-12steps-CFG-lora.safetensors", "hyper_sd_cfg", 12),
-    ("sdxl_lightning_4step_lora.safetensors", "lightning", 4),
-    ("dmd2_sdxl_4step_lora_fp16.safetensors", "dmd2", 4),
-    ("pcm_sd15_smallcfg_2step_converted.safetensors", "pcm", 2),
-    ("pcm_sdxl_normalcfg_16step_converted.safetensors", "pcm_normalcfg", 16),
-    ("TCD-SD15-LoRA.safetensors", "tcd", None),
-])
+
+@pytest.mark.parametrize(
+    "name, family, steps",
+    [
+        ("lcm-lora-sdv1-5.safetensors", "lcm", None),
+        ("Hyper-SD15-4steps-lora.safetensors", "hyper_sd", 4),
+        ("Hyper-SDXL-1step-lora.safetensors", "hyper_sd_unified", 1),
+        ("Hyper-SDXL-12steps-CFG-lora.safetensors", "hyper_sd_cfg", 12),
+        ("sdxl_lightning_4step_lora.safetensors", "lightning", 4),
+        ("dmd2_sdxl_4step_lora_fp16.safetensors", "dmd2", 4),
+        ("pcm_sd15_smallcfg_2step_converted.safetensors", "pcm", 2),
+        ("pcm_sdxl_normalcfg_16step_converted.safetensors", "pcm_normalcfg", 16),
+        ("TCD-SD15-LoRA.safetensors", "tcd", None),
+    ],
+)
 def test_auto_detects_the_published_file_names(name, family, steps):
     found = detect_family(name)
     assert (found.family, found.lora_steps) == (family, steps)
@@ -267,8 +318,8 @@ def accelerator_loras(demo_root):
 
 
 def _demo_model(demo_root):
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
     paths = ModelPaths(demo_root / "models", demo_root / "input", demo_root / "output")
     with use_model_paths(paths):
@@ -277,8 +328,8 @@ def _demo_model(demo_root):
 
 
 def test_loader_auto_records_the_family_and_says_which(demo_root, accelerator_loras, caplog):
-    from lcm_accel.harness.model_paths import use_model_paths
     from lcm_accel.hosts.accelerator_record import accelerator_record
+    from lcm_accel.runtime.model_paths import use_model_paths
 
     model, paths = _demo_model(demo_root)
     with use_model_paths(paths), caplog.at_level(logging.WARNING, logger="lcm_accel.accelerator"):
@@ -297,8 +348,8 @@ def test_loader_auto_records_the_family_and_says_which(demo_root, accelerator_lo
 
 
 def test_mixer_keeps_the_accelerator_family_beside_a_style_lora(demo_root, accelerator_loras, caplog):
-    from lcm_accel.harness.model_paths import use_model_paths
     from lcm_accel.hosts.accelerator_record import accelerator_record
+    from lcm_accel.runtime.model_paths import use_model_paths
 
     model, paths = _demo_model(demo_root)
     mixer = PACK["LCMAdapterMixer"]()
@@ -308,8 +359,9 @@ def test_mixer_keeps_the_accelerator_family_beside_a_style_lora(demo_root, accel
         two = mixer.mix(model, "lcm-lora-sdv1-5.safetensors", 1.0, accelerator_loras[0], 1.0)[0]
     assert accelerator_record(mixed)["family"] == "hyper_sd"
     assert accelerator_record(two)["family"] == "lcm"
-    assert any("2 accelerator LoRAs in one mix (LCM-LoRA, Hyper-SD N-step LoRA)" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "2 accelerator LoRAs in one mix (LCM-LoRA, Hyper-SD N-step LoRA)" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_from_model_without_a_record_names_what_to_do(sd15):  # noqa: F811
@@ -331,7 +383,7 @@ def test_every_family_cites_its_source_and_timesteps_are_in_the_table():
 def sdxl():
     from lcm_accel.fixtures import shared_models_root
     from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     model, clip, vae = load_checkpoint(shared_models_root() / "models" / "checkpoints" / "tiny_sdxl.safetensors")
     return model, CORE["CLIPTextEncode"]().encode(clip, "a photo of a cat")[0], vae
@@ -347,15 +399,32 @@ def test_sdxl_families_equal_the_authors_sdxl_pipeline(sdxl, key):
     scheduler, extra = authors_scheduler(key, 4, "sdxl")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = StableDiffusionXLPipeline(vae=vae.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=model.unet, scheduler=scheduler)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae.vae,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=model.unet,
+            scheduler=scheduler,
+        )
     pipe.set_progress_bar_config(disable=True)
     timesteps = {"timesteps": list(family.timesteps[4])} if family.grid == "custom" else {}
-    out = pipe(prompt_embeds=positive[0][0], pooled_prompt_embeds=positive[0][1]["pooled_output"],
-               num_inference_steps=None if timesteps else 4, guidance_scale=0.0, height=64, width=64,
-               generator=torch.Generator().manual_seed(SEED), output_type="latent", **timesteps, **extra)
+    out = pipe(
+        prompt_embeds=positive[0][0],
+        pooled_prompt_embeds=positive[0][1]["pooled_output"],
+        num_inference_steps=None if timesteps else 4,
+        guidance_scale=0.0,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="latent",
+        **timesteps,
+        **extra,
+    )
     reference = out.images / vae.scaling_factor
-    ours = PACK["LCMAcceleratorKSampler"]().sample(_family_model(model, key), SEED, 4, 1.0, positive, positive,
-                                                   _empty_latent(), "from_model", 1.0)[0]["samples"]
+    ours = PACK["LCMAcceleratorKSampler"]().sample(
+        _family_model(model, key), SEED, 4, 1.0, positive, positive, _empty_latent(), "from_model", 1.0
+    )[0]["samples"]
     error, scale = float((ours - reference).abs().max()), float(reference.abs().max())
     assert error <= 1e-5 * max(scale, 1.0), f"max error {error:.3g} for max |latent| {scale:.3g}"

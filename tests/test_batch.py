@@ -1,5 +1,6 @@
 """`python -m lcm_accel batch`: jobs files, the manifest, 2 processes under accelerate launch against
 `run` of each job, a stopped (Ctrl-C) or killed batch resuming, failing jobs recorded while the others finish."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"  # UI format: the PNGs carry the edited UI workflow
 SMALL = ["--set", "5.width=64", "--set", "5.height=64"]
 PROMPTS = ["a cat", "a dog", "a red house", "a boat", "mountains", "a bowl of fruit", "a lighthouse", "a robot"]
-JOBS = [{"id": f"img-{i}", "6.seed": 100 + i, "3.text": PROMPTS[i], **({"2.strength": 0.5} if i == 3 else {})}
-        for i in range(8)]
+JOBS = [
+    {"id": f"img-{i}", "6.seed": 100 + i, "3.text": PROMPTS[i], **({"2.strength": 0.5} if i == 3 else {})}
+    for i in range(8)
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +53,16 @@ def _default_sigint() -> None:
 
 
 def _cli(args: list[str], cwd: Path, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "lcm_accel", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=_default_sigint, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lcm_accel", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=_default_sigint,
+        **kwargs,
+    )
 
 
 # -- jobs files and the manifest ------------------------------------------------------------------
@@ -60,22 +70,26 @@ def test_jobs_from_csv_and_jsonl(tmp_path):
     csv = tmp_path / "jobs.csv"
     csv.write_text('3.seed,6.text,id\n7,"a cat, sitting",first\n,a dog,\n\n')
     assert read_jobs(csv) == [Job("first", ("3.seed=7", "6.text=a cat, sitting")), Job("00002", ("6.text=a dog",))]
-    jsonl = _write_jsonl(tmp_path / "jobs.jsonl", [{"3.seed": 7, "6.text": "a cat", "2.strength": 0.5},
-                                                   {"id": "x", "3.seed": 8}])
+    jsonl = _write_jsonl(
+        tmp_path / "jobs.jsonl", [{"3.seed": 7, "6.text": "a cat", "2.strength": 0.5}, {"id": "x", "3.seed": 8}]
+    )
     assert read_jobs(jsonl) == [Job("00001", ("3.seed=7", "6.text=a cat", "2.strength=0.5")), Job("x", ("3.seed=8",))]
 
 
-@pytest.mark.parametrize("name, text, fragment", [
-    ("a.csv", "seed\n1\n", "'seed' is not NODE.INPUT"),
-    ("a.csv", "id,3.seed\nx,1\nx,2\n", "job id 'x' appears twice"),
-    ("a.csv", "id,3.seed\n../up,1\n", "must be letters, digits"),
-    ("a.csv", "id,3.seed\nmanifest.parts,1\n", "is reserved"),
-    ("a.csv", "3.seed\n1,2\n", "line 2: 2 cells for 1 columns"),
-    ("a.jsonl", '{"3.seed": 1}\n{"3.seed": \n', "line 2: not JSON"),
-    ("a.jsonl", "[1]\n", "expected an object"),
-    ("a.jsonl", "\n", "lists no jobs"),
-    ("a.txt", "3.seed=1\n", "expected a .csv or .jsonl file"),
-])
+@pytest.mark.parametrize(
+    "name, text, fragment",
+    [
+        ("a.csv", "seed\n1\n", "'seed' is not NODE.INPUT"),
+        ("a.csv", "id,3.seed\nx,1\nx,2\n", "job id 'x' appears twice"),
+        ("a.csv", "id,3.seed\n../up,1\n", "must be letters, digits"),
+        ("a.csv", "id,3.seed\nmanifest.parts,1\n", "is reserved"),
+        ("a.csv", "3.seed\n1,2\n", "line 2: 2 cells for 1 columns"),
+        ("a.jsonl", '{"3.seed": 1}\n{"3.seed": \n', "line 2: not JSON"),
+        ("a.jsonl", "[1]\n", "expected an object"),
+        ("a.jsonl", "\n", "lists no jobs"),
+        ("a.txt", "3.seed=1\n", "expected a .csv or .jsonl file"),
+    ],
+)
 def test_bad_jobs_files_are_refused_with_the_line(tmp_path, name, text, fragment):
     (tmp_path / name).write_text(text)
     with pytest.raises(HarnessError, match=None) as error:
@@ -106,8 +120,25 @@ def test_two_processes_write_what_run_writes_for_each_job(root, tmp_path, one_th
     from lcm_accel.cli import main
 
     jobs = _write_jsonl(tmp_path / "jobs.jsonl", JOBS)
-    out = launch(["-m", "lcm_accel", "batch", str(WORKFLOW), "--jobs", str(jobs), "--models", str(root / "models"),
-                  "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress", *SMALL], cwd=tmp_path)
+    out = launch(
+        [
+            "-m",
+            "lcm_accel",
+            "batch",
+            str(WORKFLOW),
+            "--jobs",
+            str(jobs),
+            "--models",
+            str(root / "models"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert "batch: 8 job(s), 0 done before, 8 run now on 2 process(es)" in out.stdout
     entries = _entries(tmp_path / "out")
     assert list(entries) == [j["id"] for j in JOBS]  # merged in the jobs' order
@@ -128,8 +159,21 @@ def test_two_processes_write_what_run_writes_for_each_job(root, tmp_path, one_th
 
 def test_a_killed_batch_resumes_without_redoing_finished_jobs(root, tmp_path):
     jobs = _write_jsonl(tmp_path / "jobs.jsonl", [{**j, "5.width": 64 if i < 2 else 256} for i, j in enumerate(JOBS)])
-    args = ["batch", str(WORKFLOW), "--jobs", str(jobs), "--models", str(root / "models"), "--out", "out",
-            "--device", "cpu", "--no-progress", "--set", "5.height=64"]
+    args = [
+        "batch",
+        str(WORKFLOW),
+        "--jobs",
+        str(jobs),
+        "--models",
+        str(root / "models"),
+        "--out",
+        "out",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "5.height=64",
+    ]
     part = tmp_path / "out" / PARTS / "rank-0.jsonl"
 
     def stop_after(lines: int, sig: int) -> tuple[int, str, str]:
@@ -175,14 +219,31 @@ def test_failing_jobs_are_recorded_and_the_others_finish(root, tmp_path, one_thr
 
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("id,6.seed,99.seed\nfine,1,\nbad-seed,x,\nno-node,2,5\nalso-fine,3,\n")
-    args = ["batch", str(WORKFLOW), "--jobs", str(jobs), "--models", str(root / "models"), "--out",
-            str(tmp_path / "out"), "--device", "cpu", "--no-progress", *SMALL]
+    args = [
+        "batch",
+        str(WORKFLOW),
+        "--jobs",
+        str(jobs),
+        "--models",
+        str(root / "models"),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *SMALL,
+    ]
     assert main(args) == 1
     stdout = capsys.readouterr().out
     assert "batch: 4 job(s), 0 done before, 4 run now on 1 process(es)" in stdout
     assert "2 failed (bad-seed, no-node)" in stdout
     entries = _entries(tmp_path / "out")
-    assert [entries[i]["status"] for i in ("fine", "bad-seed", "no-node", "also-fine")] == ["ok", "error", "error", "ok"]
+    assert [entries[i]["status"] for i in ("fine", "bad-seed", "no-node", "also-fine")] == [
+        "ok",
+        "error",
+        "error",
+        "ok",
+    ]
     assert "node 6 (LCMKSampler), input 'seed': expected an integer, got 'x'" in entries["bad-seed"]["error"]
     assert "no node 99 in the workflow" in entries["no-node"]["error"]
     assert all((tmp_path / "out" / e["images"][0]).is_file() for e in entries.values() if e["status"] == "ok")

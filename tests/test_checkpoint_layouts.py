@@ -19,8 +19,8 @@ import torch
 
 from lcm_accel.fixtures import tiny_model
 from lcm_accel.fixtures.tiny_models import ldm_state_dict
-from lcm_accel.hosts.standalone.checkpoint_config import CheckpointFormatError
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+from lcm_accel.runtime.checkpoint_config import CheckpointFormatError
+from lcm_accel.runtime.checkpoints import load_checkpoint
 
 SD15_CLIP = "cond_stage_model.transformer."
 CLIP_L = "conditioner.embedders.0.transformer."
@@ -73,20 +73,25 @@ def _with_position_ids(prefix: str, dtype: torch.dtype) -> Callable[[State, str]
     def rewrite(state: State, family: str) -> State:
         ids = torch.arange(77, dtype=dtype).expand(1, -1)
         return {**state, f"{prefix}text_model.embeddings.position_ids": ids}
+
     return rewrite
 
 
 def _sd15_unused_clip_extras(state: State, family: str) -> State:
     """A text projection and logit scale beside SD1.5's CLIP-L (unused by SD; ComfyUI ignores them)."""
     width = state[f"{SD15_CLIP}text_model.final_layer_norm.weight"].shape[0]
-    return {**state, f"{SD15_CLIP}text_projection.weight": torch.randn(width, width),
-            "cond_stage_model.logit_scale": torch.tensor(4.6)}
+    return {
+        **state,
+        f"{SD15_CLIP}text_projection.weight": torch.randn(width, width),
+        "cond_stage_model.logit_scale": torch.tensor(4.6),
+    }
 
 
 def _diffusers_vae(deprecated_attention: bool) -> Callable[[State, str], State]:
     """The VAE under `first_stage_model.` with diffusers' AutoencoderKL names (what ComfyUI's VAE
     converts when it sees `decoder.up_blocks.0.resnets.0.norm1.weight`); optionally diffusers'
     deprecated attention names with 1x1-conv weights."""
+
     def rewrite(state: State, family: str) -> State:
         out = {k: v for k, v in state.items() if not k.startswith(VAE)}
         names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -99,6 +104,7 @@ def _diffusers_vae(deprecated_attention: bool) -> Callable[[State, str], State]:
                         value = value[:, :, None, None] if key.endswith(".weight") else value
             out[VAE + key] = value
         return out
+
     return rewrite
 
 
@@ -124,8 +130,11 @@ def _clip_g_projection_as_linear(state: State, family: str) -> State:
 def _comfyui_saved_sdxl(state: State, family: str) -> State:
     """What ComfyUI's CheckpointSave writes for SDXL: CLIP-L position ids (int64 arange), OpenCLIP-G
     with its logit scale, standard UNet / VAE names."""
-    return {**state, f"{CLIP_L}text_model.embeddings.position_ids": torch.arange(77).expand(1, -1),
-            f"{CLIP_G}logit_scale": torch.tensor(4.6055)}
+    return {
+        **state,
+        f"{CLIP_L}text_model.embeddings.position_ids": torch.arange(77).expand(1, -1),
+        f"{CLIP_G}logit_scale": torch.tensor(4.6055),
+    }
 
 
 def _cast(state: State, dtype: torch.dtype) -> State:
@@ -174,7 +183,11 @@ def test_standard_layout_equals_the_fixture_modules(reference):
         assert all(torch.equal(weights["vae"][k], v) for k, v in model.vae.state_dict().items())
         for i, encoder in enumerate(model.text_encoders):
             want = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
-            assert all(torch.equal(weights[f"text_encoder_{i}"][k], v) for k, v in want.items() if k in weights[f"text_encoder_{i}"])
+            assert all(
+                torch.equal(weights[f"text_encoder_{i}"][k], v)
+                for k, v in want.items()
+                if k in weights[f"text_encoder_{i}"]
+            )
 
 
 def test_clip_vocab_fixtures_share_unet_and_vae_with_the_default_ones():
@@ -189,7 +202,9 @@ def test_clip_vocab_fixtures_share_unet_and_vae_with_the_default_ones():
 
 @pytest.mark.parametrize("family,layout", CASES)
 def test_layout_loads_to_the_same_weights(tmp_path, reference, family, layout):
-    path = _save(LAYOUTS[family][layout](_state(family), family), tmp_path / "models" / "checkpoints" / f"{layout}.safetensors")
+    path = _save(
+        LAYOUTS[family][layout](_state(family), family), tmp_path / "models" / "checkpoints" / f"{layout}.safetensors"
+    )
     _assert_same(_weights(load_checkpoint(path)), reference[family])
 
 
@@ -204,12 +219,15 @@ def test_half_precision_files_load_exactly(tmp_path, dtype):
     _assert_same(half, full)
 
 
-@pytest.mark.parametrize("wrap,suffix", [
-    (lambda s: {"state_dict": s, "global_step": 470000, "epoch": 6}, ".ckpt"),  # PyTorch Lightning
-    (lambda s: {"model": s}, ".pt"),  # one dict inside (ComfyUI unwraps it)
-    (lambda s: {**s, "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5)}, ".ckpt"),
-    (lambda s: s, ".sft"),
-])
+@pytest.mark.parametrize(
+    "wrap,suffix",
+    [
+        (lambda s: {"state_dict": s, "global_step": 470000, "epoch": 6}, ".ckpt"),  # PyTorch Lightning
+        (lambda s: {"model": s}, ".pt"),  # one dict inside (ComfyUI unwraps it)
+        (lambda s: {**s, "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5)}, ".ckpt"),
+        (lambda s: s, ".sft"),
+    ],
+)
 def test_pickles_and_other_containers(tmp_path, reference, wrap, suffix):
     path = _save(wrap(_state("sd15")), tmp_path / "models" / "checkpoints" / f"model{suffix}")
     _assert_same(_weights(load_checkpoint(path)), reference["sd15"])
@@ -235,8 +253,13 @@ def test_lightning_training_checkpoint_with_callbacks_and_numpy_scalars(tmp_path
     names = ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__)
     for name in names:  # a stand-in package, so that pickle can name the class
         monkeypatch.setitem(sys.modules, name, module if name == module.__name__ else types.ModuleType(name))
-    data = {"state_dict": _state("sd15"), "global_step": numpy.int64(470000), "epoch": 6,
-            "callbacks": {"ModelCheckpoint": ModelCheckpoint()}, "pytorch-lightning_version": "1.4.2"}
+    data = {
+        "state_dict": _state("sd15"),
+        "global_step": numpy.int64(470000),
+        "epoch": 6,
+        "callbacks": {"ModelCheckpoint": ModelCheckpoint()},
+        "pytorch-lightning_version": "1.4.2",
+    }
     path = _save(data, tmp_path / "models" / "checkpoints" / "sd-v1-4.ckpt")
     for name in names:  # the user has no pytorch_lightning
         monkeypatch.delitem(sys.modules, name)
@@ -245,6 +268,7 @@ def test_lightning_training_checkpoint_with_callbacks_and_numpy_scalars(tmp_path
 
 def test_pickled_code_is_still_refused(tmp_path):
     """weights_only stays on: a pickle that calls anything else is refused, naming the file."""
+
     class Evil:
         def __reduce__(self):
             return (print, ("pickled code ran",))
@@ -257,17 +281,22 @@ def test_pickled_code_is_still_refused(tmp_path):
 def test_v_pred_marker_sets_v_prediction(tmp_path):
     """ComfyUI's CheckpointSave writes an empty `v_pred` tensor for v-prediction models."""
     checkpoints = tmp_path / "models" / "checkpoints"
-    model, _, _ = load_checkpoint(_save({**_state("sd15"), "v_pred": torch.tensor([])}, checkpoints / "vpred.safetensors"))
+    model, _, _ = load_checkpoint(
+        _save({**_state("sd15"), "v_pred": torch.tensor([])}, checkpoints / "vpred.safetensors")
+    )
     assert model.prediction_type == "v_prediction" and model.sampling_type == "v_prediction"
     model, _, _ = load_checkpoint(_save(_state("sd15"), checkpoints / "eps.safetensors"))
     assert model.prediction_type == "epsilon"
 
 
-@pytest.mark.parametrize("rewrite,message", [
-    (lambda s: {k.replace(SD15_CLIP, "cond_stage_model.model."): v for k, v in s.items()}, "SD2.x"),
-    (lambda s: {k: v for k, v in s.items() if not k.startswith(VAE)}, "first_stage_model"),
-    (lambda s: {k: v for k, v in s.items() if "token_embedding" not in k}, "token embedding"),
-])
+@pytest.mark.parametrize(
+    "rewrite,message",
+    [
+        (lambda s: {k.replace(SD15_CLIP, "cond_stage_model.model."): v for k, v in s.items()}, "SD2.x"),
+        (lambda s: {k: v for k, v in s.items() if not k.startswith(VAE)}, "first_stage_model"),
+        (lambda s: {k: v for k, v in s.items() if "token_embedding" not in k}, "token embedding"),
+    ],
+)
 def test_unsupported_layouts_name_the_file(tmp_path, rewrite, message):
     path = _save(rewrite(_state("sd15")), tmp_path / "models" / "checkpoints" / "odd.safetensors")
     with pytest.raises(CheckpointFormatError, match=f"odd.safetensors.*{message}"):
@@ -301,8 +330,11 @@ for index, (path, family) in enumerate(zip(jobs[::2], jobs[1::2])):
 """
 # layouts we read that ComfyUI drops an encoder of (its SDXL loader maps CLIP-L only with `text_model.`)
 BEYOND_COMFYUI = {("sdxl", "no_text_model_level_clip_l"): {"text_encoder_0"}}
-COMFY_ENCODERS = {"clip_l.transformer.text_model.": "text_encoder_0", "clip_g.transformer.text_model.": "text_encoder_1",
-                  "clip_g.transformer.": "text_encoder_1"}
+COMFY_ENCODERS = {
+    "clip_l.transformer.text_model.": "text_encoder_0",
+    "clip_g.transformer.text_model.": "text_encoder_1",
+    "clip_g.transformer.": "text_encoder_1",
+}
 
 
 @pytest.fixture
@@ -345,7 +377,7 @@ def _comfy_encoder_weights(normalised: State) -> dict[str, State]:
         prefix = next((p for p in COMFY_ENCODERS if key.startswith(p)), None)
         if prefix is None or key.endswith("position_ids"):
             continue
-        out.setdefault(COMFY_ENCODERS[prefix], {})[key[len(prefix):]] = value
+        out.setdefault(COMFY_ENCODERS[prefix], {})[key[len(prefix) :]] = value
     return out
 
 
@@ -355,11 +387,15 @@ def test_comfyui_normalises_each_layout_to_the_weights_we_load(comfyui, tmp_path
     files = []
     for family, layout in CASES:
         path = tmp_path / "models" / "checkpoints" / f"{family}_{layout}.safetensors"
-        files.append((_save(LAYOUTS[family][layout](_state(family), family), path), "sd15" if family == "sd15" else "sdxl"))
+        files.append(
+            (_save(LAYOUTS[family][layout](_state(family), family), path), "sd15" if family == "sd15" else "sdxl")
+        )
     normalised = _comfyui_normalised(comfyui, files, tmp_path / "comfyui")
     for (family, layout), theirs in zip(CASES, normalised):
         encoders = _comfy_encoder_weights(theirs)
-        expected = {k for k in reference[family] if k.startswith("text_encoder")} - BEYOND_COMFYUI.get((family, layout), set())
+        expected = {k for k in reference[family] if k.startswith("text_encoder")} - BEYOND_COMFYUI.get(
+            (family, layout), set()
+        )
         assert encoders.keys() == expected, (family, layout)
         for encoder, tensors in encoders.items():
             ours = reference[family][encoder]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcm_accel.hosts.standalone import clip_tokenizer
-from lcm_accel.hosts.standalone.clip_tokenizer import packaged_clip_tokenizer
+from lcm_accel.runtime import clip_tokenizer
+from lcm_accel.runtime.clip_tokenizer import packaged_clip_tokenizer
 
 # Published ids of OpenAI's CLIP tokenizer (openai/clip-vit-*), as several independent projects'
 # tests assert them: start 49406, end 49407, "a</w>" 320, "photo</w>" 1125, "of</w>" 539, ...
@@ -62,8 +62,11 @@ def test_equals_comfyui_tokenizer_files():
         pytest.skip("COMFYUI_PATH not set (or without comfy/sd1_tokenizer)")
     merges = clip_tokenizer.packaged_merges()
     assert clip_tokenizer.clip_vocab(merges) == json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    theirs = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
-              if line and not line.startswith("#version")]
+    theirs = [
+        line
+        for line in (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+        if line and not line.startswith("#version")
+    ]
     assert merges == theirs
 
 
@@ -76,7 +79,7 @@ def test_unreadable_merges_file_names_it(tmp_path):
 
 def _encoder_inputs(clip, text: str) -> list[list[int]]:
     """The token ids each text encoder of `clip` receives for `text` (first chunk)."""
-    from lcm_accel.hosts.standalone.text_encoding import encode_prompt
+    from lcm_accel.runtime.text_encoding import encode_prompt
 
     seen: list[list[int]] = []
 
@@ -96,7 +99,7 @@ def test_sdxl_encoders_pad_as_diffusers_and_comfyui(tmp_path):
     """CLIP-L pads with the end token (49407); SDXL's OpenCLIP-G with token 0, "!" (diffusers'
     SDXL `tokenizer_2` has pad_token "!", ComfyUI's SDXL clip_g tokenizer pads with 0)."""
     from lcm_accel.fixtures.tiny_models import write_tiny_models_dir
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     paths = write_tiny_models_dir(tmp_path, families=("sdxl",), packaged_tokenizer=True)
     assert "tokenizer" not in paths and not (tmp_path / "models" / "tokenizers").exists()
@@ -112,7 +115,7 @@ def test_sdxl_encoders_pad_as_diffusers_and_comfyui(tmp_path):
 
 def test_sd15_pads_with_the_end_token(tmp_path):
     from lcm_accel.fixtures.tiny_models import write_tiny_models_dir
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     paths = write_tiny_models_dir(tmp_path, families=("sd15",), packaged_tokenizer=True)
     _, clip, _ = load_checkpoint(paths["sd15"])

@@ -1,6 +1,7 @@
 """The accelerator nodes inside a real ComfyUI (skipped without COMFYUI_PATH): the SamplerCustom route
 equals the one-node route, and ComfyUI's built-in routes differ from the exact ones (their latent PSNR
 is the figure benchmarks/bench_accelerator_routes.py prints)."""
+
 from __future__ import annotations
 
 import math

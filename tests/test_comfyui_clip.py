@@ -11,12 +11,12 @@ weights); the checks run in ComfyUI's interpreter (tests/comfyui_clip_checks.py)
   before these inputs existed, and the quantize node's `fp8_e4m3fn` and older `fp8_e4m3` names;
 - the standalone host's text-encoder result equals ComfyUI's core LoraLoader's (fp16 rounding).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from comfyui_server import comfyui_checkout, run_checks
 
 CHECKOUT, WHY = comfyui_checkout()
@@ -31,10 +31,10 @@ def _clip_l():
     from transformers import CLIPTextModel
 
     from lcm_accel.fixtures.comfyui_models import clip_l_config
-    from lcm_accel.fixtures.tiny_models import _randomize
+    from lcm_accel.fixtures.tiny_models import randomize
 
     encoder = CLIPTextModel(clip_l_config()).eval()
-    _randomize(encoder, torch.Generator().manual_seed(5))
+    randomize(encoder, torch.Generator().manual_seed(5))
     return encoder.half()
 
 
@@ -55,8 +55,13 @@ def _te_tensors(encoder, rank: int, seed: int, layout: str) -> dict:
             tensors.update({f"text_encoder.{path}.lora_A.weight": down, f"text_encoder.{path}.lora_B.weight": up})
         else:
             key = layout + path.replace(".", "_")
-            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                            f"{key}.alpha": torch.tensor(float(rank) / 2)})
+            tensors.update(
+                {
+                    f"{key}.lora_down.weight": down,
+                    f"{key}.lora_up.weight": up,
+                    f"{key}.alpha": torch.tensor(float(rank) / 2),
+                }
+            )
     return tensors
 
 
@@ -76,17 +81,23 @@ def setup(tmp_path_factory) -> tuple[Path, dict]:
         (models / folder).mkdir(parents=True)
     torch.manual_seed(0)
     unet = sd15_unet().eval()
-    save_file({k: v.contiguous() for k, v in unet_to_ldm(unet.state_dict(), 1).items()},
-              str(models / "diffusion_models" / "unet.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in unet_to_ldm(unet.state_dict(), 1).items()},
+        str(models / "diffusion_models" / "unet.safetensors"),
+    )
     encoder = _clip_l()
-    save_file({"text_model." + k: v.contiguous() for k, v in encoder.state_dict().items()},
-              str(models / "text_encoders" / "clip_l.safetensors"))
+    save_file(
+        {"text_model." + k: v.contiguous() for k, v in encoder.state_dict().items()},
+        str(models / "text_encoders" / "clip_l.safetensors"),
+    )
     unet_part = kohya_state_dict(random_factors(lora_targets(unet), 4, seed=1, scale=0.05), alpha=2.0)
     loras = models / "loras"
     save_file({**unet_part, **_te_tensors(encoder, 4, 2, "lora_te_")}, str(loras / "style_te.safetensors"))
     save_file(_te_tensors(encoder, 2, 3, "diffusers"), str(loras / "te_diffusers.safetensors"))
-    save_file({**_te_tensors(encoder, 2, 4, "lora_te1_"), **_te_tensors(encoder, 2, 4, "lora_te2_")},
-              str(loras / "xl_te.safetensors"))
+    save_file(
+        {**_te_tensors(encoder, 2, 4, "lora_te1_"), **_te_tensors(encoder, 2, 4, "lora_te2_")},
+        str(loras / "xl_te.safetensors"),
+    )
     save_file(unet_part, str(loras / "unet_only.safetensors"))
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-lcm-accel").symlink_to(REPO)
@@ -150,16 +161,16 @@ def test_standalone_text_encoder_equals_comfyui_core(setup):
     from transformers import CLIPTextModel
 
     from lcm_accel.fixtures.comfyui_models import clip_l_config
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
-    from lcm_accel.hosts.standalone.lora import activate_clip_patches
-    from lcm_accel.hosts.standalone.types import ClipHost
     from lcm_accel.nodes.lora_nodes import LCMAdapterMixer
+    from lcm_accel.runtime.lora_state import activate_clip_patches
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
+    from lcm_accel.runtime.model_types import ClipHost
 
     base, _ = setup
     models = base / "models"
     state = load_file(str(models / "text_encoders" / "clip_l.safetensors"))
     encoder = CLIPTextModel(clip_l_config()).eval()
-    encoder.load_state_dict({k[len("text_model."):]: v.float() for k, v in state.items()})
+    encoder.load_state_dict({k[len("text_model.") :]: v.float() for k, v in state.items()})
     clip = ClipHost(tokenizer=None, text_encoders=[encoder], family="sd15")
     with use_model_paths(ModelPaths(models)):
         model, patched = LCMAdapterMixer().mix(None, "style_te.safetensors", 0.0, clip=clip, clip_weight_1=0.6)
@@ -173,6 +184,6 @@ def test_standalone_text_encoder_equals_comfyui_core(setup):
             continue  # ComfyUI-only buffers (position ids, text projection)
         base_value = state[key].float()
         changed += not torch.equal(theirs, base_value)
-        ulp = float(theirs.abs().max()) * 2.0 ** -10  # one fp16 step at the largest magnitude
+        ulp = float(theirs.abs().max()) * 2.0**-10  # one fp16 step at the largest magnitude
         assert float((ours[key].float() - theirs).abs().max()) <= ulp, key
     assert changed == 12 * len(CLIP_MODULES)

@@ -14,13 +14,13 @@ interpreter (tests/comfyui_deepcache_checks.py) through the real nodes and are a
 - ComfyUI's interrupt inside a partial call stops the run and puts the original blocks back;
 - a cache_depth too deep for the UNet, or a model that is not a UNet, is refused by name.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from comfyui_server import comfyui_checkout, run_checks
 
 CHECKOUT, WHY = comfyui_checkout()
@@ -134,7 +134,9 @@ def test_interval_3_caches_and_stays_close(checks):
     print("interval 3:", c)
     flags = DeepCacheSettings(3, 0).full_step_flags(c["steps"])
     # cond and uncond run batched (one stream): one call per step
-    assert c["stats"] == [{"full": flags.count(True), "partial": flags.count(False), "forced_full": 0, "steps": c["steps"]}]
+    assert c["stats"] == [
+        {"full": flags.count(True), "partial": flags.count(False), "forced_full": 0, "steps": c["steps"]}
+    ]
     assert c["finite"] and c["max_diff"] > 0
     assert c["rmse"] < 0.25 * c["plain_std"]
     # replayed blocks advance ComfyUI's transformer counter as the real ones do (GLIGEN reads it)

@@ -10,12 +10,12 @@ checks run in ComfyUI's interpreter (tests/comfyui_host_checks.py) and are asser
   "lcm", and on a plain eps MODEL (the boundary condition is undone / applied exactly once);
 - ComfyUI's own KSampler "lcm" runs on our LCM model; ComfyUI's interrupt stops our sampler.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from comfyui_server import comfyui_checkout, run_checks, sd15_unet_base
 
 CHECKOUT, WHY = comfyui_checkout()

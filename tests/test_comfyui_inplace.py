@@ -15,6 +15,7 @@ asserts, against ComfyUI's own core LoraLoader route on the same weights:
   re-weighted model's output with no recompilation after the warm-up prompts (LCM_ACCEL_COMPILE_CHECK=0 skips this one: it
   compiles a UNet on the CPU, a few minutes).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from comfyui_server import comfyui_checkout, run_checks, sd15_unet_base
 
 CHECKOUT, WHY = comfyui_checkout()
@@ -41,16 +41,30 @@ def write_lycoris(folder, unet, targets) -> None:
     for module, shape in targets.items():
         out, inp = shape[0], shape[1]
         key = "lora_unet_" + module.replace(".", "_")
-        loha.update({f"{key}.hada_w1_a": torch.randn(out, 4, generator=g) * 0.1,
-                     f"{key}.hada_w1_b": torch.randn(4, inp, generator=g) * 0.1,
-                     f"{key}.hada_w2_a": torch.randn(out, 4, generator=g) * 0.1,
-                     f"{key}.hada_w2_b": torch.randn(4, inp, generator=g) * 0.1, f"{key}.alpha": torch.tensor(4.0)})
-        lokr.update({f"{key}.lokr_w1": torch.randn(8, 8, generator=g) * 0.03,
-                     f"{key}.lokr_w2": torch.randn(out // 8, inp // 8, generator=g) * 0.03})
+        loha.update(
+            {
+                f"{key}.hada_w1_a": torch.randn(out, 4, generator=g) * 0.1,
+                f"{key}.hada_w1_b": torch.randn(4, inp, generator=g) * 0.1,
+                f"{key}.hada_w2_a": torch.randn(out, 4, generator=g) * 0.1,
+                f"{key}.hada_w2_b": torch.randn(4, inp, generator=g) * 0.1,
+                f"{key}.alpha": torch.tensor(4.0),
+            }
+        )
+        lokr.update(
+            {
+                f"{key}.lokr_w1": torch.randn(8, 8, generator=g) * 0.03,
+                f"{key}.lokr_w2": torch.randn(out // 8, inp // 8, generator=g) * 0.03,
+            }
+        )
         weight = unet.get_submodule(module).weight.detach().reshape(out, -1)
-        dora.update({f"{key}.lora_down.weight": torch.randn(4, inp, generator=g) * 0.1,
-                     f"{key}.lora_up.weight": torch.randn(out, 4, generator=g) * 0.01, f"{key}.alpha": torch.tensor(4.0),
-                     f"{key}.dora_scale": weight.norm(dim=0, keepdim=True) * 1.02})
+        dora.update(
+            {
+                f"{key}.lora_down.weight": torch.randn(4, inp, generator=g) * 0.1,
+                f"{key}.lora_up.weight": torch.randn(out, 4, generator=g) * 0.01,
+                f"{key}.alpha": torch.tensor(4.0),
+                f"{key}.dora_scale": weight.norm(dim=0, keepdim=True) * 1.02,
+            }
+        )
     for name, tensors in (("loha", loha), ("lokr", lokr), ("dora", dora)):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{name}.safetensors"))
 
@@ -66,8 +80,9 @@ def checks(tmp_path_factory) -> dict:
     write_kohya(models / "loras" / "style.safetensors", random_factors(targets, 4, seed=2, scale=0.018), alpha=2.0)
     attention = {k: v for k, v in targets.items() if ".attn" in k}  # small LoRAs for the long random sequences
     write_kohya(models / "loras" / "lcm_attn.safetensors", random_factors(attention, 8, seed=3, scale=0.02), alpha=8.0)
-    write_kohya(models / "loras" / "style_attn.safetensors", random_factors(attention, 4, seed=4, scale=0.03),
-                alpha=2.0)
+    write_kohya(
+        models / "loras" / "style_attn.safetensors", random_factors(attention, 4, seed=4, scale=0.03), alpha=2.0
+    )
     write_lycoris(models / "loras", unet, attention)
     args = (str(STEPS),) + (("compile",) if COMPILE else ())
     return run_checks(CHECKOUT, REPO / "tests" / "comfyui_inplace_checks.py", base, timeout=3000, args=args)

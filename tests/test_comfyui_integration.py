@@ -9,6 +9,7 @@ the same API prompts in this process. PSNR figures are printed (`pytest -s` show
 About two minutes on an idle 2-core CPU with SDXL (building its ~1.7B random parameters is half
 of it; `LCM_ACCEL_COMFYUI_FAMILIES=sd15` leaves it out): an integration check, never part of CI.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from comfyui_server import ComfyUIError, ComfyUIServer, comfyui_checkout, comfyui_python
 
 CHECKOUT, WHY_NOT = comfyui_checkout()
@@ -33,11 +33,11 @@ from PIL import Image  # noqa: E402  (after the skip: nothing below runs in CI)
 
 from lcm_accel.fixtures.comfyui_models import write_comfyui_models_dir  # noqa: E402
 from lcm_accel.harness.executor import Executor  # noqa: E402
-from lcm_accel.harness.model_paths import ModelPaths  # noqa: E402
 from lcm_accel.harness.registry import default_registry  # noqa: E402
 from lcm_accel.harness.runner import apply_overrides  # noqa: E402
-from lcm_accel.hosts.standalone.checkpoint_loader import clear_cache as clear_checkpoint_cache  # noqa: E402
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from lcm_accel.runtime.checkpoints import clear_cache as clear_checkpoint_cache  # noqa: E402
+from lcm_accel.runtime.model_paths import ModelPaths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
@@ -77,8 +77,12 @@ def _only(prompt: dict, class_type: str) -> str:
 
 def size_overrides(prompt: dict) -> list[str]:
     """`NODE.INPUT=VALUE` assignments that shrink every EmptyLatentImage to IMAGE_SIZE."""
-    return [f"{i}.{k}={IMAGE_SIZE}" for i, n in prompt.items() if n["class_type"] == "EmptyLatentImage"
-            for k in ("width", "height")]
+    return [
+        f"{i}.{k}={IMAGE_SIZE}"
+        for i, n in prompt.items()
+        if n["class_type"] == "EmptyLatentImage"
+        for k in ("width", "height")
+    ]
 
 
 def expected_size(prompt: dict, base_dir: Path) -> tuple[int, int]:
@@ -157,8 +161,9 @@ def standalone_images(base_dir, tmp_path_factory):
     executor = Executor(registry, ModelPaths(base_dir / "models", input_dir=base_dir / "input", output_dir=out))
     done: dict[str, tuple[np.ndarray, dict]] = {}
 
-    def run(path: Path, assignments: list[str], prompt: dict | None = None,
-            name: str | None = None) -> tuple[np.ndarray, dict]:
+    def run(
+        path: Path, assignments: list[str], prompt: dict | None = None, name: str | None = None
+    ) -> tuple[np.ndarray, dict]:
         """The workflow at `path` (or the given `prompt`, memoised under `name`) with `assignments`."""
         name = name or path.stem
         if name not in done:
@@ -208,7 +213,8 @@ def test_lora_combos_list_the_loras_folder(object_info, base_dir):
     loras = sorted(p.name for p in (base_dir / "models" / "loras").glob("*.safetensors"))
     combos = {
         f"{name}.{input_name}": spec[0]
-        for name in PACK_NODES if name in object_info
+        for name in PACK_NODES
+        if name in object_info
         for section in ("required", "optional")
         for input_name, spec in object_info[name]["input"].get(section, {}).items()
         if input_name.startswith("lora") and input_name != "lora_stack"  # a LORA_STACK link, not a combo
@@ -254,16 +260,25 @@ def test_workflow_gives_the_same_image_in_both_hosts(path, base_dir, object_info
     halfway = time.perf_counter()
     theirs = comfy_images(path.stem, comfy_prompt)
     value = psnr(ours, theirs)
-    print(f"\nPSNR {path.stem}: ComfyUI vs standalone = {value:.2f} dB "
-          f"(max |diff| {int(np.abs(ours.astype(int) - theirs.astype(int)).max())}/255; "
-          f"standalone {halfway - started:.1f} s, ComfyUI {time.perf_counter() - halfway:.1f} s)")
+    print(
+        f"\nPSNR {path.stem}: ComfyUI vs standalone = {value:.2f} dB "
+        f"(max |diff| {int(np.abs(ours.astype(int) - theirs.astype(int)).max())}/255; "
+        f"standalone {halfway - started:.1f} s, ComfyUI {time.perf_counter() - halfway:.1f} s)"
+    )
     assert ours.shape == (*expected_size(comfy_prompt, base_dir), 3) and ours.std() > 0
     assert value >= MIN_PSNR_DB, f"{path.stem}: {value:.2f} dB < {MIN_PSNR_DB} dB"
 
 
 # -- (3) every workflow on a quantized UNet: the two hosts agree -------------------------------
 
-QUANTIZE_BEFORE = ("KSampler", "KSamplerAdvanced", "LCMKSampler", "LCMAcceleratorKSampler", "SamplerCustom", "DeepCache")
+QUANTIZE_BEFORE = (
+    "KSampler",
+    "KSamplerAdvanced",
+    "LCMKSampler",
+    "LCMAcceleratorKSampler",
+    "SamplerCustom",
+    "DeepCache",
+)
 
 
 def with_quantized_unet(prompt: dict, fmt: str) -> dict:
@@ -277,15 +292,18 @@ def with_quantized_unet(prompt: dict, fmt: str) -> dict:
         if prompt[source[0]]["class_type"] in ("DeepCache", "LCMQuantizeUNet"):
             continue  # DeepCache's own input gets the quantizer
         new = str(max(int(i) for i in prompt) + 1)
-        prompt[new] = {"class_type": "LCMQuantizeUNet", "inputs": {
-            "model": source, "format": fmt, "keep": "default", "group_size": 64, "keep_source": False}}
+        prompt[new] = {
+            "class_type": "LCMQuantizeUNet",
+            "inputs": {"model": source, "format": fmt, "keep": "default", "group_size": 64, "keep_source": False},
+        }
         node["inputs"]["model"] = [new, 0]
     return prompt
 
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(path, base_dir, object_info, comfy_images,
-                                                                         standalone_images):
+def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(
+    path, base_dir, object_info, comfy_images, standalone_images
+):
     """Each workflow with its UNet quantized to int8 after its LoRAs: ComfyUI's LCMQuantizeUNet merges
     with ComfyUI's own LoRA arithmetic, ours with our patcher; both quantize the same merged weights."""
     prompt = _load(path)
@@ -316,17 +334,39 @@ def builtin_lcm_prompt(ours: dict) -> dict:
     latent = ours[sampler["latent_image"][0]]["inputs"]
     sampler_name, scheduler = BUILTIN_LCM_SAMPLER
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ours[_only(ours, "CheckpointLoaderSimple")]["inputs"]["ckpt_name"]}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora["lora_name"],
-                                                     "strength_model": lora["strength"], "strength_clip": lora["strength"]}},
+        "1": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": ours[_only(ours, "CheckpointLoaderSimple")]["inputs"]["ckpt_name"]},
+        },
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "lora_name": lora["lora_name"],
+                "strength_model": lora["strength"],
+                "strength_clip": lora["strength"],
+            },
+        },
         "3": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["2", 0], "sampling": "lcm", "zsnr": False}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": texts[sampler["positive"][0]]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": texts[sampler["negative"][0]]}},
         "6": {"class_type": "EmptyLatentImage", "inputs": dict(latent)},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["3", 0], "seed": sampler["seed"], "steps": sampler["steps"], "cfg": sampler["cfg"],
-            "sampler_name": sampler_name, "scheduler": scheduler, "positive": ["4", 0], "negative": ["5", 0],
-            "latent_image": ["6", 0], "denoise": sampler["denoise"]}},
+        "7": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["3", 0],
+                "seed": sampler["seed"],
+                "steps": sampler["steps"],
+                "cfg": sampler["cfg"],
+                "sampler_name": sampler_name,
+                "scheduler": scheduler,
+                "positive": ["4", 0],
+                "negative": ["5", 0],
+                "latent_image": ["6", 0],
+                "denoise": sampler["denoise"],
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "builtin_lcm"}},
     }
@@ -357,7 +397,9 @@ def test_comfyui_builtin_lcm_route_beside_ours(object_info, comfy_images):
     builtin_prompt = builtin_lcm_prompt(ours_prompt)
     builtin = comfy_images("builtin_lcm", builtin_prompt)
     ours = comfy_images(path.stem, ours_prompt)
-    print(f"\nPSNR ComfyUI built-in LCM (lcm + sgm_uniform) vs LCMKSampler, both in ComfyUI = {psnr(ours, builtin):.2f} dB")
+    print(
+        f"\nPSNR ComfyUI built-in LCM (lcm + sgm_uniform) vs LCMKSampler, both in ComfyUI = {psnr(ours, builtin):.2f} dB"
+    )
     for image in (ours, builtin):
         assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert image.std() > 0

@@ -14,11 +14,11 @@ much. So:
 * float32, the real CLI on the tiny checkpoint: every logged loss within rtol 1e-3 (measured <= 5e-5;
   another seed or split differs by 10-90%), i.e. same data, noise and model state at every step.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +37,23 @@ pytest.importorskip("accelerate")
 def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """`accelerate launch` with N CPU processes (torchrun under --multi_gpu: accelerate's --cpu flag starts
     one process unless given an MPI hostfile)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(29500 + os.getpid() % 1000), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -114,24 +128,54 @@ def test_cli_under_accelerate_launch_and_resume_with_another_process_count(tmp_p
 
     data = _data(tmp_path / "data")
     base = shared_models_root() / "models" / "checkpoints" / "tiny_sd15.safetensors"
-    common = ["--base", str(base), "--data", str(data), "--rank", "4", "--resolution", "64", "--lr", "1e-5",
-              "--ema", "0.9", "--device", "cpu", "--no-progress", "--checkpoint-every", "0"]
-    out = launch(["-m", "lcm_accel", "train", "lcm-lora", *common, "--out", "two.safetensors", "--batch", "2",
-                  "--steps", "2"], cwd=tmp_path)
+    common = [
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--rank",
+        "4",
+        "--resolution",
+        "64",
+        "--lr",
+        "1e-5",
+        "--ema",
+        "0.9",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--checkpoint-every",
+        "0",
+    ]
+    out = launch(
+        ["-m", "lcm_accel", "train", "lcm-lora", *common, "--out", "two.safetensors", "--batch", "2", "--steps", "2"],
+        cwd=tmp_path,
+    )
     assert "effective batch 4 (--batch 2 x 2 process(es) x --grad-accum 1); learning rate 1e-05" in out.stdout
     assert out.stdout.count("wrote two.safetensors") == 1  # the main process writes, once
     work = tmp_path / "two.safetensors.work"
     assert sorted(p.name for p in (work / "checkpoint").iterdir()) == ["rng_0.pt", "rng_1.pt", "state.pt"]
     assert len(_losses(work)) == 2
 
-    assert main(["train", "lcm-lora", *common, "--out", str(tmp_path / "one.safetensors"), "--batch", "4",
-                 "--steps", "3"]) == 0
+    assert (
+        main(["train", "lcm-lora", *common, "--out", str(tmp_path / "one.safetensors"), "--batch", "4", "--steps", "3"])
+        == 0
+    )
     one = _losses(tmp_path / "one.safetensors.work")
     np.testing.assert_allclose(_losses(work), one[:2], rtol=1e-3)
 
     capsys.readouterr()
-    resume = ["train", "lcm-lora", *common, "--out", str(tmp_path / "two.safetensors"), "--steps", "3",
-              "--resume", str(work)]
+    resume = [
+        "train",
+        "lcm-lora",
+        *common,
+        "--out",
+        str(tmp_path / "two.safetensors"),
+        "--steps",
+        "3",
+        "--resume",
+        str(work),
+    ]
     assert main(resume + ["--batch", "2"]) == 2  # 1 x 2 is not the global batch of 4
     error = capsys.readouterr().err
     assert "global batch of 4" in error and "pass --batch 4" in error

@@ -2,6 +2,7 @@
 LCM / TCD loop against the eager sampler, the LCMFastMode node and `run --fast`, and LoRA apply /
 re-weight / restore keeping every patched parameter's storage. CPU tests use a recording backend
 (replays eagerly from the static buffers) where a capture is needed; CUDA tests skip without CUDA."""
+
 from __future__ import annotations
 
 import copy
@@ -15,18 +16,19 @@ from PIL import Image
 
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
 from lcm_accel.harness.executor import Executor
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.harness.registry import default_registry
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-from lcm_accel.hosts.standalone import fast_mode
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-from lcm_accel.hosts.standalone.fast_mode import FastModeSettings, fast_or_eager, with_fast_mode
-from lcm_accel.hosts.graph_cache import drop_graph_caches, graph_cache
-from lcm_accel.hosts.standalone.lcm import STANDALONE_HOST, lcm_ksample
-from lcm_accel.hosts.standalone.lora import activate_patches, add_loras, load_lora_file
-from lcm_accel.hosts.standalone.types import ClipHost, ModelHost, VaeHost
-from lcm_accel.hosts.standalone.vae_codec import decode
+from lcm_accel.hosts.standalone.host import STANDALONE_HOST
+from lcm_accel.hosts.standalone.sampling_pipeline import lcm_ksample
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.runtime import fast_mode
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.fast_mode import FastModeSettings, fast_or_eager, with_fast_mode
+from lcm_accel.runtime.graph_cache import drop_graph_caches, graph_cache
+from lcm_accel.runtime.lora_state import activate_patches, add_loras, load_lora_file
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
+from lcm_accel.runtime.model_types import ClipHost, ModelHost, VaeHost
+from lcm_accel.runtime.vae_codec import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -163,7 +165,7 @@ def test_cpu_falls_back_once_with_the_same_images(sd15, caplog):
 
 def test_deepcache_and_other_samplers_say_why_they_run_eager(sd15, recording, caplog):
     from lcm_accel.feature_cache import DeepCacheSettings
-    from lcm_accel.hosts.standalone.ksampler import common_ksampler
+    from lcm_accel.hosts.standalone.sampling_pipeline import common_ksampler
 
     model, _, _, positive, negative = sd15
     settings = FastModeSettings(True, "recording")
@@ -177,8 +179,9 @@ def test_deepcache_and_other_samplers_say_why_they_run_eager(sd15, recording, ca
 
 
 # --------------------------------------------------------------------------- the planned loop (CPU, recording)
-@pytest.mark.parametrize("cfg, gamma, steps, batch", [(1.0, 0.0, 4, 1), (1.5, 0.0, 3, 2), (1.0, 0.3, 4, 1),
-                                                      (1.0, 0.0, 1, 1)])
+@pytest.mark.parametrize(
+    "cfg, gamma, steps, batch", [(1.0, 0.0, 4, 1), (1.5, 0.0, 3, 2), (1.0, 0.3, 4, 1), (1.0, 0.0, 1, 1)]
+)
 def test_planned_loop_equals_the_eager_sampler(sd15, recording, cfg, gamma, steps, batch):
     model, _, _, positive, negative = sd15
     latent = _latent(64, batch)
@@ -200,8 +203,9 @@ def test_planned_loop_with_custom_sampler_and_inpainting(sd15, recording):
     sampler = PACK["LCMSampler"]().get_sampler(0.0)[0]
     latent = {**_latent(), "samples": torch.randn(1, 4, 8, 8), "noise_mask": torch.zeros(1, 64, 64)}
     latent["noise_mask"][:, :32] = 1.0
-    outs = [sampler_custom.sample(m, True, 5, 1.0, positive, negative, sampler, sigmas, latent)
-            for m in (model, fast_model)]
+    outs = [
+        sampler_custom.sample(m, True, 5, 1.0, positive, negative, sampler, sigmas, latent) for m in (model, fast_model)
+    ]
     for eager, fast in zip(*outs):
         torch.testing.assert_close(fast["samples"], eager["samples"], rtol=1e-5, atol=1e-5)
 
@@ -228,8 +232,10 @@ def test_text_encode_and_vae_decode_replay_their_captures(sd15, recording):
 def _prompt(fast: dict | None) -> dict:
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
-        "2": {"class_type": "LCMLoraLoader", "inputs": {"model": ["1", 0], "lora_name": "lcm-lora-sdv1-5.safetensors",
-                                                        "strength": 1.0}},
+        "2": {
+            "class_type": "LCMLoraLoader",
+            "inputs": {"model": ["1", 0], "lora_name": "lcm-lora-sdv1-5.safetensors", "strength": 1.0},
+        },
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
     }
@@ -239,9 +245,21 @@ def _prompt(fast: dict | None) -> dict:
         model, clip, vae = ["9", 0], ["9", 1], ["9", 2]
     prompt["3"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a lake"}}
     prompt["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}
-    prompt["6"] = {"class_type": "LCMKSampler", "inputs": {
-        "model": model, "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "seed": 3, "steps": 2,
-        "cfg": 1.0, "original_inference_steps": 50, "gamma": 0.0, "denoise": 1.0}}
+    prompt["6"] = {
+        "class_type": "LCMKSampler",
+        "inputs": {
+            "model": model,
+            "positive": ["3", 0],
+            "negative": ["4", 0],
+            "latent_image": ["5", 0],
+            "seed": 3,
+            "steps": 2,
+            "cfg": 1.0,
+            "original_inference_steps": 50,
+            "gamma": 0.0,
+            "denoise": 1.0,
+        },
+    }
     prompt["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": vae}}
     return prompt
 
@@ -266,16 +284,34 @@ def test_run_fast_flag_turns_fast_mode_on_and_keeps_the_image(demo_root, tmp_pat
     from lcm_accel.cli import main
 
     workflow = ROOT / "workflows" / "lcm_lora_txt2img.json"
-    common = ["run", str(workflow), "--models", str(demo_root / "models"), "--device", "cpu", "--set",
-              "5.width=64", "--set", "5.height=64", "--set", "6.steps=2"]
+    common = [
+        "run",
+        str(workflow),
+        "--models",
+        str(demo_root / "models"),
+        "--device",
+        "cpu",
+        "--set",
+        "5.width=64",
+        "--set",
+        "5.height=64",
+        "--set",
+        "6.steps=2",
+    ]
     images = []
     for name, extra in (("eager", []), ("fast", ["--fast"])):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             assert main(common + ["--out", str(tmp_path / name)] + extra) == 0
         said = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-        assert said == (["fast mode (cuda_graph): CUDA graphs need a CUDA device, the weights are on cpu; running "
-                         "eager (same images)"] if extra else [])
+        assert said == (
+            [
+                "fast mode (cuda_graph): CUDA graphs need a CUDA device, the weights are on cpu; running "
+                "eager (same images)"
+            ]
+            if extra
+            else []
+        )
         images.append(np.asarray(Image.open(next((tmp_path / name).glob("*.png")))))
         fast_mode.forget_messages()
     assert np.array_equal(images[0], images[1])
@@ -319,7 +355,6 @@ def test_lora_apply_reweight_restore_keep_every_parameter_storage(sd15, demo_roo
 def _cuda_copy(sd15, dtype=torch.float16):
     model, clip, vae, positive, negative = sd15
     unet = copy.deepcopy(model.unet)
-    unet.__dict__.pop("_lcm_accel_lora_state", None)
     unet.__dict__.pop("_lcm_accel_graph_caches", None)
     return ModelHost(unet.to("cuda", dtype), "sd15"), positive, negative
 
@@ -330,8 +365,9 @@ def test_cuda_fast_path_matches_eager_in_fp16(sd15, backend):
     model, positive, negative = _cuda_copy(sd15)
     for cfg in (1.0, 1.5):
         eager = lcm_ksample(model, 5, 4, cfg, positive, negative, _latent())["samples"]
-        fast = lcm_ksample(with_fast_mode(model, FastModeSettings(True, backend)), 5, 4, cfg, positive, negative,
-                           _latent())["samples"]
+        fast = lcm_ksample(
+            with_fast_mode(model, FastModeSettings(True, backend)), 5, 4, cfg, positive, negative, _latent()
+        )["samples"]
         torch.testing.assert_close(fast, eager, rtol=2e-2, atol=2e-2)
     cache = graph_cache(model.unet, fast_mode.BACKENDS[backend])
     assert (cache.captures, cache.replays) == (1, 3 + 8)  # one batch-1 key: 4 passes at cfg 1, 2 x 4 at cfg 1.5
@@ -354,8 +390,9 @@ def test_cuda_graph_captured_before_a_reweight_replays_the_reweighted_model(sd15
     eager_out = lcm_ksample(eager_model, 5, 4, 1.0, positive, negative, _latent())["samples"]
     torch.testing.assert_close(fast_out, eager_out, rtol=2e-2, atol=2e-2)
     first_out = lcm_ksample(first, 5, 4, 1.0, positive, negative, _latent())["samples"]
-    assert (first_out - fast_out).abs().max() > 10 * (fast_out - eager_out).abs().max(), \
+    assert (first_out - fast_out).abs().max() > 10 * (fast_out - eager_out).abs().max(), (
         "the re-weight must change the image more than fast vs eager differ"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")

@@ -1,4 +1,5 @@
 """DeepCache feature caching: schedules, the diffusers mechanism, and parity with the `DeepCache` package."""
+
 from __future__ import annotations
 
 import ast
@@ -91,7 +92,9 @@ def test_uniform_schedule_matches_deepcache_pipeline_rule():
         assert full_steps(steps, interval) == expected
 
 
-@pytest.mark.parametrize("steps,interval,center", [(50, 5, 15), (50, 3, 15), (25, 3, 7), (10, 2, 3), (8, 2, 2), (50, 5, 0)])
+@pytest.mark.parametrize(
+    "steps,interval,center", [(50, 5, 15), (50, 3, 15), (25, 3, 7), (10, 2, 3), (8, 2, 2), (50, 5, 0)]
+)
 def test_non_uniform_schedule_matches_deepcache(steps, interval, center):
     reference = _reference_quad_center()
     with warnings.catch_warnings():
@@ -151,7 +154,9 @@ def test_matches_deepcache_sd_helper(unet, interval, branch):
     deepcache = pytest.importorskip("DeepCache")
     latents, context = _inputs()
     reference_unet = copy.deepcopy(unet)  # the helper leaves bound methods behind on the modules it wraps
-    helper = deepcache.DeepCacheSDHelper(pipe=SimpleNamespace(unet=reference_unet, scheduler=SimpleNamespace(timesteps=_timesteps())))
+    helper = deepcache.DeepCacheSDHelper(
+        pipe=SimpleNamespace(unet=reference_unet, scheduler=SimpleNamespace(timesteps=_timesteps()))
+    )
     helper.set_params(cache_interval=interval, cache_branch_id=branch)
     helper.enable()
     try:
@@ -234,7 +239,7 @@ def test_exit_restores_forwards_even_after_an_error(unet):
         with DeepCacheUNet(unet, 3, full_steps(NUM_STEPS, 2)):
             assert _forward_state(unet) != before
             unet(latents.expand(2, -1, -1, -1), _timesteps()[0], encoder_hidden_states=context)
-            1 / 0
+            1 / 0  # noqa: B018 (an error inside the context)
     assert _forward_state(unet) == before
     assert torch.equal(_euler_loop(_plain(unet), latents, context), expected)
 
@@ -262,7 +267,9 @@ def test_skipped_fraction_matches_macs_of_a_real_partial_step(unet, branch):
 
     reference_unet = copy.deepcopy(unet)
     timesteps = torch.tensor([700, 500])
-    helper = deepcache.DeepCacheSDHelper(pipe=SimpleNamespace(unet=reference_unet, scheduler=SimpleNamespace(timesteps=timesteps)))
+    helper = deepcache.DeepCacheSDHelper(
+        pipe=SimpleNamespace(unet=reference_unet, scheduler=SimpleNamespace(timesteps=timesteps))
+    )
     helper.set_params(cache_interval=2, cache_branch_id=branch)
     helper.enable()
     try:
@@ -270,7 +277,9 @@ def test_skipped_fraction_matches_macs_of_a_real_partial_step(unet, branch):
             reference_unet(inputs["sample"], timesteps[0], encoder_hidden_states=inputs["encoder_hidden_states"])
         reference = count_macs(
             reference_unet,
-            lambda: reference_unet(inputs["sample"], timesteps[1], encoder_hidden_states=inputs["encoder_hidden_states"]),
+            lambda: reference_unet(
+                inputs["sample"], timesteps[1], encoder_hidden_states=inputs["encoder_hidden_states"]
+            ),
         )
     finally:
         helper.disable()
@@ -349,8 +358,12 @@ def test_settings_are_checked_and_give_the_schedule():
     settings = DeepCacheSettings(interval=3, branch=2, start_percent=0.25, end_percent=1.0)
     assert settings.full_step_flags(8) == full_steps(8, 3, 0.25, 1.0)
     assert DeepCacheSettings(2, schedule="non-uniform").full_step_flags(25) == full_steps(25, 2, uniform=False)
-    for bad, name in [(dict(interval=0), "cache_interval"), (dict(branch=-1), "cache_depth"),
-                      (dict(start_percent=0.6, end_percent=0.5), "start_percent"),
-                      (dict(end_percent=1.5), "end_percent"), (dict(schedule="linear"), "schedule")]:
+    for bad, name in [
+        (dict(interval=0), "cache_interval"),
+        (dict(branch=-1), "cache_depth"),
+        (dict(start_percent=0.6, end_percent=0.5), "start_percent"),
+        (dict(end_percent=1.5), "end_percent"),
+        (dict(schedule="linear"), "schedule"),
+    ]:
         with pytest.raises(ValueError, match=name):
             DeepCacheSettings(**bad)

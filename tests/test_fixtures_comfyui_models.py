@@ -1,6 +1,7 @@
 """The ComfyUI-detectable fixture models (cheap checks for CI; the ComfyUI integration tests load
 them for real): the UNets have the layouts ComfyUI's model detection accepts, and the folder
 writer copies the tokenizer, writes the input picture and refuses bad arguments."""
+
 from __future__ import annotations
 
 import re
@@ -17,15 +18,25 @@ from lcm_accel.fixtures.ldm_keys import unet_to_ldm
 # per-res-block `transformer_depth` list
 COMFYUI_DETECTION = {
     "sd15": dict(model_channels=320, context_dim=768, adm_in_channels=None, use_linear_in_transformer=False),
-    "sdxl": dict(model_channels=320, context_dim=2048, adm_in_channels=2816, use_linear_in_transformer=True,
-                 transformer_depth=[0, 0, 1, 1, 2, 2]),
+    "sdxl": dict(
+        model_channels=320,
+        context_dim=2048,
+        adm_in_channels=2816,
+        use_linear_in_transformer=True,
+        transformer_depth=[0, 0, 1, 1, 2, 2],
+    ),
 }
 
 
 def detected(unet_ldm: dict[str, torch.Tensor]) -> dict:
     """The values ComfyUI's `detect_unet_config` reads from UNet tensors (prefix stripped)."""
-    res_blocks = sorted({int(m.group(1)) for k in unet_ldm if (m := re.match(r"input_blocks\.(\d+)\.0\.in_layers\.0\.weight$", k))})
-    depths = [len({k.split(".")[4] for k in unet_ldm if k.startswith(f"input_blocks.{i}.1.transformer_blocks.")}) for i in res_blocks]
+    res_blocks = sorted(
+        {int(m.group(1)) for k in unet_ldm if (m := re.match(r"input_blocks\.(\d+)\.0\.in_layers\.0\.weight$", k))}
+    )
+    depths = [
+        len({k.split(".")[4] for k in unet_ldm if k.startswith(f"input_blocks.{i}.1.transformer_blocks.")})
+        for i in res_blocks
+    ]
     first = min(i for i, d in zip(res_blocks, depths) if d)
     label = unet_ldm.get("label_emb.0.0.weight")
     return dict(
@@ -42,7 +53,7 @@ def test_unet_layout_is_one_comfyui_detects(family, build, layers_per_block):
     with torch.device("meta"):  # shapes only: no memory, no time
         unet = build()
     prefix = "model.diffusion_model."
-    found = detected({k[len(prefix):]: v for k, v in unet_to_ldm(unet.state_dict(), layers_per_block).items()})
+    found = detected({k[len(prefix) :]: v for k, v in unet_to_ldm(unet.state_dict(), layers_per_block).items()})
     expected = COMFYUI_DETECTION[family]
     assert {k: found[k] for k in expected} == expected
 

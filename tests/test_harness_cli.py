@@ -1,5 +1,6 @@
 """`python -m lcm_accel run / validate / nodes` in a subprocess: exit codes, one-line errors,
 --set, --api-out, PNG workflows and Ctrl-C."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import pytest
 DATA = Path(__file__).parent / "data" / "harness"
 STUBS = DATA / "comfy_stub_nodes.py"
 
-TOY_NODES = '''
+TOY_NODES = """
 import os, time
-from lcm_accel.harness.progress import ProgressBar
+from lcm_accel.runtime.progress import ProgressBar
 
 class Number:
     @classmethod
@@ -58,7 +59,7 @@ class Print:
 
 NODE_CLASS_MAPPINGS = {"Number": Number, "Wait": Wait, "Print": Print}
 NODE_DISPLAY_NAME_MAPPINGS = {"Number": "A Number"}
-'''
+"""
 
 
 def _cli(*args, cwd, extra_env=None, nodes=None):
@@ -67,8 +68,9 @@ def _cli(*args, cwd, extra_env=None, nodes=None):
         command += ["--nodes", str(path)]
     if nodes:
         command.append("--no-builtin-nodes")
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=60,
-                          env={**os.environ, **(extra_env or {})})
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, timeout=60, env={**os.environ, **(extra_env or {})}
+    )
 
 
 def _error_line(out):
@@ -81,9 +83,11 @@ def _error_line(out):
 @pytest.fixture
 def toy(tmp_path):
     (tmp_path / "toy_nodes.py").write_text(TOY_NODES)
-    prompt = {"1": {"class_type": "Number", "inputs": {"value": 5}},
-              "2": {"class_type": "Print", "inputs": {"a": ["1", 0]}},
-              "3": {"class_type": "Print", "inputs": {"a": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Number", "inputs": {"value": 5}},
+        "2": {"class_type": "Print", "inputs": {"a": ["1", 0]}},
+        "3": {"class_type": "Print", "inputs": {"a": ["1", 0]}},
+    }
     (tmp_path / "toy.json").write_text(json.dumps(prompt))
     return tmp_path
 
@@ -116,9 +120,14 @@ def test_run_and_validate_toy_workflow_with_set(toy):
     "args, status, fragments",
     [
         (["run", "missing.json"], 2, ["workflow file missing.json does not exist"]),
-        (["run", "toy.json", "--set", "1.value=500", "--set", "2.a=7"], 2,
-         ["node 1 (Number), input 'value': value 500 is bigger than the maximum 100",
-          "node 2 (Print), input 'a': expects a link"]),
+        (
+            ["run", "toy.json", "--set", "1.value=500", "--set", "2.a=7"],
+            2,
+            [
+                "node 1 (Number), input 'value': value 500 is bigger than the maximum 100",
+                "node 2 (Print), input 'a': expects a link",
+            ],
+        ),
         (["validate", "toy.json", "--set", "9.value=1"], 2, ["no node 9 in the workflow"]),
         (["run", "toy.json", "--set", "1value=1"], 2, ["expected NODE.INPUT=VALUE"]),
         (["run", "toy.json", "--set", "1.value=13"], 1, ["node 1 (Number) failed: RuntimeError: thirteen is unlucky"]),
@@ -144,14 +153,22 @@ def test_unknown_class_without_node_file(toy):
 
 
 def test_ctrl_c_stops_cleanly_with_status_130(toy):
-    prompt = {"1": {"class_type": "Number", "inputs": {"value": 5}},
-              "2": {"class_type": "Wait", "inputs": {"a": ["1", 0], "marker": str(toy / "started")}},
-              "3": {"class_type": "Print", "inputs": {"a": ["2", 0]}}}
+    prompt = {
+        "1": {"class_type": "Number", "inputs": {"value": 5}},
+        "2": {"class_type": "Wait", "inputs": {"a": ["1", 0], "marker": str(toy / "started")}},
+        "3": {"class_type": "Print", "inputs": {"a": ["2", 0]}},
+    }
     (toy / "wait.json").write_text(json.dumps(prompt))
     command = [sys.executable, "-m", "lcm_accel", "run", "wait.json", "--nodes", "toy_nodes.py", "--no-builtin-nodes"]
     # a child inherits an ignored SIGINT (a suite started as a background job): give it the default back
-    process = subprocess.Popen(command, cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=toy,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 30
     while not (toy / "started").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -162,15 +179,29 @@ def test_ctrl_c_stops_cleanly_with_status_130(toy):
 
 
 def test_ui_workflow_api_out_and_png_round_trip(models):
-    out = _cli("run", str(DATA / "txt2img_variants.ui.json"), "--models", "models", "--out", "results",
-               "--api-out", "api.json", "--set", "3.seed=99", cwd=models, nodes=[STUBS])
+    out = _cli(
+        "run",
+        str(DATA / "txt2img_variants.ui.json"),
+        "--models",
+        "models",
+        "--out",
+        "results",
+        "--api-out",
+        "api.json",
+        "--set",
+        "3.seed=99",
+        cwd=models,
+        nodes=[STUBS],
+    )
     assert out.returncode == 0, out.stderr
     expected = json.loads((DATA / "txt2img_variants.api.json").read_text())
     expected["3"]["inputs"]["seed"] = 99
     assert json.loads((models / "api.json").read_text()) == expected
     png = models / "results" / "lcm_00001_.png"
     assert f"saved {png}" in out.stdout
-    out = _cli("run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models, nodes=[STUBS])
+    out = _cli(
+        "run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models, nodes=[STUBS]
+    )
     assert out.returncode == 0, out.stderr
     assert (models / "results" / "lcm_00002_.png").is_file()
     # The seed is fed by a PrimitiveNode, so --set cannot be written into the UI workflow: the PNG
@@ -182,8 +213,18 @@ def test_ui_workflow_api_out_and_png_round_trip(models):
 
 
 def test_set_on_a_widget_is_written_into_the_embedded_workflow(models):
-    out = _cli("run", str(DATA / "txt2img_variants.ui.json"), "--models", "models", "--out", "results",
-               "--set", "3.steps=7", cwd=models, nodes=[STUBS])
+    out = _cli(
+        "run",
+        str(DATA / "txt2img_variants.ui.json"),
+        "--models",
+        "models",
+        "--out",
+        "results",
+        "--set",
+        "3.steps=7",
+        cwd=models,
+        nodes=[STUBS],
+    )
     assert out.returncode == 0, out.stderr
     from PIL import Image
 
@@ -194,15 +235,24 @@ def test_set_on_a_widget_is_written_into_the_embedded_workflow(models):
     (before,) = [n for n in original["nodes"] if n["id"] == 3]
     changed = [i for i, (a, b) in enumerate(zip(before["widgets_values"], ksampler["widgets_values"])) if a != b]
     assert [ksampler["widgets_values"][i] for i in changed] == [7]
-    out = _cli("run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models,
-               nodes=[STUBS])
+    out = _cli(
+        "run", str(png), "--models", "models", "--out", "results", "--api-out", "again.json", cwd=models, nodes=[STUBS]
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads((models / "again.json").read_text())["3"]["inputs"]["steps"] == 7
 
 
 def test_missing_model_file_is_a_one_line_error(models):
-    out = _cli("run", str(DATA / "default_txt2img.api.json"), "--models", "models", "--set",
-               "4.ckpt_name=other.safetensors", cwd=models, nodes=[STUBS])
+    out = _cli(
+        "run",
+        str(DATA / "default_txt2img.api.json"),
+        "--models",
+        "models",
+        "--set",
+        "4.ckpt_name=other.safetensors",
+        cwd=models,
+        nodes=[STUBS],
+    )
     line = _error_line(out)
     assert out.returncode == 2
     assert "node 4 (CheckpointLoaderSimple), input 'ckpt_name': value 'other.safetensors' is not in the list" in line

@@ -1,5 +1,6 @@
 """UI -> API conversion checked against the API format ComfyUI's frontend produces for the
 same graph (hand-built twins in tests/data/harness), and the PNG / format-detection routes."""
+
 from __future__ import annotations
 
 import copy
@@ -12,10 +13,10 @@ from PIL.PngImagePlugin import PngInfo
 
 from lcm_accel.harness import NodeRegistry, ValidationError, WorkflowError, load_node_file, validate_prompt
 from lcm_accel.harness.errors import WorkflowFormatError
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.harness.runner import api_prompt
 from lcm_accel.harness.ui_to_api import convert_ui_to_api
 from lcm_accel.harness.workflow_io import load_workflow
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 DATA = Path(__file__).parent / "data" / "harness"
 
@@ -57,16 +58,28 @@ def test_variants_each_feature_matters(registry):
     next(n for n in unbypassed["nodes"] if n["id"] == 10)["mode"] = 0
     api2 = convert_ui_to_api(unbypassed, registry)
     assert api2["3"]["inputs"]["model"] == ["10", 0] and api2["6"]["inputs"]["clip"] == ["10", 1]
-    assert api2["10"]["inputs"] == {"lora_name": "lcm-lora-sdv1-5.safetensors", "strength_model": 1,
-                                   "strength_clip": 1, "model": ["4", 0], "clip": ["4", 1]}
+    assert api2["10"]["inputs"] == {
+        "lora_name": "lcm-lora-sdv1-5.safetensors",
+        "strength_model": 1,
+        "strength_clip": 1,
+        "model": ["4", 0],
+        "clip": ["4", 1],
+    }
 
 
 def test_widgets_values_as_dict_and_boolean_control_value(registry):
     ui = _json("default_txt2img.ui.json")
     sampler = next(n for n in ui["nodes"] if n["type"] == "KSampler")
     expected = convert_ui_to_api(ui, registry)
-    sampler["widgets_values"] = {"seed": 156680208700286, "steps": 20, "cfg": 8, "sampler_name": "euler",
-                                 "scheduler": "normal", "denoise": 1, "control_after_generate": "fixed"}
+    sampler["widgets_values"] = {
+        "seed": 156680208700286,
+        "steps": 20,
+        "cfg": 8,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 1,
+        "control_after_generate": "fixed",
+    }
     assert convert_ui_to_api(ui, registry) == expected
     sampler["widgets_values"] = [156680208700286, "increment", 20, 8, "euler", "normal", 1]
     assert convert_ui_to_api(ui, registry) == expected
@@ -159,8 +172,13 @@ def test_object_links_and_combo_control_widgets(registry):
     class Pick:
         @classmethod
         def INPUT_TYPES(cls):
-            return {"required": {"choice": (["a", "b"], {"control_after_generate": True}),
-                                 "image": (["x.png"], {"image_upload": True}), "count": ("INT", {})}}
+            return {
+                "required": {
+                    "choice": (["a", "b"], {"control_after_generate": True}),
+                    "image": (["x.png"], {"image_upload": True}),
+                    "count": ("INT", {}),
+                }
+            }
 
         RETURN_TYPES = ()
         FUNCTION = "run"
@@ -170,6 +188,8 @@ def test_object_links_and_combo_control_widgets(registry):
             return {}
 
     registry.register("Pick", Pick)
-    workflow = {"nodes": [{"id": 1, "type": "Pick", "mode": 0, "widgets_values": ["b", "increment", "", "x.png", "image", 5]}],
-                "links": []}
+    workflow = {
+        "nodes": [{"id": 1, "type": "Pick", "mode": 0, "widgets_values": ["b", "increment", "", "x.png", "image", 5]}],
+        "links": [],
+    }
     assert convert_ui_to_api(workflow, registry)["1"]["inputs"] == {"choice": "b", "image": "x.png", "count": 5}

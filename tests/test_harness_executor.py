@@ -1,5 +1,6 @@
 """Execution: order, caching across runs (counted calls), IS_CHANGED, list mapping, hidden
 inputs, progress hook, interruption and node errors."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from lcm_accel.harness import (Executor, ExecutionInterrupted, NodeExecutionError, NodeRegistry, ProgressBar,
-                               load_node_file, request_interrupt)
-from lcm_accel.harness.interrupt import interrupt_requested
-from lcm_accel.harness.model_paths import ModelPaths
+from lcm_accel.harness import (
+    ExecutionInterrupted,
+    Executor,
+    NodeExecutionError,
+    NodeRegistry,
+    ProgressBar,
+    load_node_file,
+    request_interrupt,
+)
 from lcm_accel.harness.runner import api_prompt
 from lcm_accel.harness.workflow_io import load_workflow
+from lcm_accel.runtime.interrupt import interrupt_requested
+from lcm_accel.runtime.model_paths import ModelPaths
 
 DATA = Path(__file__).parent / "data" / "harness"
 CALLS: Counter = Counter()
@@ -84,8 +92,10 @@ class Collect:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"a": ("NUMBER",)},
-                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}}
+        return {
+            "required": {"a": ("NUMBER",)},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        }
 
     RETURN_TYPES = ("NUMBER",)
     FUNCTION = "run"
@@ -93,8 +103,10 @@ class Collect:
 
     def run(self, a, prompt, extra_pnginfo, unique_id):
         CALLS["Collect"] += 1
-        return {"ui": {"values": [a], "ids": [unique_id], "has_prompt": [prompt is not None],
-                       "extra": [extra_pnginfo]}, "result": (a,)}
+        return {
+            "ui": {"values": [a], "ids": [unique_id], "has_prompt": [prompt is not None], "extra": [extra_pnginfo]},
+            "result": (a,),
+        }
 
 
 class Slow:
@@ -171,7 +183,12 @@ def test_runs_only_what_outputs_need_and_passes_hidden_inputs(executor):
     result = executor.run(_chain(), extra_pnginfo={"workflow": {"nodes": []}})
     assert result.output("3") == [15]
     assert result.executed == ["1", "2", "3"] and "9" not in result.results
-    assert result.ui["3"] == {"values": [15], "ids": ["3"], "has_prompt": [True], "extra": [{"workflow": {"nodes": []}}]}
+    assert result.ui["3"] == {
+        "values": [15],
+        "ids": ["3"],
+        "has_prompt": [True],
+        "extra": [{"workflow": {"nodes": []}}],
+    }
 
 
 def test_second_run_with_a_new_seed_reruns_only_downstream(executor):
@@ -290,7 +307,7 @@ def test_default_graph_runs_end_to_end_and_saves_a_png_that_round_trips(tmp_path
     paths = ModelPaths(tmp_path / "models", output_dir=tmp_path / "out")
     executor = Executor(registry, paths)
     ui_file = DATA / "default_txt2img.ui.json"
-    from lcm_accel.harness.model_paths import use_model_paths
+    from lcm_accel.runtime.model_paths import use_model_paths
 
     with use_model_paths(paths):
         prompt, extra = api_prompt(load_workflow(ui_file), registry)

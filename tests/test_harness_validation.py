@@ -1,5 +1,6 @@
 """Validation of API prompts: every kind of error ComfyUI reports, each naming node, class
 and input, all reported together."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,12 @@ class Scale:
     def INPUT_TYPES(cls):
         return {
             "required": {"number": ("NUMBER",), "factor": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0})},
-            "optional": {"mode": (["mul", "add"], {"default": "mul"}), "flag": ("BOOLEAN", {"default": False}),
-                         "label": ("STRING", {"default": ""}), "kind": ("COMBO", {"options": ["a", "b"]})},
+            "optional": {
+                "mode": (["mul", "add"], {"default": "mul"}),
+                "flag": ("BOOLEAN", {"default": False}),
+                "label": ("STRING", {"default": ""}),
+                "kind": ("COMBO", {"options": ["a", "b"]}),
+            },
         }
 
     RETURN_TYPES = ("NUMBER",)

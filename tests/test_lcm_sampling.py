@@ -1,4 +1,5 @@
 """LCM / TCD sampling loops against diffusers' schedulers and pipelines, in both views."""
+
 from __future__ import annotations
 
 import functools
@@ -77,8 +78,9 @@ def comfy_style_denoiser(model, prediction_type):
 def diffusers_loop(scheduler, model, latents, generator, **step_kwargs):
     """The LCM/TCD pipelines' loop: model, then scheduler.step; returns the last `denoised`."""
     for t in scheduler.timesteps:
-        latents, denoised = scheduler.step(model(latents, t), t, latents, generator=generator,
-                                           return_dict=False, **step_kwargs)
+        latents, denoised = scheduler.step(
+            model(latents, t), t, latents, generator=generator, return_dict=False, **step_kwargs
+        )
     return latents if isinstance(scheduler, TCDScheduler) else denoised
 
 
@@ -97,8 +99,15 @@ def test_lcm_txt2img_matches_diffusers_in_both_views(prediction_type, steps):
 
     generator = _gen()
     timesteps = lcm_timesteps(steps)
-    ours = sample_lcm_vp(model, torch.randn(SHAPE, generator=generator), timesteps, ACP, prediction_type,
-                         generator=generator, disable=True)
+    ours = sample_lcm_vp(
+        model,
+        torch.randn(SHAPE, generator=generator),
+        timesteps,
+        ACP,
+        prediction_type,
+        generator=generator,
+        disable=True,
+    )
     torch.testing.assert_close(ours, reference, **TOL)
 
     for denoiser in (comfy_style_denoiser(model, prediction_type), denoiser_from_vp_model(model, ACP, prediction_type)):
@@ -149,9 +158,17 @@ def test_lcm_options_match_diffusers(config, postprocess):
     generator = _gen()
     reference = diffusers_loop(scheduler, model, 2 * torch.randn(SHAPE, generator=generator), generator)
     generator = _gen()
-    ours = sample_lcm_vp(model, 2 * torch.randn(SHAPE, generator=generator), lcm_timesteps(4), ACP,
-                         config.get("prediction_type", "epsilon"), generator=generator, disable=True,
-                         x0_postprocess=postprocess, timestep_scaling=config.get("timestep_scaling", 10.0))
+    ours = sample_lcm_vp(
+        model,
+        2 * torch.randn(SHAPE, generator=generator),
+        lcm_timesteps(4),
+        ACP,
+        config.get("prediction_type", "epsilon"),
+        generator=generator,
+        disable=True,
+        x0_postprocess=postprocess,
+        timestep_scaling=config.get("timestep_scaling", 10.0),
+    )
     torch.testing.assert_close(ours, reference, **TOL)
 
 
@@ -169,15 +186,29 @@ def test_boundary_condition_where_it_matters_matches_in_both_views(prediction_ty
 
     generator = _gen()
     timesteps = lcm_timesteps(None, timesteps=custom)
-    ours = sample_lcm_vp(model, torch.randn(SHAPE, generator=generator), timesteps, ACP, prediction_type,
-                         generator=generator, disable=True, timestep_scaling=scaling)
+    ours = sample_lcm_vp(
+        model,
+        torch.randn(SHAPE, generator=generator),
+        timesteps,
+        ACP,
+        prediction_type,
+        generator=generator,
+        disable=True,
+        timestep_scaling=scaling,
+    )
     torch.testing.assert_close(ours, reference, **TOL)
 
     generator = _gen()
     sigmas = lcm_sigmas(None, timesteps=custom)
     x = torch.randn(SHAPE, generator=generator) * (1 + sigmas[0] ** 2) ** 0.5
-    ours_sigma = sample_lcm(comfy_style_denoiser(model, prediction_type), x, sigmas, generator=generator,
-                            disable=True, timestep_scaling=scaling)
+    ours_sigma = sample_lcm(
+        comfy_style_denoiser(model, prediction_type),
+        x,
+        sigmas,
+        generator=generator,
+        disable=True,
+        timestep_scaling=scaling,
+    )
     torch.testing.assert_close(ours_sigma, reference, **TOL)
 
 
@@ -191,15 +222,23 @@ def test_tcd_matches_diffusers_in_both_views(gamma, steps):
     reference = diffusers_loop(scheduler, model, torch.randn(SHAPE, generator=generator), generator, eta=gamma)
 
     generator = _gen()
-    ours = sample_tcd_vp(model, torch.randn(SHAPE, generator=generator), tcd_timesteps(steps), ACP, gamma,
-                         generator=generator, disable=True)
+    ours = sample_tcd_vp(
+        model,
+        torch.randn(SHAPE, generator=generator),
+        tcd_timesteps(steps),
+        ACP,
+        gamma,
+        generator=generator,
+        disable=True,
+    )
     torch.testing.assert_close(ours, reference, **TOL)
 
     generator = _gen()
     sigmas = tcd_sigmas(steps)
     x = torch.randn(SHAPE, generator=generator) * (1 + sigmas[0] ** 2) ** 0.5
-    ours_sigma = sample_tcd(comfy_style_denoiser(model, "epsilon"), x, sigmas, generator=generator, gamma=gamma,
-                            disable=True)
+    ours_sigma = sample_tcd(
+        comfy_style_denoiser(model, "epsilon"), x, sigmas, generator=generator, gamma=gamma, disable=True
+    )
     torch.testing.assert_close(ours_sigma, reference, **TOL)
 
 
@@ -221,8 +260,9 @@ def test_tcd_v_prediction_img2img_full_grid_matches_diffusers():
     generator = _gen()
     sigmas = tcd_sigmas(4, 50, 0.6, full_train_grid=True)
     x = ve_from_vp(add_noise(image_latent, torch.randn(SHAPE, generator=generator), timesteps[0], ACP), sigmas[0])
-    ours_sigma = sample_tcd(denoiser_from_vp_model(model, ACP, "v_prediction"), x, sigmas, generator=generator,
-                            gamma=0.5, disable=True)
+    ours_sigma = sample_tcd(
+        denoiser_from_vp_model(model, ACP, "v_prediction"), x, sigmas, generator=generator, gamma=0.5, disable=True
+    )
     torch.testing.assert_close(ours_sigma, reference, **TOL)
 
 
@@ -238,16 +278,28 @@ def test_noise_sampler_replaces_generator_and_callback_reports_each_step():
         calls.append((float(sigma), float(sigma_next)))
         return torch.randn(SHAPE, generator=generator)
 
-    by_sampler = sample_lcm(comfy_style_denoiser(model, "epsilon"), x, sigmas, noise_sampler=noise_sampler,
-                            callback=seen.append, disable=True)
+    by_sampler = sample_lcm(
+        comfy_style_denoiser(model, "epsilon"),
+        x,
+        sigmas,
+        noise_sampler=noise_sampler,
+        callback=seen.append,
+        disable=True,
+    )
     torch.testing.assert_close(by_sampler, by_generator, rtol=0, atol=0)
     assert calls == [(float(sigmas[i]), float(sigmas[i + 1])) for i in range(3)]  # no noise after the last step
     assert [d["i"] for d in seen] == [0, 1, 2, 3]
     assert all(d["sigma"] == d["sigma_hat"] == sigmas[d["i"]] for d in seen)
     torch.testing.assert_close(seen[-1]["denoised"], by_sampler, rtol=0, atol=0)
     with pytest.raises(ValueError, match="noise_sampler"):
-        sample_lcm(comfy_style_denoiser(model, "epsilon"), x, sigmas, noise_sampler=noise_sampler,
-                   generator=_gen(), disable=True)
+        sample_lcm(
+            comfy_style_denoiser(model, "epsilon"),
+            x,
+            sigmas,
+            noise_sampler=noise_sampler,
+            generator=_gen(),
+            disable=True,
+        )
 
 
 def test_bad_sampler_arguments_name_the_argument():
@@ -266,15 +318,31 @@ def test_bad_sampler_arguments_name_the_argument():
 def _tiny_lcm_unet():
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, norm_num_groups=4, attention_head_dim=2, time_cond_proj_dim=16,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=4,
+        attention_head_dim=2,
+        time_cond_proj_dim=16,
     ).eval()
 
 
 def _pipeline(cls, unet):
-    pipe = cls(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=LCMScheduler(),
-               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=LCMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -292,11 +360,18 @@ def test_full_lcm_pipelines_with_guidance_embedding_match():
     model = _unet_as_vp_model(unet, prompt_embeds, guidance_scale=3.0)
 
     reference = _pipeline(LatentConsistencyModelPipeline, unet)(
-        prompt_embeds=prompt_embeds, num_inference_steps=4, guidance_scale=3.0, height=64, width=64,
-        generator=_gen(), output_type="latent").images
+        prompt_embeds=prompt_embeds,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        height=64,
+        width=64,
+        generator=_gen(),
+        output_type="latent",
+    ).images
     generator = _gen()
-    ours = sample_lcm_vp(model, torch.randn(SHAPE, generator=generator), lcm_timesteps(4), ACP, generator=generator,
-                         disable=True)
+    ours = sample_lcm_vp(
+        model, torch.randn(SHAPE, generator=generator), lcm_timesteps(4), ACP, generator=generator, disable=True
+    )
     torch.testing.assert_close(ours, reference, **TOL)
     generator = _gen()
     sigmas = lcm_sigmas(4)
@@ -308,8 +383,14 @@ def test_full_lcm_pipelines_with_guidance_embedding_match():
 
     image_latent = torch.randn(SHAPE, generator=_gen(10))
     reference = _pipeline(LatentConsistencyModelImg2ImgPipeline, unet)(
-        image=image_latent, prompt_embeds=prompt_embeds, num_inference_steps=3, strength=0.6, guidance_scale=3.0,
-        generator=_gen(), output_type="latent").images
+        image=image_latent,
+        prompt_embeds=prompt_embeds,
+        num_inference_steps=3,
+        strength=0.6,
+        guidance_scale=3.0,
+        generator=_gen(),
+        output_type="latent",
+    ).images
     timesteps = lcm_timesteps(3, strength=0.6)
     generator = _gen()
     x = add_noise(image_latent, torch.randn(SHAPE, generator=generator), timesteps[0], ACP)

@@ -1,4 +1,5 @@
 """lcm_scheduler's schedules, tables, sigma view and guidance embedding against diffusers."""
+
 from __future__ import annotations
 
 import warnings
@@ -74,8 +75,13 @@ def test_tcd_timesteps_match_diffusers_both_paths(original, strength):
 
 
 def test_more_steps_and_other_train_lengths_match_diffusers():
-    for train, original, steps, strength in [(1000, 50, 50, 1.0), (1000, 50, 13, 0.7), (500, 25, 6, 0.5),
-                                             (1000, 1000, 37, 1.0), (1000, 30, 7, 1.0)]:
+    for train, original, steps, strength in [
+        (1000, 50, 50, 1.0),
+        (1000, 50, 13, 0.7),
+        (500, 25, 6, 0.5),
+        (1000, 1000, 37, 1.0),
+        (1000, 30, 7, 1.0),
+    ]:
         reference = LCMScheduler(num_train_timesteps=train)
         reference.set_timesteps(steps, original_inference_steps=original, strength=strength)
         assert torch.equal(lcm_timesteps(steps, original, strength, train), reference.timesteps)
@@ -156,9 +162,13 @@ def test_vp_ve_views_are_consistent_with_alphas_cumprod():
 def test_lcm_and_tcd_sigmas_are_the_timesteps_on_the_table_then_zero(strength):
     table = default_train_sigmas()
     for steps in (1, 4, 8):
-        for sigmas, timesteps in [(lcm_sigmas(steps, 50, strength), lcm_timesteps(steps, 50, strength)),
-                                  (tcd_sigmas(steps, 50, strength, full_train_grid=True),
-                                   tcd_timesteps(steps, 50, strength, full_train_grid=True))]:
+        for sigmas, timesteps in [
+            (lcm_sigmas(steps, 50, strength), lcm_timesteps(steps, 50, strength)),
+            (
+                tcd_sigmas(steps, 50, strength, full_train_grid=True),
+                tcd_timesteps(steps, 50, strength, full_train_grid=True),
+            ),
+        ]:
             assert sigmas[-1] == 0 and len(sigmas) == steps + 1
             assert torch.equal(sigmas[:-1], table[timesteps])
             assert torch.equal(timestep_from_sigma(sigmas[:-1], table), timesteps)

@@ -8,6 +8,7 @@ host and the harness (ComfyUI itself: tests/test_comfyui_clip.py).
 - Workflows saved before these inputs existed (UI and API format) convert, validate and run unchanged.
 - LCMQuantizeUNet shows fp8_e4m3fn and still accepts the fp8_e4m3 of saved workflows.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,24 +17,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from lora_stack_node import TestLoraStack
+from safetensors.torch import save_file
 
 from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
 from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors
 from lcm_accel.harness.errors import ValidationError
 from lcm_accel.harness.executor import Executor
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.harness.registry import default_registry
 from lcm_accel.harness.runner import api_prompt
 from lcm_accel.harness.validation import validate_prompt
 from lcm_accel.harness.workflow_io import load_workflow
-from lcm_accel.hosts.standalone.lora import activate_clip_patches
 from lcm_accel.lora_merge import LoraPatchError
 from lcm_accel.lora_merge.writer import kohya_state_dict
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.runtime.lora_state import activate_clip_patches
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = ROOT / "tests" / "data" / "legacy_workflows"
@@ -49,8 +49,10 @@ def _te_factors(encoder, rank: int, seed: int) -> dict[str, tuple[torch.Tensor, 
     for name, module in encoder.named_modules():
         if name.endswith(CLIP_MODULES):
             path = name if name.startswith("text_model.") else "text_model." + name
-            factors[path] = (torch.randn(rank, module.in_features, generator=g) * 0.3,
-                             torch.randn(module.out_features, rank, generator=g) * 0.3)
+            factors[path] = (
+                torch.randn(rank, module.in_features, generator=g) * 0.3,
+                torch.randn(module.out_features, rank, generator=g) * 0.3,
+            )
     return factors
 
 
@@ -58,7 +60,9 @@ def _kohya_te(factors: dict, prefix: str, alpha: float) -> dict[str, torch.Tenso
     tensors = {}
     for path, (down, up) in factors.items():
         key = prefix + path.replace(".", "_")
-        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)})
+        tensors.update(
+            {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)}
+        )
     return tensors
 
 
@@ -112,14 +116,27 @@ def _registry():
 
 
 def _mixer(**inputs) -> dict:
-    base = {"model": ["ckpt", 0], "lora_1": "None", "weight_1": 1.0, "lora_2": "None", "weight_2": 0.8,
-            "lora_3": "None", "weight_3": 1.0, "lora_4": "None", "weight_4": 1.0, "rank": 0}
+    base = {
+        "model": ["ckpt", 0],
+        "lora_1": "None",
+        "weight_1": 1.0,
+        "lora_2": "None",
+        "weight_2": 0.8,
+        "lora_3": "None",
+        "weight_3": 1.0,
+        "lora_4": "None",
+        "weight_4": 1.0,
+        "rank": 0,
+    }
     return {"class_type": "LCMAdapterMixer", "inputs": {**base, **inputs}}
 
 
 def _run(paths: ModelPaths, nodes: dict, keep: dict) -> object:
-    prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-              **nodes, "keep": {"class_type": "Keep", "inputs": keep}}
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        **nodes,
+        "keep": {"class_type": "Keep", "inputs": keep},
+    }
     return Executor(_registry(), paths).run(prompt)
 
 
@@ -133,20 +150,45 @@ def _weights(encoder) -> dict[str, torch.Tensor]:
 
 def test_mixer_clip_output_is_the_text_encoder_formula_and_equals_core_loaders(paths, te_factors):
     nodes = {
-        "mix": _mixer(lora_1=STYLE, weight_1=0.8, lora_2=PEFT_TE, weight_2=0.0, clip=["ckpt", 1],
-                      clip_weight_1=0.6, clip_weight_2=-0.4),
-        "core1": {"class_type": "LoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": STYLE,
-                                                         "strength_model": 0.8, "strength_clip": 0.6}},
-        "core2": {"class_type": "LoraLoader", "inputs": {"model": ["core1", 0], "clip": ["core1", 1],
-                                                         "lora_name": PEFT_TE, "strength_model": 0.0,
-                                                         "strength_clip": -0.4}},
-        "enc_mix": _encode(["mix", 1]), "enc_core": _encode(["core2", 1]), "enc_base": _encode(["ckpt", 1]),
+        "mix": _mixer(
+            lora_1=STYLE,
+            weight_1=0.8,
+            lora_2=PEFT_TE,
+            weight_2=0.0,
+            clip=["ckpt", 1],
+            clip_weight_1=0.6,
+            clip_weight_2=-0.4,
+        ),
+        "core1": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "lora_name": STYLE,
+                "strength_model": 0.8,
+                "strength_clip": 0.6,
+            },
+        },
+        "core2": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["core1", 0],
+                "clip": ["core1", 1],
+                "lora_name": PEFT_TE,
+                "strength_model": 0.0,
+                "strength_clip": -0.4,
+            },
+        },
+        "enc_mix": _encode(["mix", 1]),
+        "enc_core": _encode(["core2", 1]),
+        "enc_base": _encode(["ckpt", 1]),
     }
     result = _run(paths, nodes, {"model": ["mix", 0], "clip": ["mix", 1], "conditioning": ["enc_mix", 0]})
     result_core = _run(paths, nodes, {"conditioning": ["enc_core", 0]})
     result_base = _run(paths, nodes, {"conditioning": ["enc_base", 0]})
-    ours, core, plain = (r.output(i)[0][0][0] for r, i in ((result, "enc_mix"), (result_core, "enc_core"),
-                                                           (result_base, "enc_base")))
+    ours, core, plain = (
+        r.output(i)[0][0][0] for r, i in ((result, "enc_mix"), (result_core, "enc_core"), (result_base, "enc_base"))
+    )
     torch.testing.assert_close(ours, core, rtol=0, atol=1e-6)
     assert (ours - plain).abs().max() > 1e-3  # the text-encoder part reached the conditioning
 
@@ -174,10 +216,20 @@ def test_mixer_clip_output_is_the_text_encoder_formula_and_equals_core_loaders(p
 
 
 def test_loader_clip_output_and_unconnected_clip(paths):
-    nodes = {"lcm": {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": STYLE, "strength": 1.0,
-                                                               "clip": ["ckpt", 1], "strength_clip": 0.5}},
-             "bare": {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": LCM, "strength": 1.0}},
-             "mix": _mixer(lora_1=LCM)}
+    nodes = {
+        "lcm": {
+            "class_type": "LCMLoraLoader",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "lora_name": STYLE,
+                "strength": 1.0,
+                "clip": ["ckpt", 1],
+                "strength_clip": 0.5,
+            },
+        },
+        "bare": {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": LCM, "strength": 1.0}},
+        "mix": _mixer(lora_1=LCM),
+    }
     result = _run(paths, nodes, {"model": ["bare", 0], "clip": ["lcm", 1]})
     model, clip = result.output("lcm")[0], result.output("lcm", 1)[0]
     assert model.sampling_type == "lcm" and [(e.lora.name, e.weight) for e in clip.patches] == [(STYLE, 0.5)]
@@ -187,14 +239,18 @@ def test_loader_clip_output_and_unconnected_clip(paths):
     with use_model_paths(paths):
         assert PACK["LCMAdapterMixer"]().mix(base_model, LCM, 1.0)[1] is None
         assert PACK["LCMAdapterMixer"]().mix(base_model, LCM, 1.0, clip=base_clip)[1] is base_clip
-        assert PACK["LCMLoraLoader"]().load_lora(base_model, STYLE, 1.0, clip=base_clip, strength_clip=0.0)[1] is base_clip
+        assert (
+            PACK["LCMLoraLoader"]().load_lora(base_model, STYLE, 1.0, clip=base_clip, strength_clip=0.0)[1] is base_clip
+        )
 
 
 def test_lora_stack_from_an_upstream_node_joins_the_single_patch(paths):
     stack = {"class_type": "TestLoraStack", "inputs": {"lora_name": STYLE, "model_strength": 0.8, "clip_strength": 0.6}}
-    nodes = {"stack": stack,
-             "stacked": _mixer(lora_1=LCM, weight_1=1.0, clip=["ckpt", 1], lora_stack=["stack", 0]),
-             "slots": _mixer(lora_1=LCM, weight_1=1.0, lora_2=STYLE, weight_2=0.8, clip=["ckpt", 1], clip_weight_2=0.6)}
+    nodes = {
+        "stack": stack,
+        "stacked": _mixer(lora_1=LCM, weight_1=1.0, clip=["ckpt", 1], lora_stack=["stack", 0]),
+        "slots": _mixer(lora_1=LCM, weight_1=1.0, lora_2=STYLE, weight_2=0.8, clip=["ckpt", 1], clip_weight_2=0.6),
+    }
     result = _run(paths, nodes, {"model": ["stacked", 0], "clip": ["slots", 1]})
     result_slots = _run(paths, nodes, {"model": ["slots", 0], "clip": ["stacked", 1]})
     stacked_model, stacked_clip = result.output("stacked")[0], result_slots.output("stacked", 1)[0]
@@ -210,14 +266,18 @@ def test_lora_stack_from_an_upstream_node_joins_the_single_patch(paths):
 
 
 def test_lora_stack_link_types_are_checked(paths):
-    prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-              "mix": _mixer(lora_1=LCM, lora_stack=["ckpt", 0]),
-              "keep": {"class_type": "Keep", "inputs": {"model": ["mix", 0]}}}
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "mix": _mixer(lora_1=LCM, lora_stack=["ckpt", 0]),
+        "keep": {"class_type": "Keep", "inputs": {"model": ["mix", 0]}},
+    }
     with use_model_paths(paths), pytest.raises(ValidationError, match="lora_stack"):
         validate_prompt(prompt, _registry())
     prompt["mix"]["inputs"]["lora_stack"] = ["stack", 0]
-    prompt["stack"] = {"class_type": "TestLoraStack", "inputs": {"lora_name": LCM, "model_strength": 1.0,
-                                                              "clip_strength": 1.0}}
+    prompt["stack"] = {
+        "class_type": "TestLoraStack",
+        "inputs": {"lora_name": LCM, "model_strength": 1.0, "clip_strength": 1.0},
+    }
     with use_model_paths(paths):
         validate_prompt(prompt, _registry())
 
@@ -257,8 +317,10 @@ def _demo_paths(root: Path, out: Path) -> ModelPaths:
     return ModelPaths(root / "models", input_dir=root / "input", output_dir=out)
 
 
-@pytest.mark.parametrize("name", ["lcm_lora_style_mixer.json", "lcm_lora_style_mixer_api.json",
-                                  "lcm_lora_txt2img.json", "lcm_lora_quantized.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["lcm_lora_style_mixer.json", "lcm_lora_style_mixer_api.json", "lcm_lora_txt2img.json", "lcm_lora_quantized.json"],
+)
 def test_workflows_saved_before_the_clip_inputs_still_convert_and_validate(name, demo_root):
     registry = default_registry()
     with use_model_paths(_demo_paths(demo_root, demo_root / "output")):
@@ -308,7 +370,7 @@ def test_quantize_format_is_named_as_comfyui_names_it(demo_root, tmp_path):
 def test_cli_format_choices_show_fp8_e4m3fn():
     import argparse
 
-    from lcm_accel.hosts.standalone.quantize_cli import add_quantize_command
+    from lcm_accel.runtime.quantize_command import add_quantize_command
 
     parser = argparse.ArgumentParser()
     add_quantize_command(parser.add_subparsers())

@@ -1,5 +1,6 @@
 """Reading LoRA files: every bad file is refused with a message naming it, and a refused load
 leaves the model's weights, storage and Parameter objects untouched."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_lora_helpers import (
-    TINY_SDXL, assert_unchanged, lora_targets, random_factors, snapshot, tiny_unet, write_kohya,
+    TINY_SDXL,
+    assert_unchanged,
+    lora_targets,
+    random_factors,
+    snapshot,
+    tiny_unet,
+    write_kohya,
     write_peft,
 )
 
@@ -61,7 +68,9 @@ def test_corrupt_header_json(tmp_path, unet):
 
 def test_overlapping_tensors(tmp_path, unet):
     entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
-    path = _raw_safetensors(tmp_path / "ov.safetensors", {"a.lora_down.weight": entry, "b": {**entry, "data_offsets": [4, 12]}}, bytes(12))
+    path = _raw_safetensors(
+        tmp_path / "ov.safetensors", {"a.lora_down.weight": entry, "b": {**entry, "data_offsets": [4, 12]}}, bytes(12)
+    )
     _refused_without_change(unet, path, r"ov\.safetensors' is corrupt: tensors .* overlap")
 
 
@@ -73,7 +82,9 @@ def test_offsets_inconsistent_with_shape(tmp_path, unet):
 
 
 def test_unknown_dtype(tmp_path, unet):
-    path = _raw_safetensors(tmp_path / "dt.safetensors", {"x": {"dtype": "F7", "shape": [1], "data_offsets": [0, 1]}}, bytes(1))
+    path = _raw_safetensors(
+        tmp_path / "dt.safetensors", {"x": {"dtype": "F7", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)
+    )
     _refused_without_change(unet, path, r"dt\.safetensors': tensor 'x' has unsupported dtype")
 
 
@@ -112,8 +123,13 @@ def test_pickled_lora_is_read_weights_only(tmp_path, unet, good_file):
 def test_mismatched_rank_in_file(tmp_path, unet):
     key = "lora_unet_down_blocks_0_attentions_0_proj_in"
     path = tmp_path / "rank.safetensors"
-    save_file({f"{key}.lora_down.weight": torch.zeros(4, 32, 1, 1), f"{key}.lora_up.weight": torch.zeros(32, 3, 1, 1)}, str(path))
-    _refused_without_change(unet, path, r"rank\.safetensors': module 'down_blocks_0_attentions_0_proj_in' has mismatched factors")
+    save_file(
+        {f"{key}.lora_down.weight": torch.zeros(4, 32, 1, 1), f"{key}.lora_up.weight": torch.zeros(32, 3, 1, 1)},
+        str(path),
+    )
+    _refused_without_change(
+        unet, path, r"rank\.safetensors': module 'down_blocks_0_attentions_0_proj_in' has mismatched factors"
+    )
 
 
 def test_wrong_shape_names_key_and_both_shapes(tmp_path, unet):
@@ -123,8 +139,11 @@ def test_wrong_shape_names_key_and_both_shapes(tmp_path, unet):
     factors[module] = (torch.zeros(4, 48), torch.zeros(32, 4))  # cross-attention dim 48 instead of 32
     path = write_peft(tmp_path / "shape.safetensors", factors)
     _refused_without_change(
-        unet, path, r"shape\.safetensors' does not fit the target: '" + module.replace(".", r"\.")
-        + r"' -> .*LoRA delta shape \(32, 48\), target weight shape \(32, 32\)"
+        unet,
+        path,
+        r"shape\.safetensors' does not fit the target: '"
+        + module.replace(".", r"\.")
+        + r"' -> .*LoRA delta shape \(32, 48\), target weight shape \(32, 32\)",
     )
 
 
@@ -135,10 +154,16 @@ def test_other_family_is_refused(tmp_path, unet):
 
     index = TargetIndex([n for n, _ in sdxl.named_parameters()])
     to_ldm = NameTranslator(index.layout)
-    path = write_kohya(tmp_path / "xl.safetensors", random_factors(lora_targets(sdxl), 4, 0), alpha=4.0,
-                       names=lambda m: to_ldm.translate(m, "ldm"))
+    path = write_kohya(
+        tmp_path / "xl.safetensors",
+        random_factors(lora_targets(sdxl), 4, 0),
+        alpha=4.0,
+        names=lambda m: to_ldm.translate(m, "ldm"),
+    )
     assert load_lora(path).format == "kohya"
-    _refused_without_change(unet, path, r"xl\.safetensors' looks like a sdxl LoRA but the target UNet is sd15: first offending key")
+    _refused_without_change(
+        unet, path, r"xl\.safetensors' looks like a sdxl LoRA but the target UNet is sd15: first offending key"
+    )
 
 
 def test_unsupported_adapter_type(tmp_path, unet):
@@ -150,8 +175,12 @@ def test_unsupported_adapter_type(tmp_path, unet):
 def test_incomplete_lycoris_module_names_file_and_key(tmp_path, unet):
     path = tmp_path / "loha.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)}, str(path))
-    _refused_without_change(unet, path, r"loha\.safetensors': module 'down_blocks_0_attentions_0_proj_in' is a loha "
-                                        r"adapter without 'hada_w1_b'")
+    _refused_without_change(
+        unet,
+        path,
+        r"loha\.safetensors': module 'down_blocks_0_attentions_0_proj_in' is a loha "
+        r"adapter without 'hada_w1_b'",
+    )
 
 
 def test_unmatched_keys_strict_and_lenient(tmp_path, unet):
@@ -190,12 +219,15 @@ def test_sdxl_text_encoders_and_peft_prefixes():
     from lcm_accel.lora_merge import parse_lora
 
     z = lambda *s: torch.zeros(*s)  # noqa: E731
-    lora = parse_lora({
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": z(2, 8),
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": z(8, 2),
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": z(2, 8),
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": z(8, 2),
-    }, "x.safetensors")
+    lora = parse_lora(
+        {
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": z(2, 8),
+            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": z(8, 2),
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": z(2, 8),
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": z(8, 2),
+        },
+        "x.safetensors",
+    )
     assert set(lora.text_encoders) == {"te1", "te2"} and not lora.unet
     styles = {
         "base_model.model.down_blocks.0.attentions.0.proj_in.lora_A.default.weight": "lora_B.default.weight",
@@ -203,12 +235,18 @@ def test_sdxl_text_encoders_and_peft_prefixes():
         "unet.down_blocks.0.attentions.0.proj_in.lora_linear_layer.down.weight": "lora_linear_layer.up.weight",
     }
     for down_key, up_suffix in styles.items():
-        up_key = down_key.rsplit(".", 3)[0] + "." + up_suffix if "default" in down_key else down_key.replace(
-            down_key.split("proj_in.")[1], up_suffix)
+        up_key = (
+            down_key.rsplit(".", 3)[0] + "." + up_suffix
+            if "default" in down_key
+            else down_key.replace(down_key.split("proj_in.")[1], up_suffix)
+        )
         parsed = parse_lora({down_key: z(2, 8), up_key: z(8, 2)}, "y")
         assert list(parsed.unet) == ["down_blocks.0.attentions.0.proj_in"], (down_key, up_key, list(parsed.unet))
-    proc = parse_lora({
-        "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight": z(2, 8),
-        "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight": z(8, 2),
-    }, "z")
+    proc = parse_lora(
+        {
+            "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight": z(2, 8),
+            "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight": z(8, 2),
+        },
+        "z",
+    )
     assert list(proc.unet) == ["mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0"]

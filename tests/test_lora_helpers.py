@@ -1,8 +1,7 @@
 """Builders shared by the test_lora_* files: tiny SD-shaped UNets and LoRA files written in the
 real on-disk layouts (kohya, diffusers/PEFT, LDM). No tests here."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import torch
 
@@ -34,7 +33,9 @@ TINY_SDXL = dict(
 )
 # SSD-1B: SDXL with other transformer depths on the way up and a middle block of one ResBlock
 # without attention (ComfyUI detects SSD-1B by transformer_depth_middle -1).
-TINY_SSD1B = dict(TINY_SDXL, reverse_transformer_layers_per_block=((2, 1, 1), (1, 1, 1)), mid_block_type="UNetMidBlock2D")
+TINY_SSD1B = dict(
+    TINY_SDXL, reverse_transformer_layers_per_block=((2, 1, 1), (1, 1, 1)), mid_block_type="UNetMidBlock2D"
+)
 
 
 def tiny_unet(config: dict = TINY_SD15, seed: int = 0):

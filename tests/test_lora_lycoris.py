@@ -2,6 +2,7 @@
 applied in place, compared with a float64 formula of ComfyUI's rules (and ComfyUI's own
 calculate_weight when COMFYUI_PATH is set, peft's LoHa / LoKr layers otherwise), re-weighted and
 restored bit-exactly."""
+
 from __future__ import annotations
 
 import json
@@ -39,27 +40,74 @@ def cases() -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
     g = torch.Generator().manual_seed(7)
     a = lambda v: torch.tensor(float(v))  # noqa: E731
     return {
-        "loha": ("lin", {"hada_w1_a": _r(g, 8, 2), "hada_w1_b": _r(g, 2, 12), "hada_w2_a": _r(g, 8, 2),
-                         "hada_w2_b": _r(g, 2, 12), "alpha": a(1.5)}),
-        "loha_tucker": ("conv", {"hada_t1": _r(g, 2, 2, 3, 3), "hada_w1_a": _r(g, 2, 6), "hada_w1_b": _r(g, 2, 4),
-                                 "hada_t2": _r(g, 2, 2, 3, 3), "hada_w2_a": _r(g, 2, 6), "hada_w2_b": _r(g, 2, 4),
-                                 "alpha": a(3)}),
+        "loha": (
+            "lin",
+            {
+                "hada_w1_a": _r(g, 8, 2),
+                "hada_w1_b": _r(g, 2, 12),
+                "hada_w2_a": _r(g, 8, 2),
+                "hada_w2_b": _r(g, 2, 12),
+                "alpha": a(1.5),
+            },
+        ),
+        "loha_tucker": (
+            "conv",
+            {
+                "hada_t1": _r(g, 2, 2, 3, 3),
+                "hada_w1_a": _r(g, 2, 6),
+                "hada_w1_b": _r(g, 2, 4),
+                "hada_t2": _r(g, 2, 2, 3, 3),
+                "hada_w2_a": _r(g, 2, 6),
+                "hada_w2_b": _r(g, 2, 4),
+                "alpha": a(3),
+            },
+        ),
         "lokr": ("lin", {"lokr_w1": _r(g, 2, 3), "lokr_w2_a": _r(g, 4, 2), "lokr_w2_b": _r(g, 2, 4), "alpha": a(4)}),
-        "lokr_w1_decomposed": ("lin", {"lokr_w1_a": _r(g, 2, 1), "lokr_w1_b": _r(g, 1, 3), "lokr_w2": _r(g, 4, 4),
-                                       "alpha": a(2)}),
-        "lokr_tucker": ("conv", {"lokr_w1_a": _r(g, 2, 1), "lokr_w1_b": _r(g, 1, 2), "lokr_t2": _r(g, 2, 2, 3, 3),
-                                 "lokr_w2_a": _r(g, 2, 3), "lokr_w2_b": _r(g, 2, 2), "alpha": a(1)}),
+        "lokr_w1_decomposed": (
+            "lin",
+            {"lokr_w1_a": _r(g, 2, 1), "lokr_w1_b": _r(g, 1, 3), "lokr_w2": _r(g, 4, 4), "alpha": a(2)},
+        ),
+        "lokr_tucker": (
+            "conv",
+            {
+                "lokr_w1_a": _r(g, 2, 1),
+                "lokr_w1_b": _r(g, 1, 2),
+                "lokr_t2": _r(g, 2, 2, 3, 3),
+                "lokr_w2_a": _r(g, 2, 3),
+                "lokr_w2_b": _r(g, 2, 2),
+                "alpha": a(1),
+            },
+        ),
         "lokr_full": ("lin", {"lokr_w1": _r(g, 2, 3), "lokr_w2": _r(g, 4, 4), "alpha": a(7)}),
         "diff": ("conv", {"diff": _r(g, 6, 4, 3, 3, scale=0.05), "diff_b": _r(g, 6, scale=0.05)}),
-        "lora_bias": ("lin", {"lora_down.weight": _r(g, 2, 12), "lora_up.weight": _r(g, 8, 2),
-                              "lora_up.bias": _r(g, 8), "alpha": a(1)}),
-        "dora": ("lin", {"lora_down.weight": _r(g, 2, 12), "lora_up.weight": _r(g, 8, 2), "alpha": a(2),
-                         "dora_scale": 1 + _r(g, 1, 12, scale=0.1)}),
-        "dora_rows": ("lin", {"lora_down.weight": _r(g, 2, 12), "lora_up.weight": _r(g, 8, 2),
-                              "dora_scale": 1 + _r(g, 8, 1, scale=0.1)}),
-        "dora_loha_conv": ("conv", {"hada_w1_a": _r(g, 6, 2), "hada_w1_b": _r(g, 2, 36), "hada_w2_a": _r(g, 6, 2),
-                                    "hada_w2_b": _r(g, 2, 36), "alpha": a(2),
-                                    "dora_scale": 1 + _r(g, 1, 4, 1, 1, scale=0.1)}),
+        "lora_bias": (
+            "lin",
+            {"lora_down.weight": _r(g, 2, 12), "lora_up.weight": _r(g, 8, 2), "lora_up.bias": _r(g, 8), "alpha": a(1)},
+        ),
+        "dora": (
+            "lin",
+            {
+                "lora_down.weight": _r(g, 2, 12),
+                "lora_up.weight": _r(g, 8, 2),
+                "alpha": a(2),
+                "dora_scale": 1 + _r(g, 1, 12, scale=0.1),
+            },
+        ),
+        "dora_rows": (
+            "lin",
+            {"lora_down.weight": _r(g, 2, 12), "lora_up.weight": _r(g, 8, 2), "dora_scale": 1 + _r(g, 8, 1, scale=0.1)},
+        ),
+        "dora_loha_conv": (
+            "conv",
+            {
+                "hada_w1_a": _r(g, 6, 2),
+                "hada_w1_b": _r(g, 2, 36),
+                "hada_w2_a": _r(g, 6, 2),
+                "hada_w2_b": _r(g, 2, 36),
+                "alpha": a(2),
+                "dora_scale": 1 + _r(g, 1, 4, 1, 1, scale=0.1),
+            },
+        ),
     }
 
 
@@ -78,8 +126,12 @@ def reference_delta(tensors: dict[str, torch.Tensor], shape: tuple[int, ...]) ->
     t = {k: v.double() for k, v in tensors.items()}
     alpha = float(t["alpha"]) if "alpha" in t else None
     if "hada_w1_a" in t:
-        m = [_tucker(t[f"hada_t{i}"], t[f"hada_w{i}_b"], t[f"hada_w{i}_a"]) if f"hada_t{i}" in t
-             else t[f"hada_w{i}_a"] @ t[f"hada_w{i}_b"] for i in (1, 2)]
+        m = [
+            _tucker(t[f"hada_t{i}"], t[f"hada_w{i}_b"], t[f"hada_w{i}_a"])
+            if f"hada_t{i}" in t
+            else t[f"hada_w{i}_a"] @ t[f"hada_w{i}_b"]
+            for i in (1, 2)
+        ]
         return (m[0] * m[1]).reshape(shape), (alpha / t["hada_w1_b"].shape[0] if alpha else 1.0)
     if any(k.startswith("lokr") for k in t):
         dim = None
@@ -89,8 +141,11 @@ def reference_delta(tensors: dict[str, torch.Tensor], shape: tuple[int, ...]) ->
         w2 = t.get("lokr_w2")
         if w2 is None:
             dim = t["lokr_w2_b"].shape[0]
-            w2 = (_tucker(t["lokr_t2"], t["lokr_w2_b"], t["lokr_w2_a"]) if "lokr_t2" in t
-                  else t["lokr_w2_a"] @ t["lokr_w2_b"])
+            w2 = (
+                _tucker(t["lokr_t2"], t["lokr_w2_b"], t["lokr_w2_a"])
+                if "lokr_t2" in t
+                else t["lokr_w2_a"] @ t["lokr_w2_b"]
+            )
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]
         scale = alpha / dim if alpha is not None and dim else 1.0
@@ -160,8 +215,9 @@ def test_all_formats_mixed_with_a_lora_restore_bit_exactly(tmp_path, dtype):
     chosen = ["loha", "lokr", "lokr_full", "lora_bias", "diff", "loha_tucker", "lokr_tucker"]
     loras = [load_lora(write_case(tmp_path / f"{n}.safetensors", *cases()[n])) for n in chosen]
     g = torch.Generator().manual_seed(3)
-    plain = write_case(tmp_path / "plain.safetensors", "lin",
-                       {"lora_down.weight": _r(g, 4, 12), "lora_up.weight": _r(g, 8, 4)})
+    plain = write_case(
+        tmp_path / "plain.safetensors", "lin", {"lora_down.weight": _r(g, 4, 12), "lora_up.weight": _r(g, 8, 4)}
+    )
     loras.append(load_lora(plain))
     weights = [1.5, -2.0, 0.5, 1.0, 3.0, -1.0, 2.0, 0.8]
     patcher = LoraPatcher(net)
@@ -212,16 +268,34 @@ def test_rank_compresses_a_dense_delta_with_its_error(tmp_path):
     torch.testing.assert_close(got, best, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"hada_w1_a": torch.zeros(8, 2), "hada_w1_b": torch.zeros(2, 12), "hada_w2_a": torch.zeros(8, 3),
-      "hada_w2_b": torch.zeros(2, 12)}, r"bad\.safetensors': module 'lin' has loha factors of inconsistent shapes"),
-    ({"lokr_w1": torch.zeros(2, 3), "lokr_w2": torch.zeros(4, 5)},
-     r"bad\.safetensors' does not fit the target: 'lin' -> 'lin\.weight': lokr delta of 8x15"),
-    ({"diff": torch.zeros(8, 12), "diff_b": torch.zeros(9)}, r"'lin' -> 'lin\.bias': bias delta of 9 elements"),
-    ({"lokr_w1_a": torch.zeros(2, 1)}, r"bad\.safetensors': module 'lin' is a lokr adapter without 'lokr_w1'"),
-    ({"lora_down.weight": torch.zeros(2, 12), "lora_up.weight": torch.zeros(8, 2), "dora_scale": torch.ones(1, 5)},
-     r"'lin' -> 'lin\.weight': dora_scale of shape \(1, 5\)"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (
+            {
+                "hada_w1_a": torch.zeros(8, 2),
+                "hada_w1_b": torch.zeros(2, 12),
+                "hada_w2_a": torch.zeros(8, 3),
+                "hada_w2_b": torch.zeros(2, 12),
+            },
+            r"bad\.safetensors': module 'lin' has loha factors of inconsistent shapes",
+        ),
+        (
+            {"lokr_w1": torch.zeros(2, 3), "lokr_w2": torch.zeros(4, 5)},
+            r"bad\.safetensors' does not fit the target: 'lin' -> 'lin\.weight': lokr delta of 8x15",
+        ),
+        ({"diff": torch.zeros(8, 12), "diff_b": torch.zeros(9)}, r"'lin' -> 'lin\.bias': bias delta of 9 elements"),
+        ({"lokr_w1_a": torch.zeros(2, 1)}, r"bad\.safetensors': module 'lin' is a lokr adapter without 'lokr_w1'"),
+        (
+            {
+                "lora_down.weight": torch.zeros(2, 12),
+                "lora_up.weight": torch.zeros(8, 2),
+                "dora_scale": torch.ones(1, 5),
+            },
+            r"'lin' -> 'lin\.weight': dora_scale of shape \(1, 5\)",
+        ),
+    ],
+)
 def test_bad_files_name_file_and_key_and_change_nothing(tmp_path, bad, match):
     net = Net()
     snap = snapshot(net)
@@ -247,8 +321,10 @@ def test_loha_and_lokr_match_peft(tmp_path):
     and ComfyUI's LoKr rule (alpha ignored when no factor is decomposed) agree."""
     peft = pytest.importorskip("peft")
 
-    for name, config in (("loha", peft.LoHaConfig(r=2, alpha=3, target_modules=["lin", "conv"], init_weights=False)),
-                         ("lokr", peft.LoKrConfig(r=2, alpha=2, target_modules=["lin", "conv"], init_weights=False))):
+    for name, config in (
+        ("loha", peft.LoHaConfig(r=2, alpha=3, target_modules=["lin", "conv"], init_weights=False)),
+        ("lokr", peft.LoKrConfig(r=2, alpha=2, target_modules=["lin", "conv"], init_weights=False)),
+    ):
         net = Net()
         ref = peft.get_peft_model(Net(), config)
         tensors = {}
@@ -262,8 +338,9 @@ def test_loha_and_lokr_match_peft(tmp_path):
         save_file(tensors, str(tmp_path / f"{name}.safetensors"))
         LoraPatcher(net).apply([(load_lora(tmp_path / f"{name}.safetensors"), 1.0)])
         for layer in ("lin", "conv"):
-            torch.testing.assert_close(getattr(net, layer).weight, getattr(merged, layer).weight, rtol=1e-5, atol=1e-6,
-                                       msg=f"{name} {layer}")
+            torch.testing.assert_close(
+                getattr(net, layer).weight, getattr(merged, layer).weight, rtol=1e-5, atol=1e-6, msg=f"{name} {layer}"
+            )
 
 
 # ------------------------------------------------------------------ ComfyUI's own calculate_weight
@@ -287,10 +364,19 @@ def test_matches_comfyui_calculate_weight(tmp_path):
         LoraPatcher(probe).apply([(load_lora(write_case(tmp_path / f"{name}.safetensors", layer, tensors)), strength)])
         expected[name] = (_layer(probe, layer).weight.detach(), _layer(probe, layer).bias.detach())
     save_file(bundle, str(tmp_path / "bundle.safetensors"))
-    done = subprocess.run([comfyui_python(checkout), str(HERE / "comfyui_lycoris_checks.py"), str(checkout),
-                           str(tmp_path / "bundle.safetensors"), str(tmp_path / "out.safetensors"),
-                           json.dumps({"strength": strength, "names": list(cases())})],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            comfyui_python(checkout),
+            str(HERE / "comfyui_lycoris_checks.py"),
+            str(checkout),
+            str(tmp_path / "bundle.safetensors"),
+            str(tmp_path / "out.safetensors"),
+            json.dumps({"strength": strength, "names": list(cases())}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     theirs = load_file(str(tmp_path / "out.safetensors"))
     for name, (w, b) in expected.items():
@@ -313,8 +399,9 @@ def test_unet_kohya_names_reach_weights_and_biases_in_both_namings(tmp_path):
     params = dict(unet.named_parameters())
     index = TargetIndex(list(params))
     proj = "down_blocks.0.attentions.0.proj_in"
-    ldm = index.layout and next(a for a, p in index.aliases.items() if p == proj + ".weight" and "input_blocks" in a
-                                 and "_" in a)
+    ldm = index.layout and next(
+        a for a, p in index.aliases.items() if p == proj + ".weight" and "input_blocks" in a and "_" in a
+    )
     q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     out_f, in_f = params[q + ".weight"].shape
     g = torch.Generator().manual_seed(0)
@@ -330,8 +417,9 @@ def test_unet_kohya_names_reach_weights_and_biases_in_both_namings(tmp_path):
     patcher = LoraPatcher(unet)
     report = patcher.apply([(lora, 0.5)])
     assert set(report.targets) == {proj + ".weight", proj + ".bias", q + ".weight"}
-    torch.testing.assert_close(params[proj + ".bias"].detach(),
-                               snap[proj + ".bias"][0] + 0.5 * tensors[f"lora_unet_{ldm}.diff_b"])
+    torch.testing.assert_close(
+        params[proj + ".bias"].detach(), snap[proj + ".bias"][0] + 0.5 * tensors[f"lora_unet_{ldm}.diff_b"]
+    )
     patcher.restore()
     assert_unchanged(unet, snap)
 

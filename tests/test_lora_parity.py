@@ -1,6 +1,7 @@
 """Our in-place patch gives the same UNet output as diffusers/peft with the same adapters loaded
 unmerged; the mix equals peft's add_weighted_adapter ("cat", "svd"); LDM-named targets get the
 same values as diffusers-named ones; the key map agrees with diffusers' checkpoint converter."""
+
 from __future__ import annotations
 
 import copy
@@ -8,11 +9,18 @@ import copy
 import pytest
 import torch
 from test_lora_helpers import (
+    TINY_SD15,
+    TINY_SDXL,
+    TINY_SSD1B,
     diffusers_lora_unet,
-    TINY_SD15, TINY_SDXL, TINY_SSD1B, lora_targets, random_factors, tiny_unet, write_kohya, write_peft,
+    lora_targets,
+    random_factors,
+    tiny_unet,
+    write_kohya,
+    write_peft,
 )
 
-from lcm_accel.lora_merge import LoraPatcher, load_lora, mix_cat, compress_svd
+from lcm_accel.lora_merge import LoraPatcher, compress_svd, load_lora, mix_cat
 from lcm_accel.lora_merge.keymap import NameTranslator, TargetIndex
 
 WEIGHTS = (0.8, 1.3)
@@ -78,7 +86,9 @@ def test_ldm_named_lora_files(tmp_path, lora_names):
         tensors = {}
         for module, (down, up) in factors.items():
             key = "diffusion_model." + to_ldm.translate(module, "ldm")
-            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(3.0)})
+            tensors.update(
+                {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(3.0)}
+            )
         path = tmp_path / "comfy.safetensors"
         save_file(tensors, str(path))
     a, b = tiny_unet(), tiny_unet()
@@ -148,15 +158,15 @@ def test_keymap_agrees_with_diffusers_converter(config):
     assert converted == {n: n for n in names}
 
 
-
-
 def test_cat_and_svd_mix_equal_peft_add_weighted_adapter():
     """Mix two adapters on linear layers; compare with peft's add_weighted_adapter."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 16))
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["0", "1"]), adapter_name="a")
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["0", "1"]), adapter_name="a"
+    )
     model.add_adapter("b", LoraConfig(r=2, lora_alpha=1, target_modules=["0", "1"]))
     for name, p in model.named_parameters():
         if "lora_" in name:

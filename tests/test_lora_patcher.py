@@ -1,5 +1,6 @@
 """The in-place patcher: bit-exact restore after any sequence of apply / re-weight / restore,
 same storage and Parameter objects throughout, atomic on errors and Ctrl-C, small restore state."""
+
 from __future__ import annotations
 
 import random
@@ -51,7 +52,7 @@ def test_random_sequences_restore_bit_exactly(dtype):
             op = rng.choice(["apply", "apply", "reweight", "reweight", "restore"])
             if op == "apply":
                 chosen = rng.sample(loras, rng.randint(1, 3))
-                patcher.apply([(l, rng.uniform(-2, 2)) for l in chosen], rank=rng.choice([None, None, 1, 3]))
+                patcher.apply([(lora, rng.uniform(-2, 2)) for lora in chosen], rank=rng.choice([None, None, 1, 3]))
                 assert any(not torch.equal(p, snap[n][0]) for n, p in net.named_parameters())
             elif op == "reweight" and patcher.is_applied:
                 patcher.reweight([rng.uniform(-2, 2) for _ in patcher.weights])
@@ -152,7 +153,10 @@ def test_validation_happens_before_any_write():
     good = _small_lora(1, 4, 0.1)
     bad = _small_lora(2, 2, 0.1)
     bad.unet["lin.b"] = LoraFactors("lin.b", torch.zeros(2, 41), torch.zeros(16, 2), 2.0)
-    with pytest.raises(LoraPatchError, match=r"'lin\.b' -> 'lin\.b\.weight': LoRA delta shape \(16, 41\), target weight shape \(16, 40\)"):
+    with pytest.raises(
+        LoraPatchError,
+        match=r"'lin\.b' -> 'lin\.b\.weight': LoRA delta shape \(16, 41\), target weight shape \(16, 40\)",
+    ):
         LoraPatcher(net).apply([(good, 1.0), (bad, 1.0)])
     nan = _small_lora(3, 2, 0.1)
     nan.unet["conv"].up[0, 0] = float("nan")
@@ -255,8 +259,13 @@ def test_fused_reweight_equals_a_fresh_apply(dtype):
     assert torch.equal(net.proj.weight.view(torch.uint8), reweighted.view(torch.uint8))
     other = fresh._states["proj.weight"]
     assert state.checksum == other.checksum and state.exceptions == other.exceptions
-    assert all(torch.equal(a, b) for a, b in zip((state.code.gaps, state.code.corrections, state.code.escapes),
-                                                   (other.code.gaps, other.code.corrections, other.code.escapes)))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            (state.code.gaps, state.code.corrections, state.code.escapes),
+            (other.code.gaps, other.code.corrections, other.code.escapes),
+        )
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

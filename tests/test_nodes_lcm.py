@@ -1,6 +1,7 @@
 """The pack's LCM nodes: exact inputs (names, order, defaults, tooltips), the cheap / ComfyUI-aware
 entry point, real runs through the harness executor (LoRA loader and mixer included), and errors
 that name the offending input."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,25 +17,50 @@ from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors, write_kohya, write_peft
 from lcm_accel.harness.errors import HarnessError
 from lcm_accel.harness.executor import Executor
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.harness.registry import NodeRegistry, default_registry
 from lcm_accel.hosts.standalone import nodes_custom_sampling
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 77
 
 EXPECTED_INPUTS = {
     "LCMLoraLoader": ["model", "lora_name", "strength"],
-    "LCMAdapterMixer": ["model", "lora_1", "weight_1", "lora_2", "weight_2", "lora_3", "weight_3", "lora_4",
-                        "weight_4", "rank"],
+    "LCMAdapterMixer": [
+        "model",
+        "lora_1",
+        "weight_1",
+        "lora_2",
+        "weight_2",
+        "lora_3",
+        "weight_3",
+        "lora_4",
+        "weight_4",
+        "rank",
+    ],
     "LCMScheduler": ["model", "steps", "original_inference_steps", "strength"],
     "LCMSampler": ["gamma"],
-    "LCMKSampler": ["model", "seed", "steps", "cfg", "positive", "negative", "latent_image",
-                    "original_inference_steps", "gamma", "denoise"],
+    "LCMKSampler": [
+        "model",
+        "seed",
+        "steps",
+        "cfg",
+        "positive",
+        "negative",
+        "latent_image",
+        "original_inference_steps",
+        "gamma",
+        "denoise",
+    ],
 }
-EXPECTED_OUTPUTS = {"LCMLoraLoader": ("MODEL", "CLIP"), "LCMAdapterMixer": ("MODEL", "CLIP"), "LCMScheduler": ("SIGMAS",),
-                    "LCMSampler": ("SAMPLER",), "LCMKSampler": ("LATENT",)}
+EXPECTED_OUTPUTS = {
+    "LCMLoraLoader": ("MODEL", "CLIP"),
+    "LCMAdapterMixer": ("MODEL", "CLIP"),
+    "LCMScheduler": ("SIGMAS",),
+    "LCMSampler": ("SAMPLER",),
+    "LCMKSampler": ("LATENT",),
+}
 EXPECTED_OPTIONS = {
     ("LCMLoraLoader", "strength"): dict(default=1.0, min=-10.0, max=10.0, step=0.01),
     ("LCMAdapterMixer", "weight_2"): dict(default=0.8, min=-10.0, max=10.0, step=0.01),
@@ -60,7 +86,9 @@ def models_root(tmp_path_factory) -> Path:
     shutil.move(root / "tiny_sd15.safetensors", root / "models" / "checkpoints" / "tiny_sd15.safetensors")
     shutil.copytree(shared / "tokenizers", root / "models" / "tokenizers")
     targets = lora_targets(tiny_model("sd15").unet)
-    write_kohya(root / "models" / "loras" / "lcm_lora.safetensors", random_factors(targets, 4, 11, scale=0.2), alpha=4.0)
+    write_kohya(
+        root / "models" / "loras" / "lcm_lora.safetensors", random_factors(targets, 4, 11, scale=0.2), alpha=4.0
+    )
     write_peft(root / "models" / "loras" / "style" / "style.safetensors", random_factors(targets, 2, 12, scale=0.2))
     return root
 
@@ -89,8 +117,12 @@ def test_inputs_outputs_and_tooltips_are_the_published_ones(paths):
 
 def _import_pack_as_custom_node(with_comfyui: bool) -> str:
     """Import the repo root as ComfyUI does (module named after its path, dots replaced), in a fresh interpreter."""
-    fake = "import types; sys.modules['comfy'] = types.ModuleType('comfy'); " \
-           "sys.modules['folder_paths'] = types.ModuleType('folder_paths')" if with_comfyui else "pass"
+    fake = (
+        "import types; sys.modules['comfy'] = types.ModuleType('comfy'); "
+        "sys.modules['folder_paths'] = types.ModuleType('folder_paths')"
+        if with_comfyui
+        else "pass"
+    )
     code = textwrap.dedent(f"""
         import importlib.util, logging, sys
         logging.basicConfig(level=logging.INFO, format="LOG %(message)s")
@@ -153,15 +185,40 @@ def _prompt(lora: dict | None, steps: int = 4, denoise: float = 1.0) -> dict:
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
         "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "lcm": {"class_type": "LCMKSampler", "inputs": {
-            "model": model, "seed": SEED, "steps": steps, "cfg": 1.5, "positive": ["pos", 0], "negative": ["neg", 0],
-            "latent_image": ["empty", 0], "original_inference_steps": 50, "gamma": 0.0, "denoise": denoise}},
-        "sigmas": {"class_type": "LCMScheduler", "inputs": {"model": model, "steps": steps,
-                                                            "original_inference_steps": 50, "strength": denoise}},
+        "lcm": {
+            "class_type": "LCMKSampler",
+            "inputs": {
+                "model": model,
+                "seed": SEED,
+                "steps": steps,
+                "cfg": 1.5,
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["empty", 0],
+                "original_inference_steps": 50,
+                "gamma": 0.0,
+                "denoise": denoise,
+            },
+        },
+        "sigmas": {
+            "class_type": "LCMScheduler",
+            "inputs": {"model": model, "steps": steps, "original_inference_steps": 50, "strength": denoise},
+        },
         "sampler": {"class_type": "LCMSampler", "inputs": {"gamma": 0.0}},
-        "custom": {"class_type": "SamplerCustom", "inputs": {
-            "model": model, "add_noise": True, "noise_seed": SEED, "cfg": 1.5, "positive": ["pos", 0],
-            "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["empty", 0]}},
+        "custom": {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": model,
+                "add_noise": True,
+                "noise_seed": SEED,
+                "cfg": 1.5,
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "sampler": ["sampler", 0],
+                "sigmas": ["sigmas", 0],
+                "latent_image": ["empty", 0],
+            },
+        },
     }
     if lora:
         prompt["lora"] = lora
@@ -180,12 +237,26 @@ def _run(paths, prompt):
 
 
 def test_executor_runs_both_lcm_routes_with_the_lora_loader(paths):
-    loader = {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors",
-                                                         "strength": 1.0}}
+    loader = {
+        "class_type": "LCMLoraLoader",
+        "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors", "strength": 1.0},
+    }
     prompt = _prompt(loader)
-    prompt["core"] = {"class_type": "KSampler", "inputs": {
-        "model": ["lora", 0], "seed": SEED, "steps": 4, "cfg": 1.0, "sampler_name": "lcm", "scheduler": "normal",
-        "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0], "denoise": 1.0}}
+    prompt["core"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["lora", 0],
+            "seed": SEED,
+            "steps": 4,
+            "cfg": 1.0,
+            "sampler_name": "lcm",
+            "scheduler": "normal",
+            "positive": ["pos", 0],
+            "negative": ["neg", 0],
+            "latent_image": ["empty", 0],
+            "denoise": 1.0,
+        },
+    }
     result = _run(paths, _keep(prompt, "core"))
     with_lora = result.output("lcm")[0]["samples"]
     torch.testing.assert_close(result.output("custom")[0]["samples"], with_lora, rtol=0, atol=0)
@@ -200,13 +271,26 @@ def test_executor_runs_both_lcm_routes_with_the_lora_loader(paths):
 
 def test_mixer_is_one_weighted_patch_without_switching_sampling(paths):
     def mixed(**slots):
-        inputs = {"model": ["ckpt", 0], "lora_1": "None", "weight_1": 1.0, "lora_2": "None", "weight_2": 0.8,
-                  "lora_3": "None", "weight_3": 1.0, "lora_4": "None", "weight_4": 1.0, "rank": 0, **slots}
+        inputs = {
+            "model": ["ckpt", 0],
+            "lora_1": "None",
+            "weight_1": 1.0,
+            "lora_2": "None",
+            "weight_2": 0.8,
+            "lora_3": "None",
+            "weight_3": 1.0,
+            "lora_4": "None",
+            "weight_4": 1.0,
+            "rank": 0,
+            **slots,
+        }
         result = _run(paths, _prompt({"class_type": "LCMAdapterMixer", "inputs": inputs}, steps=2))
         return result.output("lora")[0], result.output("lcm")[0]["samples"]
 
-    loader = {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors",
-                                                         "strength": 0.7}}
+    loader = {
+        "class_type": "LCMLoraLoader",
+        "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors", "strength": 0.7},
+    }
     reference = _run(paths, _prompt(loader, steps=2)).output("lcm")[0]["samples"]
     model, split = mixed(lora_1="lcm_lora.safetensors", weight_1=0.3, lora_3="lcm_lora.safetensors", weight_3=0.4)
     assert model.sampling_type == "eps"  # the mixer leaves the sampling mode alone
@@ -215,11 +299,14 @@ def test_mixer_is_one_weighted_patch_without_switching_sampling(paths):
     assert (two - reference).abs().max() > 1e-3 * reference.abs().max()
 
 
-@pytest.mark.parametrize("node, inputs, words", [
-    ("LCMKSampler", {"steps": 0}, "steps"),
-    ("LCMSampler", {"gamma": 1.5}, "gamma"),
-    ("LCMScheduler", {"strength": 0.0}, "strength"),
-])
+@pytest.mark.parametrize(
+    "node, inputs, words",
+    [
+        ("LCMKSampler", {"steps": 0}, "steps"),
+        ("LCMSampler", {"gamma": 1.5}, "gamma"),
+        ("LCMScheduler", {"strength": 0.0}, "strength"),
+    ],
+)
 def test_out_of_range_widgets_are_refused_by_the_executor(paths, node, inputs, words):
     prompt = _prompt(None)
     target = {"LCMKSampler": "lcm", "LCMSampler": "sampler", "LCMScheduler": "sigmas"}[node]

@@ -1,15 +1,16 @@
 """The package as ComfyUI and pip see it: cheap entry point, no torch requirement, every
 sub-package shipped, relative imports only."""
+
 from __future__ import annotations
 
 import importlib.util
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SHIPPED = {"tests", "benchmarks", "tools", "build", "dist", "output", "workflows"}
@@ -62,11 +63,7 @@ def _pack_sources():
 
 def test_pack_uses_relative_imports_only():
     """ComfyUI imports the pack under a path-derived name: `lcm_accel` may not exist there."""
-    offenders = [
-        str(rel)
-        for rel, text in _pack_sources()
-        if re.search(r"^\s*(from|import)\s+lcm_accel\b", text, re.M)
-    ]
+    offenders = [str(rel) for rel, text in _pack_sources() if re.search(r"^\s*(from|import)\s+lcm_accel\b", text, re.M)]
     assert offenders == []
 
 

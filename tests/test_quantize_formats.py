@@ -1,6 +1,7 @@
 """Quantization formats and layers: quantize -> dequantize stays within each format's documented
 bound, int4 packing round-trips, quantized layers compute what the float layer computes with the
 dequantized weight and hold no float weight, and the fp8 `_scaled_mm` path matches its reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,10 @@ def _weights(shape, seed=0):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("fmt,group_size,symmetric", [("int8", 64, True), ("fp8_e4m3", 64, True),
-                                                      ("int4", 64, True), ("int4", 32, False), ("int4", 128, True)])
+@pytest.mark.parametrize(
+    "fmt,group_size,symmetric",
+    [("int8", 64, True), ("fp8_e4m3", 64, True), ("int4", 64, True), ("int4", 32, False), ("int4", 128, True)],
+)
 def test_dequantize_error_within_the_format_bound(shape, fmt, group_size, symmetric):
     w = _weights(shape)
     q = quantize(w, fmt, group_size, symmetric)
@@ -43,7 +46,9 @@ def test_dequantize_error_within_the_format_bound(shape, fmt, group_size, symmet
 def test_int8_and_fp8_use_the_full_range_per_channel():
     w = _weights((16, 48))
     q8 = quantize(w, "int8")
-    assert torch.equal(q8.data.abs().amax(dim=1)[w.abs().amax(dim=1) > 0], torch.full((15,), INT8_MAX, dtype=torch.int8))
+    assert torch.equal(
+        q8.data.abs().amax(dim=1)[w.abs().amax(dim=1) > 0], torch.full((15,), INT8_MAX, dtype=torch.int8)
+    )
     qf = quantize(w, "fp8_e4m3")
     assert torch.allclose(qf.data.float().abs().amax(dim=1)[2:], torch.full((14,), FP8_MAX))
     torch.testing.assert_close(qf.scales, w.abs().amax(dim=1).clamp_min(1e-12) / FP8_MAX)

@@ -1,6 +1,7 @@
 """QALoRA building blocks: straight-through fake quantization, gradients reaching the LoRA factors and
 both kinds of step sizes, per-sampling-step activation step sizes, a few hand-written optimisation
 steps lowering the distillation loss on a tiny UNet, and the export matching the trained student."""
+
 from __future__ import annotations
 
 import copy
@@ -60,16 +61,18 @@ def test_a_few_steps_lower_the_distillation_loss_and_export_matches_the_student(
     teacher = copy.deepcopy(tiny_model("sd15").unet).float().eval()
     torch.manual_seed(0)  # the LoRA A init
     student = build_qalora_student(teacher, "int4", rank=4, num_steps=2, act_bits=None, group_size=16)
-    assert qalora_layers(student) and all(not p.requires_grad for n, p in student.named_parameters()
-                                          if "lora_" not in n and "steps" not in n)
+    assert qalora_layers(student) and all(
+        not p.requires_grad for n, p in student.named_parameters() if "lora_" not in n and "steps" not in n
+    )
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 77, teacher.config.cross_attention_dim, generator=g)
     batch = teacher_trajectories(teacher, cond, steps=2, latent_shape=(1, 4, 8, 8), seed=0)
     assert len(batch.latents) == 2 and batch.timesteps[0] > batch.timesteps[1]
     groups = trainable_parameters(student)
     # step sizes are ~1e-2: a small lr for them (Adam's steps are ~lr in size)
-    optimizer = torch.optim.Adam([{"params": groups["lora"], "lr": 5e-2},
-                                  {"params": groups["weight_steps"], "lr": 1e-5}])
+    optimizer = torch.optim.Adam(
+        [{"params": groups["lora"], "lr": 5e-2}, {"params": groups["weight_steps"], "lr": 1e-5}]
+    )
 
     def total() -> float:
         with torch.no_grad():

@@ -1,6 +1,7 @@
 """Quantized UNets: layers swapped on their own parents with the keep-list honoured, merge-then-quantize
 equals quantizing the merged weights, LoRAs on a quantized MODEL are refused or re-quantized from the
 kept source, a saved quantized checkpoint reloads bit-identically, and the node's errors are clear."""
+
 from __future__ import annotations
 
 import copy
@@ -11,12 +12,12 @@ import torch
 
 from lcm_accel.fixtures import tiny_model
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
-from lcm_accel.hosts.lora_files import load_lora_cached
-from lcm_accel.hosts.standalone import checkpoint_loader
-from lcm_accel.hosts.standalone.lora import activate_patches, add_loras
-from lcm_accel.hosts.standalone.quantize import quantize_model, write_quantized_checkpoint
 from lcm_accel.nodes.quantize_node import LCMQuantizeUNet
 from lcm_accel.quantize import QuantizeError, dequantize, quantize, quantize_unet, quantized_layers
+from lcm_accel.runtime import checkpoints as checkpoint_loader
+from lcm_accel.runtime.lora_files import load_lora_cached
+from lcm_accel.runtime.lora_state import activate_patches, add_loras
+from lcm_accel.runtime.quantized import quantize_model, write_quantized_checkpoint
 
 CKPT = "v1-5-pruned-emaonly.safetensors"
 LCM = "lcm-lora-sdv1-5.safetensors"
@@ -38,13 +39,19 @@ def _lora(root: Path, name: str):
 
 def _unet_inputs(unet, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500]),
-            torch.randn(1, 77, unet.config.cross_attention_dim, generator=g))
+    return (
+        torch.randn(1, 4, 16, 16, generator=g),
+        torch.tensor([500]),
+        torch.randn(1, 77, unet.config.cross_attention_dim, generator=g),
+    )
 
 
 def _weights_of(unet) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().clone() for n, m in unet.named_modules()
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    return {
+        n: m.weight.detach().clone()
+        for n, m in unet.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    }
 
 
 def _assert_quantized_from(unet, merged: dict[str, torch.Tensor], fmt: str, group_size: int = 64):
@@ -133,7 +140,9 @@ def test_with_the_source_a_lora_is_merged_and_re_quantized(root):
 def test_a_saved_quantized_checkpoint_reloads_bit_identically(root, fmt):
     model, clip, vae = _load(root)
     quantized = quantize_model(add_loras(model, [(_lora(root, LCM), 1.0)]), fmt, keep="default,*attn2*")
-    path = write_quantized_checkpoint(root / "models" / "checkpoints" / f"q-{fmt}.safetensors", quantized, root / "models" / "checkpoints" / CKPT)
+    path = write_quantized_checkpoint(
+        root / "models" / "checkpoints" / f"q-{fmt}.safetensors", quantized, root / "models" / "checkpoints" / CKPT
+    )
     loaded, clip2, vae2 = checkpoint_loader.load_checkpoint(path)
     saved_state, loaded_state = quantized.unet.state_dict(), loaded.unet.state_dict()
     assert saved_state.keys() == loaded_state.keys()
@@ -168,8 +177,21 @@ def test_cli_writes_a_quantized_checkpoint_the_loader_reads(root, capsys):
 
     ckpts = root / "models" / "checkpoints"
     out = ckpts / "cli-int4.safetensors"
-    status = main(["quantize", "--base", str(ckpts / CKPT), "--lora", f"{root / 'models' / 'loras' / LCM}:1.0",
-                   "--format", "int4", "--keep", "default,*attn2.to_k", "--out", str(out)])
+    status = main(
+        [
+            "quantize",
+            "--base",
+            str(ckpts / CKPT),
+            "--lora",
+            f"{root / 'models' / 'loras' / LCM}:1.0",
+            "--format",
+            "int4",
+            "--keep",
+            "default,*attn2.to_k",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     assert f"wrote {out}" in capsys.readouterr().out
     loaded, _, _ = checkpoint_loader.load_checkpoint(out)
@@ -178,6 +200,5 @@ def test_cli_writes_a_quantized_checkpoint_the_loader_reads(root, capsys):
     assert [n for n, _ in quantized_layers(loaded.unet)] == [n for n, _ in quantized_layers(reference.unet)]
     for (_, a), (_, b) in zip(quantized_layers(loaded.unet), quantized_layers(reference.unet)):
         assert torch.equal(a.qdata, b.qdata) and torch.equal(a.scales, b.scales)
-    assert main(["quantize", "--base", str(ckpts / CKPT), "--format", "int4", "--keep", "nope",
-                 "--out", str(out)]) == 2
+    assert main(["quantize", "--base", str(ckpts / CKPT), "--format", "int4", "--keep", "nope", "--out", str(out)]) == 2
     assert "keep pattern 'nope'" in capsys.readouterr().err

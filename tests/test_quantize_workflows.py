@@ -2,6 +2,7 @@
 LCMQuantizeUNet right after the checkpoint loader's MODEL output (keep_source on, so LoRA loaders
 downstream are merged into the kept float weights and re-quantized), formats in rotation; and the
 node's errors reach the user through the executor naming the node and input."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from PIL import Image
 
 from lcm_accel.fixtures.demo_models import write_demo_models_dir
 from lcm_accel.harness.executor import Executor
-from lcm_accel.harness.model_paths import ModelPaths
 from lcm_accel.harness.registry import default_registry
+from lcm_accel.runtime.model_paths import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 API = sorted((ROOT / "workflows" / "api").glob("*.json"))
@@ -38,8 +39,10 @@ def with_quantize_node(prompt: dict, fmt: str, keep: str = "default", keep_sourc
             for name, value in node["inputs"].items():
                 if value == [loader, 0]:
                     node["inputs"][name] = [new, 0]
-        prompt[new] = {"class_type": "LCMQuantizeUNet", "inputs": {
-            "model": [loader, 0], "format": fmt, "keep": keep, "group_size": 64, "keep_source": keep_source}}
+        prompt[new] = {
+            "class_type": "LCMQuantizeUNet",
+            "inputs": {"model": [loader, 0], "format": fmt, "keep": keep, "group_size": 64, "keep_source": keep_source},
+        }
     return prompt
 
 
@@ -63,13 +66,17 @@ def test_every_workflow_runs_on_a_quantized_model(path, demo_root, tmp_path):
     assert np.asarray(Image.open(png).convert("RGB")).std() > 0
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"format": "int3"}, "format"),
-    ({"keep": "default, no_such_layer"}, "keep pattern 'no_such_layer' matches no Linear/Conv2d layer"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"format": "int3"}, "format"),
+        ({"keep": "default, no_such_layer"}, "keep pattern 'no_such_layer' matches no Linear/Conv2d layer"),
+    ],
+)
 def test_bad_node_inputs_are_reported_naming_the_node(change, message, demo_root, tmp_path):
-    prompt = _small(with_quantize_node(json.loads((ROOT / "workflows" / "api" / "lcm_lora_quantized.json").read_text()),
-                                       "int8"))
+    prompt = _small(
+        with_quantize_node(json.loads((ROOT / "workflows" / "api" / "lcm_lora_quantized.json").read_text()), "int8")
+    )
     node = max((i for i, n in prompt.items() if n["class_type"] == "LCMQuantizeUNet"), key=int)
     prompt[node]["inputs"].update(change)
     paths = ModelPaths(demo_root / "models", input_dir=demo_root / "input", output_dir=tmp_path)

@@ -10,6 +10,7 @@ below checks that such mistakes in the reference itself would change the scores 
 the tolerance. Tokenisation is not under test: the references tokenise with transformers'
 `CLIPTokenizer` / `BertTokenizer` on the same vocabulary files.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from training_helpers import one_thread
 
 from lcm_accel.fixtures.tokenizer import write_clip_tokenizer
-from training_helpers import one_thread
 
 reward_models = pytest.importorskip("lcm_accel.training.reward_models")
 
@@ -33,9 +34,9 @@ IR_MEAN, IR_STD = 0.16717362830052426, 1.0333394966054072
 
 IMG, PATCH = 32, 8
 GRID = (IMG // PATCH) ** 2
-CLIP_W, CLIP_WT, CLIP_E, CLIP_L, CLIP_CTX = 128, 128, 32, 2, 77   # 2 heads each (width // 64)
-IR_DV, IR_DT, IR_L, IR_P, IR_E = 192, 128, 2, 40, 16              # 3 vision heads, 2 text heads
-IR_MLP = (IR_DT, 32, 16, 8, 4, 1)                                  # Linear layers at 0, 2, 4, 6, 7
+CLIP_W, CLIP_WT, CLIP_E, CLIP_L, CLIP_CTX = 128, 128, 32, 2, 77  # 2 heads each (width // 64)
+IR_DV, IR_DT, IR_L, IR_P, IR_E = 192, 128, 2, 40, 16  # 3 vision heads, 2 text heads
+IR_MLP = (IR_DT, 32, 16, 8, 4, 1)  # Linear layers at 0, 2, 4, 6, 7
 
 PROMPTS = [
     "a photo of a cat",
@@ -43,13 +44,16 @@ PROMPTS = [
     # long enough to be truncated by both tokenizers (77 CLIP tokens, 35 BERT tokens)
     " ".join(["big green tree in the forest with a small blue lake"] * 10),
 ]
-BERT_WORDS = ("a an the of and with in on at photo painting cat dog house tree red green blue big small "
-              "beautiful watercolor sunset forest lake sky city night").split()
+BERT_WORDS = (
+    "a an the of and with in on at photo painting cat dog house tree red green blue big small "
+    "beautiful watercolor sunset forest lake sky city night"
+).split()
 
 
 # ----------------------------------------------------------------------------------------------
 # shared plain-torch pieces
 # ----------------------------------------------------------------------------------------------
+
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - MEAN) / STD
@@ -67,11 +71,11 @@ def _preprocess(images: torch.Tensor, size: int = IMG, fit: str = "crop") -> tor
         images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
         if fit == "crop":
             top, left = (nh - size) // 2, (nw - size) // 2
-            images = images[..., top:top + size, left:left + size]
+            images = images[..., top : top + size, left : left + size]
         else:
             full = images.new_zeros(images.shape[0], 3, size, size)
             top, left = (size - nh) // 2, (size - nw) // 2
-            full[..., top:top + nh, left:left + nw] = images
+            full[..., top : top + nh, left : left + nw] = images
             images = full
     return _normalise(images)
 
@@ -134,6 +138,7 @@ def _score_matrix(fn, images):
 # HPSv2 (open_clip ViT layout)
 # ----------------------------------------------------------------------------------------------
 
+
 def _put_clip_block(sd, g, prefix, w):
     _put_ln(sd, g, prefix + "ln_1", w)
     sd[prefix + "attn.in_proj_weight"] = _rand(g, 3 * w, w, std=0.12)
@@ -164,7 +169,7 @@ def make_hpsv2_state_dict(vocab_size: int, seed: int = 0) -> dict[str, torch.Ten
     _put_ln(sd, g, "ln_final", wt)
     sd["text_projection"] = _rand(g, wt, CLIP_E, std=0.1)
     sd["logit_scale"] = torch.tensor(math.log(100.0))
-    sd["attn_mask"] = torch.full((CLIP_CTX, CLIP_CTX), float("-inf")).triu(1)   # open_clip's buffer
+    sd["attn_mask"] = torch.full((CLIP_CTX, CLIP_CTX), float("-inf")).triu(1)  # open_clip's buffer
     return sd
 
 
@@ -217,6 +222,7 @@ def hpsv2_reference(sd, tok_dir, pixels, prompts, *, causal=True, act=F.gelu, he
 # ImageReward (BLIP ViT + BERT with cross-attention + MLP head)
 # ----------------------------------------------------------------------------------------------
 
+
 def write_bert_vocab(directory: Path) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
@@ -243,7 +249,7 @@ def make_imagereward_state_dict(vocab_len: int, seed: int = 1) -> dict[str, torc
         _put_linear(sd, g, p + "mlp.fc2", dv, 4 * dv, 0.04)
     _put_ln(sd, g, v + "norm", dv)
     t = "blip.text_encoder."
-    sd[t + "embeddings.word_embeddings.weight"] = _rand(g, vocab_len + 2, dt, std=0.5)   # + [DEC], [ENC]
+    sd[t + "embeddings.word_embeddings.weight"] = _rand(g, vocab_len + 2, dt, std=0.5)  # + [DEC], [ENC]
     sd[t + "embeddings.position_embeddings.weight"] = _rand(g, IR_P, dt, std=0.3)
     sd[t + "embeddings.position_ids"] = torch.arange(IR_P, dtype=torch.int64).unsqueeze(0)
     _put_ln(sd, g, t + "embeddings.LayerNorm", dt)
@@ -281,8 +287,7 @@ def _bert_tokenize(tok_dir: Path, prompts):
 
 
 @torch.no_grad()
-def imagereward_reference(sd, tok_dir, pixels, prompts, *, padding_mask=True, cross=True, act=F.gelu,
-                          causal=False):
+def imagereward_reference(sd, tok_dir, pixels, prompts, *, padding_mask=True, cross=True, act=F.gelu, causal=False):
     """BLIP ViT (pre-norm, eps 1e-6, all tokens) -> BERT (post-norm, eps 1e-12) with cross-attention
     to the image tokens -> MLP on the [CLS] state -> (r - mean) / std."""
     b = pixels.shape[0]
@@ -313,19 +318,28 @@ def imagereward_reference(sd, tok_dir, pixels, prompts, *, padding_mask=True, cr
     for i in range(IR_L):
         p = f"{t}encoder.layer.{i}."
         s = p + "attention."
-        a = _attention(_linear(h, sd, s + "self.query"), _linear(h, sd, s + "self.key"),
-                       _linear(h, sd, s + "self.value"), th, pad_bias)
+        a = _attention(
+            _linear(h, sd, s + "self.query"),
+            _linear(h, sd, s + "self.key"),
+            _linear(h, sd, s + "self.value"),
+            th,
+            pad_bias,
+        )
         a = _ln(h + _linear(a, sd, s + "output.dense"), sd, s + "output.LayerNorm", 1e-12)
         c = a
         if cross:
             s = p + "crossattention."
-            ca = _attention(_linear(a, sd, s + "self.query"), _linear(image, sd, s + "self.key"),
-                            _linear(image, sd, s + "self.value"), th)
+            ca = _attention(
+                _linear(a, sd, s + "self.query"),
+                _linear(image, sd, s + "self.key"),
+                _linear(image, sd, s + "self.value"),
+                th,
+            )
             c = _ln(a + _linear(ca, sd, s + "output.dense"), sd, s + "output.LayerNorm", 1e-12)
         m = _linear(act(_linear(c, sd, p + "intermediate.dense")), sd, p + "output.dense")
         h = _ln(c + m, sd, p + "output.LayerNorm", 1e-12)
     r = h[:, 0]
-    for idx in (0, 2, 4, 6, 7):        # dropouts (eval: identity) at 1, 3, 5; no activations
+    for idx in (0, 2, 4, 6, 7):  # dropouts (eval: identity) at 1, 3, 5; no activations
         r = _linear(r, sd, f"mlp.layers.{idx}")
     return (r.squeeze(-1) - IR_MEAN) / IR_STD
 
@@ -333,6 +347,7 @@ def imagereward_reference(sd, tok_dir, pixels, prompts, *, padding_mask=True, cr
 # ----------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------
+
 
 def _save(sd, path: Path, variant: str) -> Path:
     if variant == "safetensors":
@@ -400,17 +415,21 @@ def _parameters(reward):
 # 0. the references are sensitive to the mistakes the comparisons are meant to catch
 # ----------------------------------------------------------------------------------------------
 
+
 def test_references_are_sensitive(hps, ir):
     pixels = _normalise(_images(3))
     prompts = PROMPTS
     base = hpsv2_reference(hps["sd"], hps["tok"], pixels, prompts)
-    for wrong in ({"causal": False}, {"act": lambda z: z * torch.sigmoid(1.702 * z)}, {"heads": 1},
-                  {"eot": "last"}):
+    for wrong in ({"causal": False}, {"act": lambda z: z * torch.sigmoid(1.702 * z)}, {"heads": 1}, {"eot": "last"}):
         other = hpsv2_reference(hps["sd"], hps["tok"], pixels, prompts, **wrong)
         assert (other - base).abs().max() > 1e-3, wrong
     base = imagereward_reference(ir["sd"], ir["tok"], pixels, prompts)
-    for wrong in ({"padding_mask": False}, {"causal": True}, {"cross": False},
-                  {"act": lambda z: z * torch.sigmoid(1.702 * z)}):
+    for wrong in (
+        {"padding_mask": False},
+        {"causal": True},
+        {"cross": False},
+        {"act": lambda z: z * torch.sigmoid(1.702 * z)},
+    ):
         other = imagereward_reference(ir["sd"], ir["tok"], pixels, prompts, **wrong)
         assert (other - base).abs().max() > 1e-3, wrong
     # scores for different images and prompts are spread out, not all alike
@@ -420,6 +439,7 @@ def test_references_are_sensitive(hps, ir):
 # ----------------------------------------------------------------------------------------------
 # 1. HPSv2 scores match the reference (every accepted file form)
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", ["wrapped", "wrapped_module", "bare", "safetensors"])
 def test_hpsv2_matches_reference(hps, tmp_path, variant):
@@ -442,6 +462,7 @@ def test_hpsv2_matches_reference(hps, tmp_path, variant):
 # ----------------------------------------------------------------------------------------------
 # 2. HPSv2 on images larger than the model size, not square
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [(40, 60), (50, 40), (64, 64)])
 def test_hpsv2_resizes_the_longer_side_and_pads(hps, hps_reward, size):
@@ -470,20 +491,20 @@ def test_imagereward_resizes_like_pil_roughly(ir, ir_reward):
         crops.append(torch.from_numpy(arr).permute(2, 0, 1)[:, :, 8:40])
     want = imagereward_reference(ir["sd"], ir["tok"], _normalise(torch.stack(crops)), PROMPTS)
     got = ir_reward(images, PROMPTS).detach()
-    torch.testing.assert_close(got, want, atol=0.02, rtol=0)   # observed gap ~7e-3
+    torch.testing.assert_close(got, want, atol=0.02, rtol=0)  # observed gap ~7e-3
 
 
 # ----------------------------------------------------------------------------------------------
 # 3. ImageReward scores match the reference
 # ----------------------------------------------------------------------------------------------
 
+
 def test_imagereward_matches_reference(ir, ir_reward):
     assert isinstance(ir_reward, reward_models.ImageRewardModel)
     assert ir_reward.prompt_conditioned is True
     images = _images(40)
     got = _score_matrix(ir_reward, images)
-    want = torch.stack([imagereward_reference(ir["sd"], ir["tok"], _normalise(images), [p] * 3)
-                        for p in PROMPTS], 1)
+    want = torch.stack([imagereward_reference(ir["sd"], ir["tok"], _normalise(images), [p] * 3) for p in PROMPTS], 1)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     _assert_prompts_matter(got)
     mixed = ir_reward(images, PROMPTS).detach()
@@ -503,6 +524,7 @@ def test_imagereward_resizes_and_centre_crops(ir, ir_reward):
 # ----------------------------------------------------------------------------------------------
 # 4. gradients reach the images, not the reward's weights
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["hps", "ir"])
 @pytest.mark.parametrize("size", [(IMG, IMG), (40, 60)])
@@ -524,6 +546,7 @@ def test_gradients_flow_to_images_only(request, which, size):
 # ----------------------------------------------------------------------------------------------
 # 5. errors
 # ----------------------------------------------------------------------------------------------
+
 
 def test_missing_files(hps, ir, tmp_path):
     missing = tmp_path / "no_such_weights.pt"
@@ -595,6 +618,7 @@ def test_truncated_checkpoint_is_refused(hps, ir, tmp_path):
 # 6. the registry
 # ----------------------------------------------------------------------------------------------
 
+
 def test_registry_round_trip(hps, ir, hps_reward, ir_reward):
     from lcm_accel.training.rewards import load_reward
 
@@ -632,13 +656,15 @@ def test_registry_tokenizer_defaults_to_the_model_folder(hps, ir, tmp_path, name
     assert isinstance(r, cls)
     images = _images(70)
     want = (hpsv2_reference if name == "hpsv2" else imagereward_reference)(
-        src["sd"], src["tok"], _normalise(images), PROMPTS)
+        src["sd"], src["tok"], _normalise(images), PROMPTS
+    )
     torch.testing.assert_close(r(images, PROMPTS).detach(), want, atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------
 # 7. the trainer's CLI with a model-backed reward, end to end on the tiny SD1.5 checkpoint
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,proxy", [("hpsv2", False), ("imagereward", True)])
 def test_train_cli_with_a_model_backed_reward(hps, ir, tmp_path, capsys, name, proxy):
@@ -659,14 +685,41 @@ def test_train_cli_with_a_model_backed_reward(hps, ir, tmp_path, capsys, name, p
     files = hps if name == "hpsv2" else ir
     base = shared_models_root() / "models" / "checkpoints" / "tiny_sd15.safetensors"
     out = tmp_path / "lcm.safetensors"
-    args = ["train", "lcm-lora", "--base", str(base), "--data", str(data), "--out", str(out), "--rank", "2",
-            "--steps", "2", "--batch", "2", "--resolution", "64", "--w", "1", "--device", "cpu", "--no-progress",
-            "--reward", name, "--reward-model", str(files["file"]), "--reward-tokenizer", str(files["tok"]),
-            "--reward-scale", "0.1"] + (["--latent-proxy"] if proxy else [])
+    args = [
+        "train",
+        "lcm-lora",
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--rank",
+        "2",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--resolution",
+        "64",
+        "--w",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--reward",
+        name,
+        "--reward-model",
+        str(files["file"]),
+        "--reward-tokenizer",
+        str(files["tok"]),
+        "--reward-scale",
+        "0.1",
+    ] + (["--latent-proxy"] if proxy else [])
     assert main(args) == 0, capsys.readouterr().err
     log = [json.loads(line) for line in (tmp_path / "lcm.safetensors.work" / "loss.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(math.isfinite(entry["reward"]) for entry in log)
     assert ("proxy_mse" in log[0]) == proxy
     # a model-backed reward without its weights is a clear error, not a crash
-    bad = args[:args.index("--reward-model")] + ["--reward-scale", "0.1", "--out", str(tmp_path / "o2.safetensors")]
+    bad = args[: args.index("--reward-model")] + ["--reward-scale", "0.1", "--out", str(tmp_path / "o2.safetensors")]
     assert main(bad) == 2 and "--reward-model" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 interval 1 is exact, intervals 2 / 3 at a shallow and a deep branch match the reference (LCM with
 and without CFG, Euler with CFG), every sampler follows the schedule, and the cache never outlives
 its run (other sizes and batch sizes, interruption)."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,8 @@ import torch
 
 from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.runtime.checkpoints import load_checkpoint
 
 DeepCache = pytest.importorskip("DeepCache")
 SEED = 1234
@@ -39,13 +40,15 @@ def _latent(width=64, height=64, batch=1):
 
 
 def _lcm(model, positive, negative, steps, cfg, latent=None):
-    return PACK["LCMKSampler"]().sample(model, SEED, steps, cfg, positive, negative, latent or _latent(),
-                                        50, 0.0, 1.0)[0]["samples"]
+    return PACK["LCMKSampler"]().sample(model, SEED, steps, cfg, positive, negative, latent or _latent(), 50, 0.0, 1.0)[
+        0
+    ]["samples"]
 
 
 def _ksampler(model, positive, negative, sampler, steps=6, cfg=3.0, latent=None):
-    return CORE["KSampler"]().sample(model, SEED, steps, cfg, sampler, "normal", positive, negative,
-                                     latent or _latent())[0]["samples"]
+    return CORE["KSampler"]().sample(
+        model, SEED, steps, cfg, sampler, "normal", positive, negative, latent or _latent()
+    )[0]["samples"]
 
 
 def _with_reference_cache(unet, scheduler, interval, branch, run):
@@ -73,15 +76,33 @@ def _reference_lcm(unet, positive, negative, steps, cfg, interval, branch):
     tokenizer = CLIPTokenizer.from_pretrained(str(shared_models_root() / "models" / "tokenizers" / "clip"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = StableDiffusionPipeline(unet=unet, scheduler=LCMScheduler(), vae=parts.vae, text_encoder=parts.text_encoders[0],
-                                       tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            unet=unet,
+            scheduler=LCMScheduler(),
+            vae=parts.vae,
+            text_encoder=parts.text_encoders[0],
+            tokenizer=tokenizer,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     negative_kw = {"negative_prompt_embeds": negative[0][0]} if cfg > 1 else {}
 
     def run():
-        return pipe(prompt_embeds=positive[0][0], num_inference_steps=steps, guidance_scale=cfg, height=64, width=64,
-                    generator=torch.Generator().manual_seed(SEED), output_type="latent", **negative_kw).images / SCALE
+        return (
+            pipe(
+                prompt_embeds=positive[0][0],
+                num_inference_steps=steps,
+                guidance_scale=cfg,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(SEED),
+                output_type="latent",
+                **negative_kw,
+            ).images
+            / SCALE
+        )
 
     return _with_reference_cache(unet, pipe.scheduler, interval, branch, run)
 
@@ -145,8 +166,10 @@ def _route(model, positive, negative, route):
     return _lcm(model, positive, negative, 8, float(route.removeprefix("lcm_cfg")))
 
 
-@pytest.mark.parametrize("route, interval, branch", [("lcm_cfg1", 3, 0), ("lcm_cfg1.5", 2, 0), ("lcm_cfg1.5", 3, 5),
-                                                     ("euler_cfg3", 2, 0), ("euler_cfg3", 3, 5)])
+@pytest.mark.parametrize(
+    "route, interval, branch",
+    [("lcm_cfg1", 3, 0), ("lcm_cfg1.5", 2, 0), ("lcm_cfg1.5", 3, 5), ("euler_cfg3", 2, 0), ("euler_cfg3", 3, 5)],
+)
 def test_matches_deepcache_reference_package(sd15, uncached, route, interval, branch):
     """Same latents as DeepCacheSDHelper within 1e-4 of the latent scale, while caching moves them
     by far more than that (so the check cannot pass with caching off). Our CFG passes are separate
@@ -156,8 +179,9 @@ def test_matches_deepcache_reference_package(sd15, uncached, route, interval, br
     if route == "euler_cfg3":
         reference = _reference_euler(model.unet, positive, negative, 10, 3.0, interval, branch)
     else:
-        reference = _reference_lcm(model.unet, positive, negative, 8, float(route.removeprefix("lcm_cfg")),
-                                   interval, branch)
+        reference = _reference_lcm(
+            model.unet, positive, negative, 8, float(route.removeprefix("lcm_cfg")), interval, branch
+        )
     error, effect = _relative_error(ours, reference), _relative_error(uncached(route), reference)
     print(f"{route} interval {interval} branch {branch}: relative error {error:.2e}, caching effect {effect:.2e}")
     assert error <= 1e-4
@@ -197,7 +221,7 @@ def test_schedule_window_and_non_uniform(sd15):
 def test_cache_lives_with_the_run(sd15):
     """A run at another size and batch size in between changes nothing; the UNet is restored after
     every run, also after an interrupted one; the MODEL without DeepCache stays exact."""
-    from lcm_accel.harness.interrupt import Interrupted, clear_interrupt, request_interrupt
+    from lcm_accel.runtime.interrupt import Interrupted, clear_interrupt, request_interrupt
 
     model, positive, negative = sd15
     cached = _deepcache(model, 3, 0)
@@ -225,7 +249,7 @@ def test_cache_lives_with_the_run(sd15):
 
 
 def test_bad_settings_are_refused_naming_the_input(sd15):
-    from lcm_accel.hosts.standalone.types import ModelHost
+    from lcm_accel.runtime.model_types import ModelHost
 
     model, _, _ = sd15
     node = PACK["DeepCache"]()

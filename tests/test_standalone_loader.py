@@ -11,16 +11,25 @@ import pytest
 import torch
 
 from lcm_accel.fixtures import shared_models_root, tiny_model
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS
-from lcm_accel.hosts.standalone.checkpoint_config import CheckpointFormatError
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+from lcm_accel.runtime.checkpoint_config import CheckpointFormatError
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 CONFIG_FIELDS = (
-    "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
-    "transformer_layers_per_block", "use_linear_projection", "addition_embed_type",
-    "addition_time_embed_dim", "projection_class_embeddings_input_dim", "down_block_types", "up_block_types",
-    "reverse_transformer_layers_per_block", "mid_block_type",
+    "block_out_channels",
+    "layers_per_block",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "transformer_layers_per_block",
+    "use_linear_projection",
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "down_block_types",
+    "up_block_types",
+    "reverse_transformer_layers_per_block",
+    "mid_block_type",
 )
 
 
@@ -46,7 +55,10 @@ def test_single_file_round_trip(root, family):
     UNet layout: other transformer depths on the way up, a middle block of one ResBlock."""
     reference = tiny_model(family)
     with use_model_paths(ModelPaths(root / "models")):
-        assert f"tiny_{family}.safetensors" in NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"].INPUT_TYPES()["required"]["ckpt_name"][0]
+        assert (
+            f"tiny_{family}.safetensors"
+            in NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"].INPUT_TYPES()["required"]["ckpt_name"][0]
+        )
         model, clip, vae = NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(f"tiny_{family}.safetensors")
     assert model.family == clip.family == vae.family == {"ssd1b": "sdxl"}.get(family, family)
     for field in CONFIG_FIELDS:
@@ -94,7 +106,7 @@ def _user_checkpoint(tmp_path, clip_vocab: bool, name: str = "mine.safetensors")
 
 def test_single_file_without_tokenizer_uses_the_packaged_one(tmp_path):
     """No tokenizers/ folder: CLIP's tokenizer shipped with the pack, no error, same weights."""
-    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_clip_tokenizer
+    from lcm_accel.runtime.clip_tokenizer import packaged_clip_tokenizer
 
     path = _user_checkpoint(tmp_path, clip_vocab=True)
     model, clip, vae = load_checkpoint(path)
@@ -106,7 +118,7 @@ def test_single_file_without_tokenizer_uses_the_packaged_one(tmp_path):
 
 def test_tokenizer_folders_come_before_the_packaged_one(tmp_path, root):
     """Order: tokenizers/<checkpoint stem>/, then tokenizers/clip/, then the packaged tokenizer."""
-    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_merges, write_tokenizer_files
+    from lcm_accel.runtime.clip_tokenizer import packaged_merges, write_tokenizer_files
 
     path = _user_checkpoint(tmp_path, clip_vocab=False)  # the fixture tokenizer's vocabulary
     tokenizers = tmp_path / "models" / "tokenizers"
@@ -145,8 +157,21 @@ def test_new_user_runs_the_txt2img_workflow_headless(tmp_path):
     models = write_new_user_models_dir(tmp_path) / "models"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoints", "loras"]
     workflow = Path(__file__).resolve().parent.parent / "workflows" / "lcm_lora_txt2img.json"
-    command = [sys.executable, "-m", "lcm_accel", "run", str(workflow), "--models", str(models),
-               "--out", str(tmp_path / "out"), "--set", "5.width=64", "--set", "5.height=64"]
+    command = [
+        sys.executable,
+        "-m",
+        "lcm_accel",
+        "run",
+        str(workflow),
+        "--models",
+        str(models),
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "5.width=64",
+        "--set",
+        "5.height=64",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
@@ -174,8 +199,11 @@ def test_diffusers_folder_loads_through_diffusers_loader(tmp_path, root):
     reference.text_encoders[0].save_pretrained(folder / "text_encoder")
     shutil.copytree(root / "models" / "tokenizers" / "clip", folder / "tokenizer")
     (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"beta_start": 0.001, "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "v_prediction"}))
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(
+            {"beta_start": 0.001, "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "v_prediction"}
+        )
+    )
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with use_model_paths(ModelPaths(tmp_path / "models")):
         names = NODE_CLASS_MAPPINGS["DiffusersLoader"].INPUT_TYPES()["required"]["model_path"][0]
@@ -188,7 +216,7 @@ def test_diffusers_folder_loads_through_diffusers_loader(tmp_path, root):
 
 
 def test_diffusers_folder_without_tokenizer_uses_the_packaged_one(tmp_path):
-    from lcm_accel.hosts.standalone.clip_tokenizer import packaged_clip_tokenizer
+    from lcm_accel.runtime.clip_tokenizer import packaged_clip_tokenizer
 
     reference = tiny_model("sd15", clip_vocab=True)
     folder = tmp_path / "tiny_sd15"

@@ -2,6 +2,7 @@
 patch list on the shared UNet (apply / reweight / restore / nothing), and CLIP LoRA.
 
 References: diffusers' unmerged LoRA (peft layers) on a copy of the same UNet / text encoder."""
+
 from __future__ import annotations
 
 import copy
@@ -10,19 +11,33 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_lora_helpers import (
+    TINY_SD15,
+    TINY_SDXL,
+    assert_unchanged,
     diffusers_lora_unet,
-    TINY_SD15, TINY_SDXL, assert_unchanged, lora_targets, random_factors, snapshot, tiny_unet, write_kohya, write_peft,
+    lora_targets,
+    random_factors,
+    snapshot,
+    tiny_unet,
+    write_kohya,
+    write_peft,
 )
 
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
-from lcm_accel.hosts.standalone import lora as host_lora
-from lcm_accel.hosts.standalone.lora import (
-    LoraEntry, activate_clip_patches, activate_patches, add_clip_loras, add_loras, load_lora_file, patcher_of,
-)
 from lcm_accel.hosts.standalone.nodes_lora import LoraLoader, LoraLoaderModelOnly
 from lcm_accel.hosts.standalone.nodes_sampling import KSampler
-from lcm_accel.hosts.standalone.types import ClipHost, ModelHost
 from lcm_accel.lora_merge import LoraFileError, LoraPatchError, load_lora
+from lcm_accel.runtime import lora_state as host_lora
+from lcm_accel.runtime.lora_state import (
+    LoraEntry,
+    activate_clip_patches,
+    activate_patches,
+    add_clip_loras,
+    add_loras,
+    load_lora_file,
+    patcher_of,
+)
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
+from lcm_accel.runtime.model_types import ClipHost, ModelHost
 
 WEIGHTS = (0.8, 1.3)
 
@@ -36,7 +51,7 @@ def loras_dir(tmp_path_factory):
     write_kohya(loras / "style_kohya.safetensors", random_factors(targets, 4, 1), alpha=2.0)
     write_peft(loras / "lcm_peft.safetensors", random_factors(targets, 8, 2))
     write_kohya(loras / "xl" / "sdxl_style.safetensors", random_factors(lora_targets(tiny_unet(TINY_SDXL)), 4, 3), 4.0)
-    (loras / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (loras / "truncated.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
     with use_model_paths(ModelPaths(root / "models")):
         yield loras
 
@@ -186,12 +201,20 @@ def test_strength_zero_returns_the_inputs(loras_dir):
 def test_node_input_types_match_comfyui(loras_dir):
     spec = LoraLoader.INPUT_TYPES()["required"]
     assert list(spec) == ["model", "clip", "lora_name", "strength_model", "strength_clip"]
-    assert spec["lora_name"][0] == ["lcm_peft.safetensors", "style_kohya.safetensors", "truncated.safetensors",
-                                    "xl/sdxl_style.safetensors"]
+    assert spec["lora_name"][0] == [
+        "lcm_peft.safetensors",
+        "style_kohya.safetensors",
+        "truncated.safetensors",
+        "xl/sdxl_style.safetensors",
+    ]
     for key in ("strength_model", "strength_clip"):
         assert spec[key][0] == "FLOAT"
         assert {k: spec[key][1][k] for k in ("default", "min", "max", "step")} == {
-            "default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+            "default": 1.0,
+            "min": -100.0,
+            "max": 100.0,
+            "step": 0.01,
+        }
     assert LoraLoader.RETURN_TYPES == ("MODEL", "CLIP") and LoraLoaderModelOnly.RETURN_TYPES == ("MODEL",)
     only = LoraLoaderModelOnly.INPUT_TYPES()["required"]
     assert list(only) == ["model", "lora_name", "strength_model"]
@@ -199,8 +222,9 @@ def test_node_input_types_match_comfyui(loras_dir):
     assert only["lora_name"][0] == spec["lora_name"][0]
 
 
-@pytest.mark.parametrize("bad, error", [("xl/sdxl_style.safetensors", LoraPatchError),
-                                        ("truncated.safetensors", LoraFileError)])
+@pytest.mark.parametrize(
+    "bad, error", [("xl/sdxl_style.safetensors", LoraPatchError), ("truncated.safetensors", LoraFileError)]
+)
 def test_bad_file_fails_at_the_node_and_leaves_weights_bit_identical(loras_dir, bad, error):
     model = _model()
     (patched,) = LoraLoaderModelOnly().load_lora_model_only(model, "lcm_peft.safetensors", 1.0)
@@ -246,8 +270,15 @@ def _text_encoder(projection: bool, seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=16, projection_dim=32)
+    config = CLIPTextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_dim=32,
+    )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
@@ -258,8 +289,10 @@ def _te_factors(encoder, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tenso
     for name, module in encoder.named_modules():
         if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")):
             path = name if name.startswith("text_model.") else "text_model." + name
-            out[path] = (torch.randn(4, module.in_features, generator=g) * 0.2,
-                         torch.randn(module.out_features, 4, generator=g) * 0.2)
+            out[path] = (
+                torch.randn(4, module.in_features, generator=g) * 0.2,
+                torch.randn(module.out_features, 4, generator=g) * 0.2,
+            )
     return out
 
 
@@ -285,17 +318,23 @@ def _diffusers_text_encoder(encoder, path, prefix, weight):
 def test_clip_lora_matches_diffusers_text_encoders(tmp_path, layout):
     te1, te2 = _text_encoder(False, 0), _text_encoder(True, 1)  # CLIPTextModel has no `text_model.` level in v5
     tensors = {}
-    for encoder, (kohya, diffusers) in zip((te1, te2), (("lora_te1_", "text_encoder."), ("lora_te2_", "text_encoder_2."))):
+    for encoder, (kohya, diffusers) in zip(
+        (te1, te2), (("lora_te1_", "text_encoder."), ("lora_te2_", "text_encoder_2."))
+    ):
         for module, (down, up) in _te_factors(encoder, seed=len(tensors)).items():
             if layout == "kohya":
                 key = kohya + module.replace(".", "_")
-                tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                                f"{key}.alpha": torch.tensor(2.0)})
+                tensors.update(
+                    {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)}
+                )
             else:
                 tensors.update({f"{diffusers}{module}.lora_A.weight": down, f"{diffusers}{module}.lora_B.weight": up})
     path = tmp_path / "te.safetensors"
     save_file(tensors, str(path))
-    refs = [_diffusers_text_encoder(te1, path, "text_encoder", 0.6), _diffusers_text_encoder(te2, path, "text_encoder_2", 0.6)]
+    refs = [
+        _diffusers_text_encoder(te1, path, "text_encoder", 0.6),
+        _diffusers_text_encoder(te2, path, "text_encoder_2", 0.6),
+    ]
     clip = ClipHost(tokenizer=None, text_encoders=[te1, te2], family="sdxl")
     bases = [_te_forward(e) for e in (te1, te2)]
     snaps = [snapshot(e) for e in (te1, te2)]
@@ -330,5 +369,5 @@ def test_patch_state_lives_on_the_shared_module():
     unet = tiny_unet(TINY_SD15)
     model = ModelHost(unet=unet, family="sd15")
     activate_patches(model)  # nothing recorded, never patched: no patcher is even created
-    assert host_lora._STATE_ATTRIBUTE not in unet.__dict__
+    assert not host_lora.has_lora_state(unet)
     assert patcher_of(unet) is patcher_of(unet)

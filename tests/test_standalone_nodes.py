@@ -7,15 +7,28 @@ import subprocess
 import sys
 
 from lcm_accel.fixtures import shared_models_root
-from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS
+from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 COMFYUI_CORE = {
-    "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"), "DiffusersLoader": ("MODEL", "CLIP", "VAE"),
-    "CLIPTextEncode": ("CONDITIONING",), "CLIPSetLastLayer": ("CLIP",), "EmptyLatentImage": ("LATENT",),
-    "VAEDecode": ("IMAGE",), "VAEEncode": ("LATENT",), "KSampler": ("LATENT",), "KSamplerAdvanced": ("LATENT",),
-    "ModelSamplingDiscrete": ("MODEL",), "LoraLoader": ("MODEL", "CLIP"), "LoraLoaderModelOnly": ("MODEL",),
-    "SamplerCustom": ("LATENT", "LATENT"), "KSamplerSelect": ("SAMPLER",), "BasicScheduler": ("SIGMAS",), "SaveImage": (), "PreviewImage": (), "LoadImage": ("IMAGE", "MASK"),
+    "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
+    "DiffusersLoader": ("MODEL", "CLIP", "VAE"),
+    "CLIPTextEncode": ("CONDITIONING",),
+    "CLIPSetLastLayer": ("CLIP",),
+    "EmptyLatentImage": ("LATENT",),
+    "VAEDecode": ("IMAGE",),
+    "VAEEncode": ("LATENT",),
+    "KSampler": ("LATENT",),
+    "KSamplerAdvanced": ("LATENT",),
+    "ModelSamplingDiscrete": ("MODEL",),
+    "LoraLoader": ("MODEL", "CLIP"),
+    "LoraLoaderModelOnly": ("MODEL",),
+    "SamplerCustom": ("LATENT", "LATENT"),
+    "KSamplerSelect": ("SAMPLER",),
+    "BasicScheduler": ("SIGMAS",),
+    "SaveImage": (),
+    "PreviewImage": (),
+    "LoadImage": ("IMAGE", "MASK"),
 }
 
 
@@ -33,7 +46,17 @@ def test_every_node_has_comfyui_interface():
             assert isinstance(cls.CATEGORY, str)
     assert NODE_CLASS_MAPPINGS["SaveImage"].OUTPUT_NODE and NODE_CLASS_MAPPINGS["PreviewImage"].OUTPUT_NODE
     assert list(NODE_CLASS_MAPPINGS["KSampler"].INPUT_TYPES()["required"]) == [
-        "model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise"]
+        "model",
+        "seed",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "positive",
+        "negative",
+        "latent_image",
+        "denoise",
+    ]
 
 
 def test_importing_the_host_loads_no_heavy_library():

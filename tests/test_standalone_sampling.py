@@ -4,18 +4,16 @@ and against hand-derived references where they do not."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from lcm_accel.fixtures import shared_models_root
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as NODES
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-from lcm_accel.hosts.standalone.ksampler import prepare_noise
-from lcm_accel.hosts.standalone.noise_schedule import DiscreteSigmas, calculate_sigmas
-from lcm_accel.hosts.standalone.samplers import SAMPLERS
-from lcm_accel.hosts.standalone.types import SD15_NOISE_SCHEDULE
+from lcm_accel.hosts.standalone.sampling_pipeline import prepare_noise
+from lcm_accel.k_sampling import SAMPLERS, DiscreteSigmas, calculate_sigmas
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.model_types import SD_NOISE_SCHEDULE
 
 SEED = 1234
 SCHEDULE_KW = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
@@ -48,7 +46,9 @@ def _assert_close_latents(ours, reference):
 
 def _ksampler(model, positive, negative, sampler, scheduler="normal", steps=4, cfg=3.0, latent=None, denoise=1.0):
     latent = latent or NODES["EmptyLatentImage"]().generate(64, 64, 1)[0]
-    return NODES["KSampler"]().sample(model, SEED, steps, cfg, sampler, scheduler, positive, negative, latent, denoise)[0]
+    return NODES["KSampler"]().sample(model, SEED, steps, cfg, sampler, scheduler, positive, negative, latent, denoise)[
+        0
+    ]
 
 
 def _diffusers_loop(unet, scheduler, positive, negative, cfg, generator=None, added=False, vp_start=False):
@@ -60,6 +60,7 @@ def _diffusers_loop(unet, scheduler, positive, negative, cfg, generator=None, ad
         latents = noise
     else:
         latents = noise * (1.0 + float(scheduler.sigmas.max()) ** 2) ** 0.5
+
     def eps_for(entry, t, latents):
         kwargs = {}
         if added is not None:
@@ -94,7 +95,7 @@ def test_prepare_noise_is_comfyui_seeded_cpu_noise():
 def test_schedules_match_diffusers_where_they_coincide():
     from diffusers import EulerDiscreteScheduler
 
-    table = DiscreteSigmas(SD15_NOISE_SCHEDULE)
+    table = DiscreteSigmas(SD_NOISE_SCHEDULE)
 
     def diffusers_sigmas(steps, **kw):
         scheduler = EulerDiscreteScheduler(**SCHEDULE_KW, **kw)
@@ -104,9 +105,13 @@ def test_schedules_match_diffusers_where_they_coincide():
     check = lambda ours, ref: torch.testing.assert_close(ours, ref, rtol=2e-5, atol=1e-6)
     check(calculate_sigmas(table, "normal", 10), diffusers_sigmas(10, timestep_spacing="linspace"))
     check(calculate_sigmas(table, "simple", 4), diffusers_sigmas(4, timestep_spacing="trailing"))
-    check(calculate_sigmas(table, "karras", 6), diffusers_sigmas(6, timestep_spacing="linspace", use_karras_sigmas=True))
-    check(calculate_sigmas(table, "exponential", 6),
-          diffusers_sigmas(6, timestep_spacing="linspace", use_exponential_sigmas=True))
+    check(
+        calculate_sigmas(table, "karras", 6), diffusers_sigmas(6, timestep_spacing="linspace", use_karras_sigmas=True)
+    )
+    check(
+        calculate_sigmas(table, "exponential", 6),
+        diffusers_sigmas(6, timestep_spacing="linspace", use_exponential_sigmas=True),
+    )
 
 
 def test_sgm_uniform_interpolates_log_sigma_at_fractional_timesteps():
@@ -116,7 +121,7 @@ def test_sgm_uniform_interpolates_log_sigma_at_fractional_timesteps():
     log_sigmas = np.log(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
     timesteps = np.linspace(999, 0, 5)[:-1]  # 999, 749.25, 499.5, 249.75
     expected = np.append(np.exp(np.interp(timesteps, np.arange(1000), log_sigmas)), 0.0)
-    ours = calculate_sigmas(DiscreteSigmas(SD15_NOISE_SCHEDULE), "sgm_uniform", 4)
+    ours = calculate_sigmas(DiscreteSigmas(SD_NOISE_SCHEDULE), "sgm_uniform", 4)
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float32), rtol=2e-5, atol=1e-6)
 
 
@@ -155,7 +160,9 @@ def test_lcm_sampling_matches_diffusers_lcm_scheduler(sd15):
     scheduler.set_timesteps(4)
     assert scheduler.timesteps.tolist() == [999, 759, 499, 259]
     generator = torch.Generator().manual_seed(SEED)
-    reference = _diffusers_loop(model.unet, scheduler, positive, negative, 1.0, generator=generator, vp_start=True) / 0.18215
+    reference = (
+        _diffusers_loop(model.unet, scheduler, positive, negative, 1.0, generator=generator, vp_start=True) / 0.18215
+    )
     _assert_close_latents(out["samples"], reference)
 
 
@@ -179,14 +186,18 @@ def test_advanced_split_and_denoise_follow_comfyui_step_semantics(sd15):
     advanced = NODES["KSamplerAdvanced"]().sample
     full = _ksampler(model, positive, negative, "euler")["samples"]
     first = advanced(model, "enable", SEED, 4, 3.0, "euler", "normal", positive, negative, latent, 0, 2, "enable")[0]
-    second = advanced(model, "disable", SEED, 4, 3.0, "euler", "normal", positive, negative, first, 2, 10000, "disable")[0]
+    second = advanced(
+        model, "disable", SEED, 4, 3.0, "euler", "normal", positive, negative, first, 2, 10000, "disable"
+    )[0]
     torch.testing.assert_close(second["samples"], full, rtol=0, atol=1e-4)
 
     start = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))}
     img2img = _ksampler(model, positive, negative, "euler", steps=2, latent=start, denoise=0.5)["samples"]
     late = advanced(model, "enable", SEED, 4, 3.0, "euler", "normal", positive, negative, start, 2, 10000, "disable")[0]
     torch.testing.assert_close(img2img, late["samples"], rtol=0, atol=1e-5)
-    past_end = advanced(model, "enable", SEED, 4, 3.0, "euler", "normal", positive, negative, start, 4, 10000, "disable")[0]
+    past_end = advanced(
+        model, "enable", SEED, 4, 3.0, "euler", "normal", positive, negative, start, 4, 10000, "disable"
+    )[0]
     assert torch.equal(past_end["samples"], start["samples"])
 
 
@@ -216,8 +227,8 @@ def test_dpmpp_2m_matches_diffusers_dpm_solver_on_the_same_sigmas():
 
 
 def test_progress_per_step_and_interrupt(sd15):
-    from lcm_accel.harness.interrupt import Interrupted, clear_interrupt, request_interrupt
-    from lcm_accel.harness.progress import use_progress_hook
+    from lcm_accel.runtime.interrupt import Interrupted, clear_interrupt, request_interrupt
+    from lcm_accel.runtime.progress import use_progress_hook
 
     model, positive, negative = sd15
     seen = []
@@ -234,7 +245,7 @@ def test_progress_per_step_and_interrupt(sd15):
 
 def test_unknown_sampler_and_model_sampling_are_refused(sd15):
     model, positive, negative = sd15
-    with pytest.raises(ValueError, match="sampler_name 'heun'"):
-        _ksampler(model, positive, negative, "heun")
+    with pytest.raises(ValueError, match="sampler_name 'euler_cfg_pp'"):
+        _ksampler(model, positive, negative, "euler_cfg_pp")
     with pytest.raises(ValueError, match="sampling 'edm'"):
         NODES["ModelSamplingDiscrete"]().patch(model, "edm")

@@ -9,8 +9,8 @@ import torch
 
 from lcm_accel.fixtures import shared_models_root
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS
-from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-from lcm_accel.hosts.standalone.prompt_weights import prompt_segments, tokenize_weighted
+from lcm_accel.runtime.checkpoints import load_checkpoint
+from lcm_accel.runtime.prompt_weights import prompt_segments, tokenize_weighted
 
 PROMPT = "a beautiful photo of a red cat in the city at night"
 
@@ -30,8 +30,13 @@ def _sd15_pipeline(model, clip, vae):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=vae.vae, text_encoder=clip.text_encoders[0], tokenizer=clip.tokenizer, unet=model.unet,
-        scheduler=EulerDiscreteScheduler(), safety_checker=None, feature_extractor=None,
+        vae=vae.vae,
+        text_encoder=clip.text_encoders[0],
+        tokenizer=clip.tokenizer,
+        unet=model.unet,
+        scheduler=EulerDiscreteScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
 
@@ -64,7 +69,7 @@ def test_chunks_are_77_tokens_with_bos_eos(loaded):
     assert all(c[0][0] == bos for c in chunks)
     ids = [t for c in chunks for t, _ in c]
     body = tokenizer(long_prompt)["input_ids"][1:-1]
-    assert ids[1:76] == body[:75] and ids[76] == eos and ids[78:78 + len(body) - 75] == body[75:]
+    assert ids[1:76] == body[:75] and ids[76] == eos and ids[78 : 78 + len(body) - 75] == body[75:]
     weighted = [(t, w) for c in chunks for t, w in c if w != 1.0]
     assert weighted == [(tokenizer("dog")["input_ids"][1], 1.2)]
     # a short weighted group that does not fit moves whole to the next chunk
@@ -130,8 +135,13 @@ def test_sdxl_matches_diffusers_both_encoders_and_pooled(loaded):
     tokenizer_2 = CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token="!")
     assert tokenizer_2.pad_token_id == 0
     pipe = StableDiffusionXLPipeline(
-        vae=vae.vae, text_encoder=clip.text_encoders[0], text_encoder_2=clip.text_encoders[1],
-        tokenizer=clip.tokenizer, tokenizer_2=tokenizer_2, unet=model.unet, scheduler=EulerDiscreteScheduler(),
+        vae=vae.vae,
+        text_encoder=clip.text_encoders[0],
+        text_encoder_2=clip.text_encoders[1],
+        tokenizer=clip.tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=model.unet,
+        scheduler=EulerDiscreteScheduler(),
     )
     cond, pooled = _encode(clip, PROMPT)
     reference, _, reference_pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)

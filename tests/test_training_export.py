@@ -1,5 +1,6 @@
 """The distilled LoRA file: loads in our loader and in diffusers with the student's output; the CLI
 end to end on the tiny SD1.5 checkpoint."""
+
 from __future__ import annotations
 
 import builtins
@@ -7,13 +8,13 @@ import copy
 
 import pytest
 import torch
+from training_helpers import micro_unet, one_thread
 
 from lcm_accel.lora_merge import LoraPatcher, load_lora
 from lcm_accel.training.distill import DistillSettings
 from lcm_accel.training.export import export_lora
 from lcm_accel.training.lcd import LCDSettings
 from lcm_accel.training.student import add_lora, require_training_packages
-from training_helpers import micro_unet, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -99,7 +100,7 @@ def test_reward_registry_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_reward("imagereward", str(tmp_path / "missing.pt"))
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(ValueError, match="--reward-tokenizer"):   # no tokenizer files beside the weights
+    with pytest.raises(ValueError, match="--reward-tokenizer"):  # no tokenizer files beside the weights
         load_reward("hpsv2", str(tmp_path / "w.pt"))
     (tmp_path / "vocab.txt").write_text("[PAD]\n")
     with pytest.raises(ValueError, match=r"cannot read it \(imagereward weights"):
@@ -126,8 +127,29 @@ def test_cli_end_to_end_on_the_tiny_checkpoint(tmp_path, capsys):
         (data / f"{i}.txt").write_text(f"a {colour} square")
     base = shared_models_root() / "models" / "checkpoints" / "tiny_sd15.safetensors"
     out = tmp_path / "lcm.safetensors"
-    args = ["train", "lcm-lora", "--base", str(base), "--data", str(data), "--out", str(out), "--rank", "2",
-            "--steps", "2", "--batch", "2", "--resolution", "64", "--w", "1", "--device", "cpu", "--no-progress"]
+    args = [
+        "train",
+        "lcm-lora",
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--rank",
+        "2",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--resolution",
+        "64",
+        "--w",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     lora = load_lora(out)
     assert lora.format == "kohya" and lora.metadata["lcm_accel.base_family"] == "sd15"
@@ -135,5 +157,19 @@ def test_cli_end_to_end_on_the_tiny_checkpoint(tmp_path, capsys):
     # a second run into the same work dir must be told to resume; resuming a finished run re-exports
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
     assert main(args + ["--resume", str(tmp_path / "lcm.safetensors.work")]) == 0
-    assert main(["train", "lcm-lora", "--base", str(base), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "lcm-lora",
+                "--base",
+                str(base),
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "o2.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "--data" in capsys.readouterr().err

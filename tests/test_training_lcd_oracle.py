@@ -10,6 +10,7 @@ holds) is f*(x_t, t) = sqrt(a_0) z_g + sqrt(1 - a_0) (x_t - sqrt(a_t) z_g) / sqr
 A student whose f equals f* must give zero loss for every grid index and every w: a wrong end
 timestep, solver step, boundary scaling, guidance convention (w vs w + 1) or target timestep would not.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,6 +31,7 @@ def _point_teacher(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor
 
 def _oracle_student(z_guided: torch.Tensor):
     """An eps-prediction model whose consistency output c_skip x + c_out x0 is exactly f*(x, t)."""
+
     def model(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         a = ACP[t].reshape(-1, 1, 1, 1)
         a0 = ACP[0]
@@ -38,13 +40,24 @@ def _oracle_student(z_guided: torch.Tensor):
         c_out = torch.where(c_out == 0, torch.ones_like(c_out), c_out)  # t = 0: f = x whatever x0 is
         x0 = (f_star - c_skip * x) / c_out
         return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
     return model
 
 
 def _loss(student, w: torch.Tensor, z_c, z_u, data, noise, index) -> float:
     settings = LCDSettings(loss="l2", w_min=1.0, w_max=20.0)
-    out = lcd_loss(student, _point_teacher, student, data, {"z": z_c}, {"z": z_u}, ACP, ddim_solver_grid(),
-                   LCDDraw(index, noise, w), settings)
+    out = lcd_loss(
+        student,
+        _point_teacher,
+        student,
+        data,
+        {"z": z_c},
+        {"z": z_u},
+        ACP,
+        ddim_solver_grid(),
+        LCDDraw(index, noise, w),
+        settings,
+    )
     return float(out.loss)
 
 
@@ -80,4 +93,5 @@ def test_near_misses_have_clearly_nonzero_lcd_loss(setup):
     def plain_x0(x, t, cond):
         a = ACP[t].reshape(-1, 1, 1, 1)
         return (x - a.sqrt() * z_g) / (1 - a).sqrt()
+
     assert _loss(plain_x0, w, z_c, z_u, z_c, noise, index) > 1e-8

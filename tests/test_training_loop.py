@@ -1,18 +1,19 @@
 """The generic loop with the LCM-LoRA task on a micro UNet: learning, logs, interrupt + resume."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from training_helpers import ToyBatches, micro_unet, one_thread
 
 from lcm_accel.lcm_scheduler.schedule import make_alphas_cumprod
-from lcm_accel.training.distill import DistillSettings, LCMDistillTask, unet_fn, teacher_fn
+from lcm_accel.training.distill import DistillSettings, LCMDistillTask, teacher_fn, unet_fn
 from lcm_accel.training.lcd import LCDDraw, LCDSettings, lcd_loss
 from lcm_accel.training.loop import LoopConfig, train
 from lcm_accel.training.rewards import colorfulness
 from lcm_accel.training.student import add_lora
-from training_helpers import one_thread, ToyBatches, micro_unet
 
 ACP = make_alphas_cumprod()
 
@@ -33,10 +34,22 @@ def _eval_loss(task: LCMDistillTask) -> float:
     g = torch.Generator().manual_seed(123)
     total = 0.0
     for _ in range(3):
-        draw = LCDDraw(torch.randint(0, 50, (8,), generator=g), torch.randn(8, 4, 8, 8, generator=g), torch.full((8,), 3.0))
+        draw = LCDDraw(
+            torch.randint(0, 50, (8,), generator=g), torch.randn(8, 4, 8, 8, generator=g), torch.full((8,), 3.0)
+        )
         with torch.no_grad():
-            out = lcd_loss(unet_fn(task.model), teacher_fn(task.model), unet_fn(task.model), data["latents"],
-                           data["cond"], data["uncond"], ACP, task.grid, draw, task.settings.lcd)
+            out = lcd_loss(
+                unet_fn(task.model),
+                teacher_fn(task.model),
+                unet_fn(task.model),
+                data["latents"],
+                data["cond"],
+                data["uncond"],
+                ACP,
+                task.grid,
+                draw,
+                task.settings.lcd,
+            )
         total += float(out.loss)
     return total / 3
 
@@ -44,8 +57,9 @@ def _eval_loss(task: LCMDistillTask) -> float:
 def test_a_short_run_lowers_the_loss_and_writes_log_and_plot(tmp_path):
     task = _task(DistillSettings(lcd=LCDSettings(w=3.0, loss="l2")))
     before = _eval_loss(task)
-    result = train(task, ToyBatches(batch=4), LoopConfig(steps=80, work_dir=tmp_path, lr=3e-3, device="cpu",
-                                                         progress=False))
+    result = train(
+        task, ToyBatches(batch=4), LoopConfig(steps=80, work_dir=tmp_path, lr=3e-3, device="cpu", progress=False)
+    )
     after = _eval_loss(task)
     assert result.steps_done == 80 and not result.interrupted
     assert after < 0.75 * before, (before, after)
@@ -131,8 +145,18 @@ def test_full_model_distillation_with_an_explicit_teacher(tmp_path):
     with torch.no_grad():
         loss, _ = task.compute_loss(student, batch, ctx)
         draw = draw_lcd_inputs(batch["latents"], task.grid, settings.lcd, torch.Generator().manual_seed(5))
-        ref = lcd_loss(unet_fn(student), unet_fn(teacher_unet), unet_fn(student), batch["latents"], batch["cond"],
-                       batch["uncond"], ACP, task.grid, draw, settings.lcd)  # EMA == student before any step
+        ref = lcd_loss(
+            unet_fn(student),
+            unet_fn(teacher_unet),
+            unet_fn(student),
+            batch["latents"],
+            batch["cond"],
+            batch["uncond"],
+            ACP,
+            task.grid,
+            draw,
+            settings.lcd,
+        )  # EMA == student before any step
     assert torch.equal(loss, ref.loss)
 
     teacher_before = {k: v.clone() for k, v in teacher_unet.state_dict().items()}
@@ -187,7 +211,7 @@ class _PromptRecordingReward:
     def __call__(self, images, prompts):
         self.seen.append(list(prompts))
         target = images.new_tensor([self.levels[p] for p in prompts])
-        return -(images.flatten(1).mean(dim=1) - target) ** 2
+        return -((images.flatten(1).mean(dim=1) - target) ** 2)
 
 
 @pytest.mark.parametrize("proxy", [False, True])

@@ -1,14 +1,15 @@
 """The LCD and guidance-distillation objectives against values computed by hand from the formulas."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from training_helpers import micro_unet, one_thread
 
 from lcm_accel.training.guidance import cfg_combine, guidance_distillation_loss, teacher_cfg_output
 from lcm_accel.training.lcd import LCDDraw, LCDSettings, ddim_solver_grid, lcd_loss
-from training_helpers import one_thread, micro_unet
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -42,8 +43,18 @@ def test_lcd_loss_of_one_step_equals_the_hand_computed_value(loss):
     student = lambda x, t, c: 0.3 * x + c["e"]  # noqa: E731
     teacher = lambda x, t, c: 0.5 * x + 0.8 * c["e"]  # noqa: E731
     settings = LCDSettings(loss=loss, w_min=5, w_max=15)
-    out = lcd_loss(student, teacher, student, z, {"e": ec}, {"e": torch.zeros_like(ec)}, acp.float().double(),
-                   ddim_solver_grid(), LCDDraw(index, noise, w), settings)
+    out = lcd_loss(
+        student,
+        teacher,
+        student,
+        z,
+        {"e": ec},
+        {"e": torch.zeros_like(ec)},
+        acp.float().double(),
+        ddim_solver_grid(),
+        LCDDraw(index, noise, w),
+        settings,
+    )
 
     expected = []
     for b in range(2):
@@ -102,8 +113,9 @@ def test_guidance_target_equals_the_teachers_cfg_output():
     # the guidance-distillation loss is the MSE of the one-pass student against that target at x_t
     z, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     acp = _sd_alphas_cumprod().float()
-    loss, x_t = guidance_distillation_loss(unet_fn(student_unet), teacher_fn(student_unet), z, noise, t, cond, uncond,
-                                           w, acp)
+    loss, x_t = guidance_distillation_loss(
+        unet_fn(student_unet), teacher_fn(student_unet), z, noise, t, cond, uncond, w, acp
+    )
     a = acp[t].reshape(-1, 1, 1, 1)
     assert torch.allclose(x_t, a.sqrt() * z + (1 - a).sqrt() * noise, atol=1e-6)
     with torch.no_grad():

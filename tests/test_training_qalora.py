@@ -1,6 +1,7 @@
 """QALoRA fine-tuning on the trainer's loop: the distillation loss falls, interrupt + resume equals an
 uninterrupted run, the exported checkpoint reloads through the standalone loader as export_qalora's
 model, and `train qalora` end to end on the tiny SD1.5 checkpoint."""
+
 from __future__ import annotations
 
 import copy
@@ -8,13 +9,13 @@ import json
 
 import pytest
 import torch
+from training_helpers import micro_unet, one_thread
 
 from lcm_accel.fixtures import shared_models_root
 from lcm_accel.quantize import quantized_layers
 from lcm_accel.quantize.qalora import build_qalora_student, export_qalora, qalora_step
 from lcm_accel.training.loop import LoopConfig, train
 from lcm_accel.training.qalora_task import OnDevice, QALoRATask, TrajectoryBatches
-from training_helpers import micro_unet, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 CKPT = "tiny_sd15.safetensors"
@@ -30,8 +31,9 @@ def _setup(fmt: str = "int4", act_bits: int | None = 8, lora_seed: int = 0):
     teacher = micro_unet(3)
     torch.manual_seed(lora_seed)
     student = build_qalora_student(teacher, fmt, rank=4, num_steps=2, act_bits=act_bits, group_size=16)
-    batches = TrajectoryBatches(OnDevice(teacher), _conditioning, ["a", "b", "c"], steps=2,
-                                latent_shape=(2, 4, 8, 8), seed=0)
+    batches = TrajectoryBatches(
+        OnDevice(teacher), _conditioning, ["a", "b", "c"], steps=2, latent_shape=(2, 4, 8, 8), seed=0
+    )
     task = QALoRATask(student, teacher, calibration=batches.trajectory(0), step_lr=1e-3)
     return teacher, task, batches
 
@@ -106,7 +108,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tmp_path):
 
 
 def _tiny_checkpoint():
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     path = shared_models_root() / "models" / "checkpoints" / CKPT
     return path, *load_checkpoint(path)
@@ -123,8 +125,8 @@ def _models_dir(tmp_path):
 
 
 def test_exported_checkpoint_loads_as_export_qalora_output(tmp_path):
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
-    from lcm_accel.hosts.standalone.quantize import write_quantized_checkpoint
+    from lcm_accel.runtime.checkpoints import load_checkpoint
+    from lcm_accel.runtime.quantized import write_quantized_checkpoint
     from lcm_accel.training.qalora_task import quantized_model_host
 
     path, model, _, _ = _tiny_checkpoint()
@@ -161,16 +163,38 @@ def test_exported_checkpoint_loads_as_export_qalora_output(tmp_path):
 
 def test_cli_train_qalora_end_to_end(tmp_path, capsys):
     from lcm_accel.cli import main
-    from lcm_accel.hosts.standalone.checkpoint_loader import load_checkpoint
     from lcm_accel.quantize import read_quant_metadata
+    from lcm_accel.runtime.checkpoints import load_checkpoint
 
     path = shared_models_root() / "models" / "checkpoints" / CKPT
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red house\n\na blue bird\n")
     out = _models_dir(tmp_path) / "q8.safetensors"
-    args = ["train", "qalora", "--base", str(path), "--format", "int8", "--rank", "4", "--steps", "4",
-            "--lcm-steps", "2", "--prompts", str(prompts), "--resolution", "64", "--out", str(out),
-            "--device", "cpu", "--no-progress", "--checkpoint-every", "2"]
+    args = [
+        "train",
+        "qalora",
+        "--base",
+        str(path),
+        "--format",
+        "int8",
+        "--rank",
+        "4",
+        "--steps",
+        "4",
+        "--lcm-steps",
+        "2",
+        "--prompts",
+        str(prompts),
+        "--resolution",
+        "64",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--checkpoint-every",
+        "2",
+    ]
     assert main(args) == 0
     assert "weight-only" in capsys.readouterr().out
     recipe = read_quant_metadata(out)

@@ -1,4 +1,5 @@
 """Shared pieces of the tests/test_training_*.py files: a micro UNet and toy batches."""
+
 from __future__ import annotations
 
 import torch
@@ -10,9 +11,16 @@ def micro_unet(seed: int = 0, cross_dim: int = 16):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(16, 32), cross_attention_dim=cross_dim, attention_head_dim=4, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        cross_attention_dim=cross_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -34,8 +42,11 @@ class ToyBatches:
         idx = [(self.position + i) % len(self.latents) for i in range(self.batch)]
         self.position += self.batch
         emb = self.embeds[idx]
-        return {"latents": self.latents[idx], "cond": {"encoder_hidden_states": emb},
-                "uncond": {"encoder_hidden_states": torch.zeros_like(emb)}}
+        return {
+            "latents": self.latents[idx],
+            "cond": {"encoder_hidden_states": emb},
+            "uncond": {"encoder_hidden_states": torch.zeros_like(emb)},
+        }
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -8,6 +8,7 @@ nodes' own INPUT_TYPES / RETURN_TYPES (the pack's nodes and the standalone host'
 which carry ComfyUI's definitions), so the files always match the nodes. `--check` exits 1
 if the files on disk differ from what would be written (the tests run it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,7 +122,8 @@ class Graph:
                 "mode": 0,
                 "inputs": [
                     {"name": s.name, "type": s.type, "link": incoming.get((node.id, s.name))}
-                    for s in spec.inputs.values() if s.category != "hidden" and not s.is_widget
+                    for s in spec.inputs.values()
+                    if s.category != "hidden" and not s.is_widget
                 ],
                 "outputs": [
                     {"name": name, "type": kind, "links": outgoing.get((node.id, slot), []), "slot_index": slot}
@@ -134,11 +136,21 @@ class Graph:
                 entry["title"] = node.title
             ui_nodes.append(entry)
         note_id = len(self.nodes) + 1
-        ui_nodes.append({
-            "id": note_id, "type": "Note", "pos": [60, -200], "size": [700, 160], "flags": {},
-            "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
-            "properties": {"text": ""}, "widgets_values": [self.note],
-        })
+        ui_nodes.append(
+            {
+                "id": note_id,
+                "type": "Note",
+                "pos": [60, -200],
+                "size": [700, 160],
+                "flags": {},
+                "order": len(self.nodes),
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "properties": {"text": ""},
+                "widgets_values": [self.note],
+            }
+        )
         return {
             "last_node_id": note_id,
             "last_link_id": len(links),
@@ -158,20 +170,34 @@ class Graph:
 
 
 def _prompts(g: Graph, clip: Out, positive: str) -> tuple[_Node, _Node]:
-    return (g.add("CLIPTextEncode", "Positive prompt", clip=clip, text=positive),
-            g.add("CLIPTextEncode", "Negative prompt", clip=clip, text=NEGATIVE))
+    return (
+        g.add("CLIPTextEncode", "Positive prompt", clip=clip, text=positive),
+        g.add("CLIPTextEncode", "Negative prompt", clip=clip, text=NEGATIVE),
+    )
 
 
-def _lcm_txt2img(registry, note: str, name: str, checkpoint: str, lora: str, prompt: str, size: int,
-                 gamma: float) -> Graph:
+def _lcm_txt2img(
+    registry, note: str, name: str, checkpoint: str, lora: str, prompt: str, size: int, gamma: float
+) -> Graph:
     """Checkpoint -> LCMLoraLoader -> LCMKSampler (4 steps, cfg 1.0) -> VAEDecode -> SaveImage."""
     g = Graph(registry, note)
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
     model = g.add("LCMLoraLoader", model=ckpt[0], lora_name=lora, strength=1.0)
     pos, neg = _prompts(g, ckpt[1], prompt)
     latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
-    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=gamma, denoise=1.0)
+    sampled = g.add(
+        "LCMKSampler",
+        model=model[0],
+        seed=42,
+        steps=4,
+        cfg=1.0,
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=latent[0],
+        original_inference_steps=50,
+        gamma=gamma,
+        denoise=1.0,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix=name)
     return g
@@ -179,125 +205,250 @@ def _lcm_txt2img(registry, note: str, name: str, checkpoint: str, lora: str, pro
 
 def lcm_lora_txt2img(registry) -> Graph:
     return _lcm_txt2img(
-        registry, "SD1.5 + LCM-LoRA, text to image in 4 steps at cfg 1.0 (one UNet pass per step).\n"
+        registry,
+        "SD1.5 + LCM-LoRA, text to image in 4 steps at cfg 1.0 (one UNet pass per step).\n"
         "LCM-LoRA works with any SD1.5 fine-tune: swap the checkpoint. Good settings: 4-8 steps, cfg 1-2.",
-        "lcm_lora_txt2img", "v1-5-pruned-emaonly.safetensors", "lcm-lora-sdv1-5.safetensors",
-        "a beautiful landscape with a lake and mountains at sunset, detailed", 512, 0.0)
+        "lcm_lora_txt2img",
+        "v1-5-pruned-emaonly.safetensors",
+        "lcm-lora-sdv1-5.safetensors",
+        "a beautiful landscape with a lake and mountains at sunset, detailed",
+        512,
+        0.0,
+    )
 
 
 def lcm_lora_sdxl(registry) -> Graph:
     return _lcm_txt2img(
-        registry, "SDXL + LCM-LoRA (SDXL), 4 steps at cfg 1.0, 1024x1024.", "lcm_lora_sdxl",
-        "sd_xl_base_1.0.safetensors", "lcm-lora-sdxl.safetensors",
-        "a photo of a red house in a green forest, detailed, best quality", 1024, 0.0)
+        registry,
+        "SDXL + LCM-LoRA (SDXL), 4 steps at cfg 1.0, 1024x1024.",
+        "lcm_lora_sdxl",
+        "sd_xl_base_1.0.safetensors",
+        "lcm-lora-sdxl.safetensors",
+        "a photo of a red house in a green forest, detailed, best quality",
+        1024,
+        0.0,
+    )
 
 
 def tcd_txt2img(registry) -> Graph:
     return _lcm_txt2img(
-        registry, "TCD (trajectory consistency distillation) sampling: gamma 0.3 re-injects part of the "
+        registry,
+        "TCD (trajectory consistency distillation) sampling: gamma 0.3 re-injects part of the "
         "noise at every step, which keeps detail at higher step counts. Works with the LCM-LoRA and with "
-        "TCD LoRAs (swap the file). gamma 0 is plain LCM.", "tcd_txt2img", "v1-5-pruned-emaonly.safetensors",
-        "lcm-lora-sdv1-5.safetensors", "a picture of a small bird on a tree, detailed", 512, 0.3)
+        "TCD LoRAs (swap the file). gamma 0 is plain LCM.",
+        "tcd_txt2img",
+        "v1-5-pruned-emaonly.safetensors",
+        "lcm-lora-sdv1-5.safetensors",
+        "a picture of a small bird on a tree, detailed",
+        512,
+        0.3,
+    )
 
 
 def lcm_lora_style_mixer(registry) -> Graph:
-    g = Graph(registry, "LCM-LoRA + a style LoRA mixed into ONE low-rank patch (lambda 1.0 / 0.8, as in the LCM-LoRA paper), "
-              "sampled with SamplerCustom + LCMScheduler + LCMSampler.\nrank 0 keeps the full concatenated rank; "
-              "a smaller rank re-compresses the mix by SVD. The CLIP goes through the mixer too: a LoRA's "
-              "text-encoder part is applied at clip_weight_i (LCM-LoRA has none). A LORA_STACK from a stack "
-              "node can be connected as well.")
+    g = Graph(
+        registry,
+        "LCM-LoRA + a style LoRA mixed into ONE low-rank patch (lambda 1.0 / 0.8, as in the LCM-LoRA paper), "
+        "sampled with SamplerCustom + LCMScheduler + LCMSampler.\nrank 0 keeps the full concatenated rank; "
+        "a smaller rank re-compresses the mix by SVD. The CLIP goes through the mixer too: a LoRA's "
+        "text-encoder part is applied at clip_weight_i (LCM-LoRA has none). A LORA_STACK from a stack "
+        "node can be connected as well.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    mixed = g.add("LCMAdapterMixer", model=ckpt[0], lora_1="lcm-lora-sdv1-5.safetensors", weight_1=1.0,
-                  lora_2="style-lora-sd15.safetensors", weight_2=0.8, lora_3="None", weight_3=1.0,
-                  lora_4="None", weight_4=1.0, rank=0, clip=ckpt[1], clip_weight_1=1.0, clip_weight_2=0.8,
-                  clip_weight_3=1.0, clip_weight_4=1.0)
+    mixed = g.add(
+        "LCMAdapterMixer",
+        model=ckpt[0],
+        lora_1="lcm-lora-sdv1-5.safetensors",
+        weight_1=1.0,
+        lora_2="style-lora-sd15.safetensors",
+        weight_2=0.8,
+        lora_3="None",
+        weight_3=1.0,
+        lora_4="None",
+        weight_4=1.0,
+        rank=0,
+        clip=ckpt[1],
+        clip_weight_1=1.0,
+        clip_weight_2=0.8,
+        clip_weight_3=1.0,
+        clip_weight_4=1.0,
+    )
     pos, neg = _prompts(g, mixed[1], "a portrait of a cat, oil painting style")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     sigmas = g.add("LCMScheduler", model=mixed[0], steps=4, original_inference_steps=50, strength=1.0)
     sampler = g.add("LCMSampler", gamma=0.0)
-    sampled = g.add("SamplerCustom", model=mixed[0], add_noise=True, noise_seed=42, cfg=1.0, positive=pos[0],
-                    negative=neg[0], sampler=sampler[0], sigmas=sigmas[0], latent_image=latent[0])
+    sampled = g.add(
+        "SamplerCustom",
+        model=mixed[0],
+        add_noise=True,
+        noise_seed=42,
+        cfg=1.0,
+        positive=pos[0],
+        negative=neg[0],
+        sampler=sampler[0],
+        sigmas=sigmas[0],
+        latent_image=latent[0],
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_style_mixer")
     return g
 
 
 def lcm_lora_img2img(registry) -> Graph:
-    g = Graph(registry, "Image to image with LCM-LoRA: denoise 0.6 keeps the composition of input/example.png. "
-              "LCM img2img uses the paper's schedule restricted to the lower 60% of the noise levels.")
+    g = Graph(
+        registry,
+        "Image to image with LCM-LoRA: denoise 0.6 keeps the composition of input/example.png. "
+        "LCM img2img uses the paper's schedule restricted to the lower 60% of the noise levels.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
     pos, neg = _prompts(g, ckpt[1], "a watercolor painting of a flower, detailed")
     loaded = g.add("LoadImage", image="example.png")
     encoded = g.add("VAEEncode", pixels=loaded[0], vae=ckpt[2])
-    sampled = g.add("LCMKSampler", model=model[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=encoded[0], original_inference_steps=50, gamma=0.0, denoise=0.6)
+    sampled = g.add(
+        "LCMKSampler",
+        model=model[0],
+        seed=42,
+        steps=4,
+        cfg=1.0,
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=encoded[0],
+        original_inference_steps=50,
+        gamma=0.0,
+        denoise=0.6,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_img2img")
     return g
 
 
 def baseline_25step_cfg7(registry) -> Graph:
-    g = Graph(registry, "Baseline for comparison: ComfyUI's default graph, 25 Euler steps at cfg 7 "
-              "(50 UNet passes) without LCM-LoRA.")
+    g = Graph(
+        registry,
+        "Baseline for comparison: ComfyUI's default graph, 25 Euler steps at cfg 7 (50 UNet passes) without LCM-LoRA.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     pos, neg = _prompts(g, ckpt[1], "a beautiful landscape with a lake and mountains at sunset, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sampled = g.add("KSampler", model=ckpt[0], seed=42, steps=25, cfg=7.0, sampler_name="euler", scheduler="normal",
-                    positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
+    sampled = g.add(
+        "KSampler",
+        model=ckpt[0],
+        seed=42,
+        steps=25,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=latent[0],
+        denoise=1.0,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="baseline_25step_cfg7")
     return g
 
 
 def lcm_lora_deepcache(registry) -> Graph:
-    g = Graph(registry, "LCM-LoRA + DeepCache: 8 LCM steps, every 2nd one a full UNet pass; the others reuse the "
-              "deep features of the last full step and run only the outermost layers (cache_depth 0, about 7% "
-              "of a full pass on SD1.5), so the run costs about 4.3 full passes instead of 8. Raise cache_depth "
-              "to keep closer to the uncached image; cache_interval 1 turns caching off.")
+    g = Graph(
+        registry,
+        "LCM-LoRA + DeepCache: 8 LCM steps, every 2nd one a full UNet pass; the others reuse the "
+        "deep features of the last full step and run only the outermost layers (cache_depth 0, about 7% "
+        "of a full pass on SD1.5), so the run costs about 4.3 full passes instead of 8. Raise cache_depth "
+        "to keep closer to the uncached image; cache_interval 1 turns caching off.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     lcm = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
-    cached = g.add("DeepCache", model=lcm[0], cache_interval=2, cache_depth=0, start_percent=0.0, end_percent=1.0,
-                   schedule="uniform")
+    cached = g.add(
+        "DeepCache",
+        model=lcm[0],
+        cache_interval=2,
+        cache_depth=0,
+        start_percent=0.0,
+        end_percent=1.0,
+        schedule="uniform",
+    )
     pos, neg = _prompts(g, ckpt[1], "a cozy cabin in a snowy forest at night, warm light, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sampled = g.add("LCMKSampler", model=cached[0], seed=42, steps=8, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
+    sampled = g.add(
+        "LCMKSampler",
+        model=cached[0],
+        seed=42,
+        steps=8,
+        cfg=1.0,
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=latent[0],
+        original_inference_steps=50,
+        gamma=0.0,
+        denoise=1.0,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_deepcache")
     return g
 
 
 def lcm_lora_quantized(registry) -> Graph:
-    g = Graph(registry, "LCM-LoRA merged into the UNet, then the UNet quantized to int8 weights (LCMQuantizeUNet: "
-              "per output channel, about 1/4 of the fp32 weight memory, 1/2 of fp16); conv_in, conv_out and the "
-              "time embedding stay in high precision ('default' keep-list). 4 LCM steps at cfg 1.0. Load LoRAs "
-              "BEFORE the quantize node: they are merged, then quantized with the weights.")
+    g = Graph(
+        registry,
+        "LCM-LoRA merged into the UNet, then the UNet quantized to int8 weights (LCMQuantizeUNet: "
+        "per output channel, about 1/4 of the fp32 weight memory, 1/2 of fp16); conv_in, conv_out and the "
+        "time embedding stay in high precision ('default' keep-list). 4 LCM steps at cfg 1.0. Load LoRAs "
+        "BEFORE the quantize node: they are merged, then quantized with the weights.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     lcm = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
-    quantized = g.add("LCMQuantizeUNet", model=lcm[0], format="int8", keep="default", group_size=64,
-                      keep_source=False)
+    quantized = g.add("LCMQuantizeUNet", model=lcm[0], format="int8", keep="default", group_size=64, keep_source=False)
     pos, neg = _prompts(g, ckpt[1], "a lighthouse on a rocky coast at dawn, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sampled = g.add("LCMKSampler", model=quantized[0], seed=42, steps=4, cfg=1.0, positive=pos[0], negative=neg[0],
-                    latent_image=latent[0], original_inference_steps=50, gamma=0.0, denoise=1.0)
+    sampled = g.add(
+        "LCMKSampler",
+        model=quantized[0],
+        seed=42,
+        steps=4,
+        cfg=1.0,
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=latent[0],
+        original_inference_steps=50,
+        gamma=0.0,
+        denoise=1.0,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="lcm_lora_quantized")
     return g
 
 
-def _accelerator(registry, note: str, family: str, checkpoint: str, lora: str, prompt: str, size: int, steps: int,
-                 cfg: float) -> Graph:
+def _accelerator(
+    registry, note: str, family: str, checkpoint: str, lora: str, prompt: str, size: int, steps: int, cfg: float
+) -> Graph:
     """Checkpoint -> LCMAcceleratorLoader (family auto) -> LCMAcceleratorKSampler (the family's exact
     schedule and sampler) -> VAEDecode -> SaveImage."""
     g = Graph(registry, note)
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model = g.add("LCMAcceleratorLoader", model=ckpt[0], lora_name=lora, family="auto", strength=1.0, clip=ckpt[1],
-                  strength_clip=1.0)
+    model = g.add(
+        "LCMAcceleratorLoader",
+        model=ckpt[0],
+        lora_name=lora,
+        family="auto",
+        strength=1.0,
+        clip=ckpt[1],
+        strength_clip=1.0,
+    )
     pos, neg = _prompts(g, model[1], prompt)
     latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
-    sampled = g.add("LCMAcceleratorKSampler", model=model[0], seed=42, steps=steps, cfg=cfg, positive=pos[0],
-                    negative=neg[0], latent_image=latent[0], family="from_model", denoise=1.0)
+    sampled = g.add(
+        "LCMAcceleratorKSampler",
+        model=model[0],
+        seed=42,
+        steps=steps,
+        cfg=cfg,
+        positive=pos[0],
+        negative=neg[0],
+        latent_image=latent[0],
+        family="from_model",
+        denoise=1.0,
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix=f"accelerator_{family}")
     return g
@@ -307,74 +458,168 @@ SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
 
 
 def accelerator_tcd(registry) -> Graph:
-    return _accelerator(registry, "TCD-LoRA (h1t/TCD-SD15): TCD sampling with gamma 0.3 on LCM's timesteps, 4 steps, "
-                        "cfg 1 (the model card: TCDScheduler, eta 0.3, guidance 0).", "tcd", SD15,
-                        "tcd-sd15-lora.safetensors", "a picture of a small bird on a tree, detailed", 512, 4, 1.0)
+    return _accelerator(
+        registry,
+        "TCD-LoRA (h1t/TCD-SD15): TCD sampling with gamma 0.3 on LCM's timesteps, 4 steps, "
+        "cfg 1 (the model card: TCDScheduler, eta 0.3, guidance 0).",
+        "tcd",
+        SD15,
+        "tcd-sd15-lora.safetensors",
+        "a picture of a small bird on a tree, detailed",
+        512,
+        4,
+        1.0,
+    )
 
 
 def accelerator_hyper_sd(registry) -> Graph:
-    return _accelerator(registry, "Hyper-SD 4-step LoRA (ByteDance/Hyper-SD): deterministic DDIM on the trailing "
-                        "timesteps 999/749/499/249, cfg 1. Use the file's own step count (2, 4 or 8).", "hyper_sd",
-                        SD15, "Hyper-SD15-4steps-lora.safetensors", "a red sports car on a mountain road, detailed",
-                        512, 4, 1.0)
+    return _accelerator(
+        registry,
+        "Hyper-SD 4-step LoRA (ByteDance/Hyper-SD): deterministic DDIM on the trailing "
+        "timesteps 999/749/499/249, cfg 1. Use the file's own step count (2, 4 or 8).",
+        "hyper_sd",
+        SD15,
+        "Hyper-SD15-4steps-lora.safetensors",
+        "a red sports car on a mountain road, detailed",
+        512,
+        4,
+        1.0,
+    )
 
 
 def accelerator_hyper_sd_unified(registry) -> Graph:
-    return _accelerator(registry, "Hyper-SD 1-step unified LoRA: TCD with eta (gamma) 1.0, one step from pure noise, "
-                        "cfg 1; the same LoRA runs 1-8 steps (lower gamma keeps more detail at more steps).",
-                        "hyper_sd_unified", SD15, "Hyper-SD15-1step-lora.safetensors",
-                        "a bowl of fruit on a wooden table, detailed", 512, 1, 1.0)
+    return _accelerator(
+        registry,
+        "Hyper-SD 1-step unified LoRA: TCD with eta (gamma) 1.0, one step from pure noise, "
+        "cfg 1; the same LoRA runs 1-8 steps (lower gamma keeps more detail at more steps).",
+        "hyper_sd_unified",
+        SD15,
+        "Hyper-SD15-1step-lora.safetensors",
+        "a bowl of fruit on a wooden table, detailed",
+        512,
+        1,
+        1.0,
+    )
 
 
 def accelerator_hyper_sd_cfg(registry) -> Graph:
-    g = Graph(registry, "Hyper-SD CFG-preserving 8-step LoRA: DDIM trailing with a real cfg (5, range 5-8) and a "
-              "negative prompt, through SamplerCustom + LCMAcceleratorScheduler + LCMAcceleratorSampler.")
+    g = Graph(
+        registry,
+        "Hyper-SD CFG-preserving 8-step LoRA: DDIM trailing with a real cfg (5, range 5-8) and a "
+        "negative prompt, through SamplerCustom + LCMAcceleratorScheduler + LCMAcceleratorSampler.",
+    )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD15)
-    model = g.add("LCMAcceleratorLoader", model=ckpt[0], lora_name="Hyper-SD15-8steps-CFG-lora.safetensors",
-                  family="auto", strength=1.0, clip=ckpt[1], strength_clip=1.0)
+    model = g.add(
+        "LCMAcceleratorLoader",
+        model=ckpt[0],
+        lora_name="Hyper-SD15-8steps-CFG-lora.safetensors",
+        family="auto",
+        strength=1.0,
+        clip=ckpt[1],
+        strength_clip=1.0,
+    )
     pos, neg = _prompts(g, model[1], "a portrait of an old sailor, dramatic light, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     sigmas = g.add("LCMAcceleratorScheduler", model=model[0], family="from_model", steps=8, denoise=1.0)
     sampler = g.add("LCMAcceleratorSampler", model=model[0], family="from_model")
-    sampled = g.add("SamplerCustom", model=model[0], add_noise=True, noise_seed=42, cfg=5.0, positive=pos[0],
-                    negative=neg[0], sampler=sampler[0], sigmas=sigmas[0], latent_image=latent[0])
+    sampled = g.add(
+        "SamplerCustom",
+        model=model[0],
+        add_noise=True,
+        noise_seed=42,
+        cfg=5.0,
+        positive=pos[0],
+        negative=neg[0],
+        sampler=sampler[0],
+        sigmas=sigmas[0],
+        latent_image=latent[0],
+    )
     image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
     g.add("SaveImage", images=image[0], filename_prefix="accelerator_hyper_sd_cfg")
     return g
 
 
 def accelerator_lightning(registry) -> Graph:
-    return _accelerator(registry, "SDXL-Lightning 4-step LoRA (ByteDance/SDXL-Lightning): Euler on the trailing "
-                        "timesteps, cfg 1, 1024x1024 (ComfyUI's euler + sgm_uniform only approximates them).",
-                        "lightning", SDXL, "sdxl_lightning_4step_lora.safetensors",
-                        "a girl smiling, portrait photo, detailed", 1024, 4, 1.0)
+    return _accelerator(
+        registry,
+        "SDXL-Lightning 4-step LoRA (ByteDance/SDXL-Lightning): Euler on the trailing "
+        "timesteps, cfg 1, 1024x1024 (ComfyUI's euler + sgm_uniform only approximates them).",
+        "lightning",
+        SDXL,
+        "sdxl_lightning_4step_lora.safetensors",
+        "a girl smiling, portrait photo, detailed",
+        1024,
+        4,
+        1.0,
+    )
 
 
 def accelerator_dmd2(registry) -> Graph:
-    return _accelerator(registry, "DMD2 4-step LoRA (tianweiy/DMD2): LCM sampling on the authors' timesteps "
-                        "999/749/499/249 (not LCM's 999/759/499/259), cfg 1, 1024x1024.", "dmd2", SDXL,
-                        "dmd2_sdxl_4step_lora_fp16.safetensors", "a photo of a cat in a garden, detailed", 1024, 4,
-                        1.0)
+    return _accelerator(
+        registry,
+        "DMD2 4-step LoRA (tianweiy/DMD2): LCM sampling on the authors' timesteps "
+        "999/749/499/249 (not LCM's 999/759/499/259), cfg 1, 1024x1024.",
+        "dmd2",
+        SDXL,
+        "dmd2_sdxl_4step_lora_fp16.safetensors",
+        "a photo of a cat in a garden, detailed",
+        1024,
+        4,
+        1.0,
+    )
 
 
 def accelerator_pcm(registry) -> Graph:
-    return _accelerator(registry, "PCM small-cfg 4-step LoRA (G-U-N/Phased-Consistency-Model): deterministic DDIM "
-                        "on the trailing timesteps, cfg 1 (1-2).", "pcm", SD15,
-                        "pcm_sd15_smallcfg_4step_converted.safetensors", "a castle on a hill under a starry sky, "
-                        "detailed", 512, 4, 1.0)
+    return _accelerator(
+        registry,
+        "PCM small-cfg 4-step LoRA (G-U-N/Phased-Consistency-Model): deterministic DDIM "
+        "on the trailing timesteps, cfg 1 (1-2).",
+        "pcm",
+        SD15,
+        "pcm_sd15_smallcfg_4step_converted.safetensors",
+        "a castle on a hill under a starry sky, detailed",
+        512,
+        4,
+        1.0,
+    )
 
 
 def accelerator_flash(registry) -> Graph:
-    return _accelerator(registry, "Flash Diffusion LoRA (jasperai/flash-sd): LCM sampling, 4 steps, cfg 1.", "flash",
-                        SD15, "flash-sd-lora.safetensors", "a hot air balloon over green hills, detailed", 512, 4,
-                        1.0)
+    return _accelerator(
+        registry,
+        "Flash Diffusion LoRA (jasperai/flash-sd): LCM sampling, 4 steps, cfg 1.",
+        "flash",
+        SD15,
+        "flash-sd-lora.safetensors",
+        "a hot air balloon over green hills, detailed",
+        512,
+        4,
+        1.0,
+    )
 
 
-ACCELERATOR_BUILDERS = (accelerator_tcd, accelerator_hyper_sd, accelerator_hyper_sd_unified, accelerator_hyper_sd_cfg,
-                        accelerator_lightning, accelerator_dmd2, accelerator_pcm, accelerator_flash)
+ACCELERATOR_BUILDERS = (
+    accelerator_tcd,
+    accelerator_hyper_sd,
+    accelerator_hyper_sd_unified,
+    accelerator_hyper_sd_cfg,
+    accelerator_lightning,
+    accelerator_dmd2,
+    accelerator_pcm,
+    accelerator_flash,
+)
 
-BUILDERS = (lcm_lora_txt2img, lcm_lora_style_mixer, lcm_lora_sdxl, lcm_lora_img2img, tcd_txt2img, baseline_25step_cfg7,
-            lcm_lora_deepcache, lcm_lora_quantized, *ACCELERATOR_BUILDERS)
+BUILDERS = (
+    lcm_lora_txt2img,
+    lcm_lora_style_mixer,
+    lcm_lora_sdxl,
+    lcm_lora_img2img,
+    tcd_txt2img,
+    baseline_25step_cfg7,
+    lcm_lora_deepcache,
+    lcm_lora_quantized,
+    *ACCELERATOR_BUILDERS,
+)
 
 
 def render(registry) -> dict[Path, str]:
@@ -393,8 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="models folder whose file lists fill the combos (default: the demo's)")
     args = parser.parse_args(argv)
     from lcm_accel.fixtures.demo_models import demo_models_dir
-    from lcm_accel.harness.model_paths import ModelPaths, use_model_paths
     from lcm_accel.harness.registry import default_registry
+    from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
     root = Path(args.models) if args.models else demo_models_dir()
     with use_model_paths(ModelPaths(root / "models", input_dir=root / "input")):

@@ -4,6 +4,7 @@
 LCM-LoRA objective on top of it; the LoRA file is written by `lora_merge.writer`. Heavy imports
 (accelerate, peft) happen only when a run starts.
 """
+
 from .distill import MODES, DistillSettings, LCMDistillTask
 from .guidance import cfg_combine, guidance_distillation_loss, teacher_cfg_output
 from .lcd import LCDSettings, ddim_solver_grid, draw_lcd_inputs, lcd_loss

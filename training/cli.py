@@ -7,14 +7,17 @@
 Exit status: 0 done (LoRA written), 2 bad arguments or files, 130 interrupted (checkpoint saved;
 rerun with `--resume WORK_DIR`).
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
-from pathlib import Path
 
-EXIT_INVALID, EXIT_INTERRUPTED = 2, 130
+from .qalora_cli import add_qalora_command, run_qalora
+from .run_options import add_run_options, report_interrupted, work_dir_of
+
+EXIT_INVALID = 2
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +28,11 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="checkpoint file or diffusers folder (as the checkpoint loader takes)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="folder of image + caption pairs (img.png + img.txt)")
-    data.add_argument("--synthetic-prompts", metavar="FILE",
-                      help="data-free: one prompt per line; latents are the teacher's own samples")
+    data.add_argument(
+        "--synthetic-prompts",
+        metavar="FILE",
+        help="data-free: one prompt per line; latents are the teacher's own samples",
+    )
     p.add_argument("--out", required=True, help="the LoRA file to write (.safetensors)")
     p.add_argument("--format", choices=("kohya", "peft"), default="kohya", help="LoRA key layout (default kohya)")
     p.add_argument("--rank", type=int, default=64)
@@ -43,11 +49,19 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("lcd", "guidance", "lcd+guidance"), default="lcd")
     p.add_argument("--guidance-weight", type=float, default=1.0, help="weight of the guidance loss in lcd+guidance")
     p.add_argument("--reward", default=None, help="reward name (colorfulness, saturation, hpsv2, imagereward)")
-    p.add_argument("--reward-model", default=None, metavar="FILE",
-                   help="weights of a model-backed reward (HPS_v2_compressed.pt, ImageReward.pt)")
-    p.add_argument("--reward-tokenizer", default=None, metavar="DIR",
-                   help="the reward model's tokenizer files (hpsv2: CLIP vocab.json + merges.txt; imagereward: "
-                        "bert-base-uncased vocab.txt); default: the folder of --reward-model")
+    p.add_argument(
+        "--reward-model",
+        default=None,
+        metavar="FILE",
+        help="weights of a model-backed reward (HPS_v2_compressed.pt, ImageReward.pt)",
+    )
+    p.add_argument(
+        "--reward-tokenizer",
+        default=None,
+        metavar="DIR",
+        help="the reward model's tokenizer files (hpsv2: CLIP vocab.json + merges.txt; imagereward: "
+        "bert-base-uncased vocab.txt); default: the folder of --reward-model",
+    )
     p.add_argument("--reward-scale", type=float, default=0.0, help="beta in L_LCD - beta * R")
     p.add_argument("--latent-proxy", action="store_true", help="train and use a latent proxy reward model")
     p.add_argument("--ema", type=float, default=None, metavar="RATE", help="EMA target network with this rate")
@@ -59,35 +73,13 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=100)
     add_run_options(p)
-    from .qalora_cli import add_qalora_command
-
     add_qalora_command(methods)  # `train qalora`: QALoRA fine-tune of a low-bit UNet
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options every training method shares: work dir, resume, device, progress, tracebacks."""
-    p.add_argument("--work-dir", default=None, help="checkpoints and loss log (default: OUT.work)")
-    p.add_argument("--resume", metavar="DIR", default=None, help="continue the run whose work dir is DIR")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: accelerate's choice (the GPU of each process under accelerate launch)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def report_interrupted(accelerator, result, work_dir: Path) -> int:
-    """Say (once, on the main process) how to continue an interrupted run; the exit status."""
-    if accelerator.is_main_process:
-        print(f"interrupted after step {result.steps_done}; checkpoint saved. Continue with: --resume {work_dir}",
-              file=sys.stderr)
-    return EXIT_INTERRUPTED
 
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Run `train lcm-lora`; one `error: ...` line on stderr for a bad argument or file."""
     try:
         if args.method == "qalora":
-            from .qalora_cli import run_qalora
-
             return run_qalora(args)
         return _run_lcm_lora(args)
     except (ValueError, FileNotFoundError, ImportError, NotImplementedError, RuntimeError) as error:
@@ -106,20 +98,9 @@ def _settings(args: argparse.Namespace, prediction_type: str):
     if args.reward is not None and args.reward_scale <= 0:
         raise ValueError("--reward needs a positive --reward-scale BETA")
     lcd = LCDSettings(args.num_ddim_steps, args.w_min, args.w_max, args.w, args.loss, args.huber_c, prediction_type)
-    return DistillSettings(args.mode, lcd, args.guidance_weight, args.reward_scale, args.latent_proxy, ema_rate=args.ema)
-
-
-def _work_dir(args: argparse.Namespace) -> Path:
-    if args.resume:
-        work = Path(args.resume)
-        if not (work / "checkpoint" / "state.pt").is_file():
-            raise FileNotFoundError(f"--resume {work}: no checkpoint there (expected {work / 'checkpoint'})")
-        return work
-    work = Path(args.work_dir or (args.out + ".work"))
-    if (work / "checkpoint").exists():
-        raise ValueError(f"work dir {work} already holds a checkpoint: pass --resume {work} to continue it, "
-                         "or another --work-dir")
-    return work
+    return DistillSettings(
+        args.mode, lcd, args.guidance_weight, args.reward_scale, args.latent_proxy, ema_rate=args.ema
+    )
 
 
 def _run_lcm_lora(args: argparse.Namespace) -> int:
@@ -128,8 +109,8 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     require_training_packages()
     import torch
 
-    from ..hosts.standalone.checkpoint_loader import load_checkpoint
     from ..lcm_scheduler.schedule import make_alphas_cumprod
+    from ..runtime.checkpoints import load_checkpoint
     from .conditioning import SDBatchPreparer
     from .data import ImageCaptionFolder, PromptList, ShuffledBatches
     from .distill import LCMDistillTask
@@ -141,11 +122,19 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out}: the LoRA file name must end with .safetensors")
-    work_dir = _work_dir(args)
-    config = LoopConfig(steps=args.steps, work_dir=work_dir, lr=args.lr, grad_accum=args.grad_accum,
-                        mixed_precision=args.mixed_precision, device=args.device, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
-                        progress=not args.no_progress)
+    work_dir = work_dir_of(args)
+    config = LoopConfig(
+        steps=args.steps,
+        work_dir=work_dir,
+        lr=args.lr,
+        grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.no_progress,
+    )
     if args.reward is None and (args.reward_model or args.reward_tokenizer):
         raise ValueError("--reward-model / --reward-tokenizer need --reward NAME")
     reward = load_reward(args.reward, args.reward_model, args.reward_tokenizer) if args.reward else None
@@ -166,10 +155,12 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     vae.vae.to(device)
     if isinstance(reward, torch.nn.Module):
         reward.to(device)
-    acp = make_alphas_cumprod(**{k: model.noise_schedule[k] for k in
-                                 ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")})
-    preparer = SDBatchPreparer(clip, vae, acp, args.resolution, device, args.synthetic_w, args.synthetic_steps,
-                               model.prediction_type)
+    acp = make_alphas_cumprod(
+        **{k: model.noise_schedule[k] for k in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")}
+    )
+    preparer = SDBatchPreparer(
+        clip, vae, acp, args.resolution, device, args.synthetic_w, args.synthetic_steps, model.prediction_type
+    )
     task = LCMDistillTask(unet, lora_params, acp.to(device), settings, preparer, reward, preparer.decode)
     batches = ShuffledBatches(dataset, args.batch, args.seed, accelerator.process_index, accelerator.num_processes)
     if accelerator.is_main_process:
@@ -178,8 +169,9 @@ def _run_lcm_lora(args: argparse.Namespace) -> int:
     if result.interrupted:
         return report_interrupted(accelerator, result, work_dir)
     if accelerator.is_main_process:
-        path = export_lora(accelerator.unwrap_model(unet), args.out, settings, model.family, result.steps_done,
-                           args.base, args.format)
+        path = export_lora(
+            accelerator.unwrap_model(unet), args.out, settings, model.family, result.steps_done, args.base, args.format
+        )
         print(f"wrote {path} ({args.format}, rank {args.rank}, {result.steps_done} steps); loss log in {work_dir}")
     accelerator.wait_for_everyone()
     return 0

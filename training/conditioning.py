@@ -1,11 +1,12 @@
 """Batches of a real Stable Diffusion checkpoint -> latents and UNet conditioning.
 
-Text goes through the standalone host's CLIP encoding (`hosts/standalone/text_encoding.py`,
+Text goes through the runtime's CLIP encoding (`runtime/text_encoding.py`,
 ComfyUI's rules), cut to the first 77 tokens as diffusers' training scripts do; images through
 the checkpoint's VAE (a posterior sample drawn from the step's generator, times the family's
 scaling factor). Data-free batches (`--synthetic-prompts`) get their latents from the teacher's
 own guided DDIM samples for the prompts (as EfficientDM does).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,17 @@ TOKENS = 77
 class SDBatchPreparer:
     """`prepare(batch, ctx, teacher)` for `LCMDistillTask` on an SD1.5 / SDXL checkpoint."""
 
-    def __init__(self, clip, vae, alphas_cumprod: torch.Tensor, resolution: int, device: torch.device | str,
-                 synthetic_w: float = 7.5, synthetic_steps: int = 20, prediction_type: str = "epsilon"):
+    def __init__(
+        self,
+        clip,
+        vae,
+        alphas_cumprod: torch.Tensor,
+        resolution: int,
+        device: torch.device | str,
+        synthetic_w: float = 7.5,
+        synthetic_steps: int = 20,
+        prediction_type: str = "epsilon",
+    ):
         self.clip, self.vae, self.acp = clip, vae, alphas_cumprod
         self.resolution, self.device = resolution, torch.device(device)
         self.synthetic_w, self.synthetic_steps = synthetic_w, synthetic_steps
@@ -31,7 +41,7 @@ class SDBatchPreparer:
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..hosts.standalone.text_encoding import encode_prompt
+        from ..runtime.text_encoding import encode_prompt
 
         if prompt not in self._cache:
             with torch.no_grad():
@@ -46,8 +56,10 @@ class SDBatchPreparer:
         if self.clip.family == "sdxl":
             size = float(self.resolution)
             time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]] * len(prompts), device=self.device)
-            cond["added_cond_kwargs"] = {"text_embeds": torch.cat([p for _, p in encoded]).to(self.device),
-                                         "time_ids": time_ids}
+            cond["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([p for _, p in encoded]).to(self.device),
+                "time_ids": time_ids,
+            }
         return cond
 
     @torch.no_grad()
@@ -56,8 +68,9 @@ class SDBatchPreparer:
         module = self.vae.vae
         dist = module.encode(pixels.to(self.device, next(module.parameters()).dtype)).latent_dist
         n, rest = dist.mean.shape[0], tuple(dist.mean.shape[1:])
-        noise = shard.rows(lambda k: torch.randn((k, *rest), generator=generator), n).to(dist.mean.device,
-                                                                                         dist.mean.dtype)
+        noise = shard.rows(lambda k: torch.randn((k, *rest), generator=generator), n).to(
+            dist.mean.device, dist.mean.dtype
+        )
         return ((dist.mean + dist.std * noise) * self.vae.scaling_factor).float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -74,8 +87,10 @@ class SDBatchPreparer:
             latents = self.encode_pixels(batch["pixels"], ctx.generator, shard)
         else:
             side = self.resolution // 8
-            noise = shard.rows(lambda k: torch.randn((k, 4, side, side), generator=ctx.generator),
-                               len(prompts)).to(self.device)
-            latents = ddim_sample(teacher, noise, cond, uncond, self.synthetic_w, self.acp, self.synthetic_steps,
-                                  self.prediction_type)
+            noise = shard.rows(lambda k: torch.randn((k, 4, side, side), generator=ctx.generator), len(prompts)).to(
+                self.device
+            )
+            latents = ddim_sample(
+                teacher, noise, cond, uncond, self.synthetic_w, self.acp, self.synthetic_steps, self.prediction_type
+            )
         return {"latents": latents, "cond": cond, "uncond": uncond, "prompts": prompts}

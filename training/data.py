@@ -4,6 +4,7 @@
 permutation per epoch; its position (epoch, offset) is part of every checkpoint, so a resumed
 run sees exactly the batches the uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -84,7 +85,9 @@ class ShuffledBatches:
     """Endless batches from `dataset` (a fresh seeded permutation each epoch), resumable. With
     several processes each takes its own slice of every global batch."""
 
-    def __init__(self, dataset: Sequence, batch_size: int, seed: int = 0, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self, dataset: Sequence, batch_size: int, seed: int = 0, process_index: int = 0, num_processes: int = 1
+    ):
         if batch_size < 1:
             raise ValueError(f"--batch must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -102,12 +105,12 @@ class ShuffledBatches:
         global_size = self.batch_size * self.num_processes
         while len(indices) < global_size:
             order = self._order()
-            take = order[self.offset:self.offset + global_size - len(indices)]
+            take = order[self.offset : self.offset + global_size - len(indices)]
             indices += take
             self.offset += len(take)
             if self.offset >= len(order):
                 self.epoch, self.offset = self.epoch + 1, 0
-        mine = indices[self.process_index * self.batch_size:(self.process_index + 1) * self.batch_size]
+        mine = indices[self.process_index * self.batch_size : (self.process_index + 1) * self.batch_size]
         return collate([self.dataset[i] for i in mine])
 
     def state_dict(self) -> dict:
@@ -119,9 +122,14 @@ class ShuffledBatches:
         refused: it would change what every later step sees."""
         saved = int(state.get("global_batch", self.batch_size * self.num_processes))
         if saved != self.batch_size * self.num_processes:
-            hint = (f"pass --batch {saved // self.num_processes}" if saved % self.num_processes == 0
-                    else f"use a process count that divides {saved}")
-            raise ValueError(f"the checkpoint was written with a global batch of {saved} (--batch x processes); this "
-                             f"run has {self.batch_size} x {self.num_processes} = {self.batch_size * self.num_processes}: "
-                             f"{hint} to continue it exactly")
+            hint = (
+                f"pass --batch {saved // self.num_processes}"
+                if saved % self.num_processes == 0
+                else f"use a process count that divides {saved}"
+            )
+            raise ValueError(
+                f"the checkpoint was written with a global batch of {saved} (--batch x processes); this "
+                f"run has {self.batch_size} x {self.num_processes} = {self.batch_size * self.num_processes}: "
+                f"{hint} to continue it exactly"
+            )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

@@ -12,6 +12,7 @@ The prompts come from the prepared batch ("prompts"; `SDBatchPreparer` passes th
 Full-model distillation (benchmarks/bench_train_memory.py): all of the UNet's parameters as the
 trainable ones and an explicit `teacher` (a separate frozen copy) instead of the LoRA switched off.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,8 +46,10 @@ class DistillSettings:
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.mode != "lcd" and self.lcd.w is None:
-            raise ValueError(f"--mode {self.mode} distils one guidance scale into the LoRA (it has no w input): "
-                             "give a fixed --w instead of --w-min/--w-max")
+            raise ValueError(
+                f"--mode {self.mode} distils one guidance scale into the LoRA (it has no w input): "
+                "give a fixed --w instead of --w-min/--w-max"
+            )
         if self.reward_scale and self.mode == "guidance":
             raise ValueError("--reward needs an LCD mode (lcd or lcd+guidance): it scores the one-step LCM sample")
 
@@ -58,9 +61,11 @@ def unet_fn(unet: torch.nn.Module) -> ModelFn:
 
 def teacher_fn(unet: torch.nn.Module) -> ModelFn:
     """The frozen base: the same UNet with its LoRA switched off, without gradients."""
+
     def run(x, t, cond):
         with torch.no_grad(), adapters_disabled(unet):
             return unet(x, t, **cond, return_dict=False)[0]
+
     return run
 
 
@@ -75,10 +80,18 @@ class LCMDistillTask:
     teacher (e.g. `unet_fn(frozen_copy)`; the objectives call it under no_grad), else the UNet with
     its LoRA switched off (`teacher_fn`)."""
 
-    def __init__(self, unet: torch.nn.Module, lora_params: list[tuple[str, torch.nn.Parameter]],
-                 alphas_cumprod: torch.Tensor, settings: DistillSettings, prepare: Prepare = identity_prepare,
-                 reward: Reward | None = None, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 latent_channels: int = 4, teacher: ModelFn | None = None):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        lora_params: list[tuple[str, torch.nn.Parameter]],
+        alphas_cumprod: torch.Tensor,
+        settings: DistillSettings,
+        prepare: Prepare = identity_prepare,
+        reward: Reward | None = None,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        latent_channels: int = 4,
+        teacher: ModelFn | None = None,
+    ):
         if settings.reward_scale and reward is None:
             raise ValueError("reward_scale is set but no reward was given")
         self.model = unet
@@ -94,11 +107,16 @@ class LCMDistillTask:
         self.proxy = self.proxy_optimizer = None
         if settings.reward_scale and settings.latent_proxy:
             device = lora_params[0][1].device
-            text_dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None) \
-                if is_prompt_conditioned(reward) else None
+            text_dim = (
+                getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+                if is_prompt_conditioned(reward)
+                else None
+            )
             if is_prompt_conditioned(reward) and not isinstance(text_dim, int):
-                raise ValueError("--latent-proxy with a prompt-conditioned reward needs a UNet with one "
-                                 f"cross_attention_dim, got {text_dim!r}")
+                raise ValueError(
+                    "--latent-proxy with a prompt-conditioned reward needs a UNet with one "
+                    f"cross_attention_dim, got {text_dim!r}"
+                )
             self.proxy = LatentProxyReward(latent_channels, text_dim=text_dim).to(device)
             self.proxy_optimizer = torch.optim.Adam(self.proxy.parameters(), lr=settings.proxy_lr)
 
@@ -113,6 +131,7 @@ class LCMDistillTask:
         def run(x, t, cond):
             with self.ema.swapped_in():
                 return student(x, t, cond)
+
         return run
 
     def compute_loss(self, model: torch.nn.Module, batch: Any, ctx: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -123,7 +142,9 @@ class LCMDistillTask:
         s, metrics, loss = self.settings, {}, latents.new_zeros((), dtype=torch.float32)
         if s.mode in ("lcd", "lcd+guidance"):
             draw = draw_lcd_inputs(latents, self.grid, s.lcd, ctx.generator, getattr(ctx, "shard", SINGLE))
-            out = lcd_loss(unet_fn(model), teacher, self._target(model), latents, cond, uncond, acp, self.grid, draw, s.lcd)
+            out = lcd_loss(
+                unet_fn(model), teacher, self._target(model), latents, cond, uncond, acp, self.grid, draw, s.lcd
+            )
             loss = loss + out.loss
             metrics["lcd"] = float(out.loss.detach())
             if s.reward_scale:
@@ -132,9 +153,12 @@ class LCMDistillTask:
         if s.mode in ("guidance", "lcd+guidance"):
             shard, n, rest = getattr(ctx, "shard", SINGLE), latents.shape[0], tuple(latents.shape[1:])
             t = shard.rows(lambda k: torch.randint(0, len(acp), (k,), generator=ctx.generator), n).to(latents.device)
-            noise = shard.rows(lambda k: torch.randn((k, *rest), generator=ctx.generator), n).to(latents.device,
-                                                                                                  latents.dtype)
-            g_loss, _ = guidance_distillation_loss(unet_fn(model), teacher, latents, noise, t, cond, uncond, s.lcd.w, acp)
+            noise = shard.rows(lambda k: torch.randn((k, *rest), generator=ctx.generator), n).to(
+                latents.device, latents.dtype
+            )
+            g_loss, _ = guidance_distillation_loss(
+                unet_fn(model), teacher, latents, noise, t, cond, uncond, s.lcd.w, acp
+            )
             loss = loss + (s.guidance_weight if s.mode == "lcd+guidance" else 1.0) * g_loss
             metrics["guidance"] = float(g_loss.detach())
         return loss, metrics
@@ -144,13 +168,17 @@ class LCMDistillTask:
         is not in DDP: its gradients are averaged over the processes here, so it stays in sync."""
         prompts = data.get("prompts")
         if is_prompt_conditioned(self.reward) and prompts is None:
-            raise ValueError("this reward scores each image against its prompt, but the batches carry no "
-                             "'prompts' (a prepare function must pass them on)")
+            raise ValueError(
+                "this reward scores each image against its prompt, but the batches carry no "
+                "'prompts' (a prepare function must pass them on)"
+            )
         if self.proxy is None:
             reward = self.reward(self.decode(x0.float()), prompts).mean()
             metrics["reward"] = float(reward.detach())
             return reward
-        text = data["cond"]["encoder_hidden_states"].detach().float().mean(dim=1) if self.proxy.text is not None else None
+        text = (
+            data["cond"]["encoder_hidden_states"].detach().float().mean(dim=1) if self.proxy.text is not None else None
+        )
         with torch.no_grad():
             true_reward = self.reward(self.decode(x0.detach().float()), prompts)
         with torch.enable_grad():

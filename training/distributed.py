@@ -12,6 +12,7 @@ need beyond what `Accelerator` already does (DDP wraps the model and all-reduces
 * Joining the launched processes (`state_kwargs`, `check_world`) lives in `processes.py`, shared
   with the batch runner.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +35,7 @@ class Shard:
         if self.count == 1:
             return draw(local_rows)
         drawn = draw(local_rows * self.count)
-        return drawn[self.index * local_rows:(self.index + 1) * local_rows]
+        return drawn[self.index * local_rows : (self.index + 1) * local_rows]
 
 
 SINGLE = Shard()
@@ -75,14 +76,17 @@ def check_in_sync(accelerator: Any, named: dict[str, Any]) -> None:
     items = list(_tensors(named))
     if not items:
         return
-    stats = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
-                         for _, t in items]).to(accelerator.device)
+    stats = torch.stack(
+        [torch.stack([t.detach().double().sum(), t.detach().double().square().sum()]) for _, t in items]
+    ).to(accelerator.device)
     gathered = accelerator.gather(stats.unsqueeze(0)).cpu()  # (processes, tensors, 2)
     differs = (gathered != gathered[:1]).any(dim=2).any(dim=0)
     if bool(differs.any()):
         names = [name for (name, _), bad in zip(items, differs.tolist()) if bad]
-        raise RuntimeError(f"training processes diverged in {len(names)} tensor(s), e.g. {names[:3]}: the "
-                           "processes must run the same code on the same settings (a bug if they do)")
+        raise RuntimeError(
+            f"training processes diverged in {len(names)} tensor(s), e.g. {names[:3]}: the "
+            "processes must run the same code on the same settings (a bug if they do)"
+        )
 
 
 def scale_report(batch: int, num_processes: int, grad_accum: int, lr: float, any_count: bool = True) -> str:
@@ -90,5 +94,7 @@ def scale_report(batch: int, num_processes: int, grad_accum: int, lr: float, any
     drawn per global batch, so the same global batch gives the same run on any number of processes)."""
     effective = batch * num_processes * grad_accum
     why = ": the same global batch gives the same run on any number of processes" if any_count else ""
-    return (f"effective batch {effective} (--batch {batch} x {num_processes} process(es) x --grad-accum "
-            f"{grad_accum}); learning rate {lr:g} (not rescaled with the process count{why})")
+    return (
+        f"effective batch {effective} (--batch {batch} x {num_processes} process(es) x --grad-accum "
+        f"{grad_accum}); learning rate {lr:g} (not rescaled with the process count{why})"
+    )

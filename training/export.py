@@ -1,4 +1,5 @@
 """The distilled LoRA as a file (through `lora_merge.writer`, the project's one LoRA writer)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,9 @@ from .distill import DistillSettings
 from .student import lora_factors
 
 
-def lora_metadata(settings: DistillSettings, family: str, rank: int, alpha: float, steps: int, base: str) -> dict[str, str]:
+def lora_metadata(
+    settings: DistillSettings, family: str, rank: int, alpha: float, steps: int, base: str
+) -> dict[str, str]:
     """What the file says about itself: base family, rank, method, steps, guidance range."""
     lcd = settings.lcd
     w_range = f"{float(lcd.w)}" if lcd.w is not None else f"{float(lcd.w_min)}-{float(lcd.w_max)}"
@@ -31,8 +34,15 @@ def lora_metadata(settings: DistillSettings, family: str, rank: int, alpha: floa
     }
 
 
-def export_lora(unet: torch.nn.Module, path: str | Path, settings: DistillSettings, family: str, steps: int,
-                base: str, lora_format: str = "kohya") -> Path:
+def export_lora(
+    unet: torch.nn.Module,
+    path: str | Path,
+    settings: DistillSettings,
+    family: str,
+    steps: int,
+    base: str,
+    lora_format: str = "kohya",
+) -> Path:
     """Write the UNet's peft LoRA to `path` (kohya by default, or "peft") with metadata."""
     factors, alpha, rank = lora_factors(unet)
     metadata = lora_metadata(settings, family, rank, alpha, steps, base)

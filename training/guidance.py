@@ -6,6 +6,7 @@ scripts write the same estimate as out_c + w' * (out_c - out_u), i.e. w' = w - 1
 In guidance distillation the student (base + LoRA) learns, in ONE forward pass with the
 conditional input, the teacher's two-pass guided output at a fixed w.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -9,6 +9,7 @@ One training step, for a clean latent z and a grid index n drawn uniformly:
     loss  = huber(pred, tgt) = mean(sqrt((pred - tgt)^2 + c^2) - c)   or   mean((pred - tgt)^2)
 The grid, the boundary condition and x0 prediction come from `lcm_scheduler` (one implementation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ class SolverGrid:
 
 def ddim_solver_grid(num_train_timesteps: int = 1000, num_ddim_steps: int = 50) -> SolverGrid:
     """The LCM skipping-step grid (`lcm_scheduler.lcm_timesteps` with all of its points), ascending."""
-    grid = lcm_timesteps(num_ddim_steps, original_inference_steps=num_ddim_steps, num_train_timesteps=num_train_timesteps)
+    grid = lcm_timesteps(
+        num_ddim_steps, original_inference_steps=num_ddim_steps, num_train_timesteps=num_train_timesteps
+    )
     return SolverGrid(grid.flip(0), num_train_timesteps // num_ddim_steps)
 
 
@@ -76,8 +79,13 @@ class LCDDraw:
     w: torch.Tensor  # (batch,) guidance scales
 
 
-def draw_lcd_inputs(latents: torch.Tensor, grid: SolverGrid, settings: LCDSettings,
-                    generator: torch.Generator | None = None, shard: Shard = SINGLE) -> LCDDraw:
+def draw_lcd_inputs(
+    latents: torch.Tensor,
+    grid: SolverGrid,
+    settings: LCDSettings,
+    generator: torch.Generator | None = None,
+    shard: Shard = SINGLE,
+) -> LCDDraw:
     """Grid index, noise and w for a batch, from `generator` (CPU), moved to the latents' device.
     `shard`: the draws are made for the global batch and this process keeps its rows."""
     batch, rest = latents.shape[0], tuple(latents.shape[1:])
@@ -87,20 +95,31 @@ def draw_lcd_inputs(latents: torch.Tensor, grid: SolverGrid, settings: LCDSettin
         w = torch.full((batch,), float(settings.w))
     else:
         w = settings.w_min + (settings.w_max - settings.w_min) * shard.rows(
-            lambda n: torch.rand((n,), generator=generator), batch)
+            lambda n: torch.rand((n,), generator=generator), batch
+        )
     return LCDDraw(index.to(latents.device), noise.to(latents.device, latents.dtype), w.to(latents.device))
 
 
-def consistency_function(model: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: dict, alphas_cumprod: torch.Tensor,
-                         settings: LCDSettings) -> torch.Tensor:
+def consistency_function(
+    model: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: dict, alphas_cumprod: torch.Tensor, settings: LCDSettings
+) -> torch.Tensor:
     """f(x, t) = c_skip(t) x + c_out(t) x0(model(x, t)): the LCM's denoised output."""
     x0, _ = predict_x0_and_eps(model(x, t, cond), x, per_sample(alphas_cumprod[t], x.ndim), settings.prediction_type)
     return consistency_output(x0, x, t, settings.timestep_scaling, settings.sigma_data)
 
 
 @torch.no_grad()
-def guided_ddim_step(teacher: ModelFn, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: dict, uncond: dict,
-                     w: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def guided_ddim_step(
+    teacher: ModelFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    cond: dict,
+    uncond: dict,
+    w: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
     """One DDIM (eta = 0) step of the guided teacher from x_t to timestep s."""
     acp_t = per_sample(alphas_cumprod[t], x.ndim)
     x0_c, eps_c = predict_x0_and_eps(teacher(x, t, cond), x, acp_t, prediction_type)
@@ -129,8 +148,18 @@ class LCDOutput:
     x_s: torch.Tensor
 
 
-def lcd_loss(student: ModelFn, teacher: ModelFn, target: ModelFn, latents: torch.Tensor, cond: dict, uncond: dict,
-             alphas_cumprod: torch.Tensor, grid: SolverGrid, draw: LCDDraw, settings: LCDSettings) -> LCDOutput:
+def lcd_loss(
+    student: ModelFn,
+    teacher: ModelFn,
+    target: ModelFn,
+    latents: torch.Tensor,
+    cond: dict,
+    uncond: dict,
+    alphas_cumprod: torch.Tensor,
+    grid: SolverGrid,
+    draw: LCDDraw,
+    settings: LCDSettings,
+) -> LCDOutput:
     """The LCD loss of one batch for the given random inputs (see the module docstring)."""
     acp = alphas_cumprod.to(latents.device)
     t = grid.timesteps.to(latents.device)[draw.index]

@@ -18,6 +18,7 @@ number of processes that keeps the global batch (the batch source checks it). Wi
 only the main one logs and writes checkpoints, after checking that all hold the same weights and
 task state (`distributed.check_in_sync`).
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,9 @@ class TrainTask(Protocol):
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]: ...
 
-    def compute_loss(self, model: torch.nn.Module, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def compute_loss(
+        self, model: torch.nn.Module, batch: Any, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def after_step(self, ctx: StepContext) -> None: ...
 
@@ -147,8 +150,16 @@ def _set_rng_state(generator: torch.Generator, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(accelerator, work_dir: Path, step: int, task: TrainTask, optimizer, batch_state: dict,
-                     rng_state: dict, config: LoopConfig) -> None:
+def _save_checkpoint(
+    accelerator,
+    work_dir: Path,
+    step: int,
+    task: TrainTask,
+    optimizer,
+    batch_state: dict,
+    rng_state: dict,
+    config: LoopConfig,
+) -> None:
     """Write work_dir/checkpoint atomically (a temporary folder renamed over the old one)."""
     final, tmp = work_dir / CHECKPOINT_DIR, work_dir / (CHECKPOINT_DIR + ".tmp")
     accelerator.wait_for_everyone()
@@ -180,8 +191,9 @@ def _save_checkpoint(accelerator, work_dir: Path, step: int, task: TrainTask, op
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(accelerator, work_dir: Path, task: TrainTask, optimizer, batches: BatchSource,
-                     generator: torch.Generator) -> int:
+def _load_checkpoint(
+    accelerator, work_dir: Path, task: TrainTask, optimizer, batches: BatchSource, generator: torch.Generator
+) -> int:
     """Restore a checkpoint if work_dir has one; returns the step to continue from (0 if none)."""
     folder = work_dir / CHECKPOINT_DIR
     if not (folder / "state.pt").is_file():
@@ -189,8 +201,9 @@ def _load_checkpoint(accelerator, work_dir: Path, task: TrainTask, optimizer, ba
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
     params = dict(task.trainable_parameters())
     if set(params) != set(state["params"]):
-        raise RuntimeError(f"checkpoint {folder} holds other trainable parameters than this run "
-                           f"(different --rank, targets or model?)")
+        raise RuntimeError(
+            f"checkpoint {folder} holds other trainable parameters than this run (different --rank, targets or model?)"
+        )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state["params"][name])
@@ -219,7 +232,7 @@ class _CtrlC:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> "_CtrlC":
+    def __enter__(self) -> _CtrlC:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -244,11 +257,16 @@ def train(task: TrainTask, batches: BatchSource, config: LoopConfig, accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)  # one stream on all processes (module doc)
     if config.gradient_checkpointing:
         if not hasattr(task.model, "enable_gradient_checkpointing"):
-            raise ValueError(f"--gradient-checkpointing: {type(task.model).__name__} has no enable_gradient_checkpointing()")
+            raise ValueError(
+                f"--gradient-checkpointing: {type(task.model).__name__} has no enable_gradient_checkpointing()"
+            )
         task.model.enable_gradient_checkpointing()
     task.model.train()
-    groups = (task.optimizer_groups(config.lr) if hasattr(task, "optimizer_groups")  # own learning rates
-              else [p for _, p in task.trainable_parameters()])
+    groups = (
+        task.optimizer_groups(config.lr)
+        if hasattr(task, "optimizer_groups")  # own learning rates
+        else [p for _, p in task.trainable_parameters()]
+    )
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(task.model, optimizer)
     step = _load_checkpoint(accelerator, work_dir, task, optimizer, batches, generator)
@@ -274,9 +292,14 @@ def train(task: TrainTask, batches: BatchSource, config: LoopConfig, accelerator
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
-            if ctrl_c.requested or step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save_checkpoint(accelerator, work_dir, step, task, optimizer, batches.state_dict(),
-                                 _rng_state(generator), config)
+            if (
+                ctrl_c.requested
+                or step == config.steps
+                or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            ):
+                _save_checkpoint(
+                    accelerator, work_dir, step, task, optimizer, batches.state_dict(), _rng_state(generator), config
+                )
                 _write_plot(accelerator, work_dir, log)
             if ctrl_c.requested:
                 interrupted = True
@@ -328,5 +351,9 @@ def _progress(config: LoopConfig, start: int, accelerator):
 
 def _write_plot(accelerator, work_dir: Path, log: list[dict]) -> None:
     if accelerator.is_main_process and log:
-        draw_loss_plot([r["step"] for r in log], [r["loss"] for r in log], work_dir / LOSS_PLOT,
-                       title=f"loss ({os.path.basename(str(work_dir))})")
+        draw_loss_plot(
+            [r["step"] for r in log],
+            [r["loss"] for r in log],
+            work_dir / LOSS_PLOT,
+            title=f"loss ({os.path.basename(str(work_dir))})",
+        )

@@ -1,4 +1,5 @@
 """A PNG loss curve drawn with pillow (no plotting library needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ def smooth(values: list[float], rate: float = 0.9) -> list[float]:
     return out
 
 
-def draw_loss_plot(steps: list[int], losses: list[float], path: str | Path, title: str = "loss",
-                   size: tuple[int, int] = (720, 400)) -> Path:
+def draw_loss_plot(
+    steps: list[int], losses: list[float], path: str | Path, title: str = "loss", size: tuple[int, int] = (720, 400)
+) -> Path:
     """Raw (grey) and smoothed (blue) loss against step, axes labelled with the ranges."""
     from PIL import Image, ImageDraw
 

@@ -9,9 +9,12 @@ WEIGHT-ONLY: the learned activation step sizes shape the fine-tune (the student 
 fake quantization) but are not stored; the loaded model runs its activations in floating point.
 Exit status as `train lcm-lora`: 0 written, 2 bad arguments or files, 130 interrupted (--resume DIR).
 """
+
 from __future__ import annotations
 
 import argparse
+
+from .run_options import add_run_options, report_interrupted, work_dir_of
 
 
 def add_qalora_command(methods: argparse._SubParsersAction) -> None:
@@ -20,13 +23,27 @@ def add_qalora_command(methods: argparse._SubParsersAction) -> None:
 
     p = methods.add_parser("qalora", help="QALoRA fine-tune of a low-bit UNet (EfficientDM), saved quantized")
     p.add_argument("--base", required=True, help="single-file SD1.5 / SDXL checkpoint (.safetensors)")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE:WEIGHT",
-                   help="LoRA file and weight merged into the UNet first (repeatable; weight defaults to 1.0)")
-    p.add_argument("--format", required=True, choices=("int8", "int4", "fp8_e4m3fn", "fp8", "fp8_e4m3"),
-                   metavar="{int8,int4,fp8_e4m3fn}", help="weight format (fp8 and fp8_e4m3 are aliases of fp8_e4m3fn)")
-    p.add_argument("--act-bits", type=int, default=0,
-                   help="activation fake-quantization bits during the fine-tune (default 0: none, i.e. exactly the "
-                        "weight-only model that is exported); activation step sizes are not exported")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE:WEIGHT",
+        help="LoRA file and weight merged into the UNet first (repeatable; weight defaults to 1.0)",
+    )
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("int8", "int4", "fp8_e4m3fn", "fp8", "fp8_e4m3"),
+        metavar="{int8,int4,fp8_e4m3fn}",
+        help="weight format (fp8 and fp8_e4m3 are aliases of fp8_e4m3fn)",
+    )
+    p.add_argument(
+        "--act-bits",
+        type=int,
+        default=0,
+        help="activation fake-quantization bits during the fine-tune (default 0: none, i.e. exactly the "
+        "weight-only model that is exported); activation step sizes are not exported",
+    )
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--keep", default="default", help="layer-name globs kept in high precision (as `quantize`)")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="int4 group size")
@@ -36,12 +53,15 @@ def add_qalora_command(methods: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="trajectories per batch (per process)")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate (updates in quantization-step units)")
-    p.add_argument("--step-lr", type=float, default=1e-3,
-                   help="step-size learning rate, relative: a fraction of each step-size tensor's mean per update")
+    p.add_argument(
+        "--step-lr",
+        type=float,
+        default=1e-3,
+        help="step-size learning rate, relative: a fraction of each step-size tensor's mean per update",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
-    from .cli import add_run_options
 
     add_run_options(p)
 
@@ -63,13 +83,12 @@ def run_qalora(args: argparse.Namespace) -> int:
     """Run `train qalora` (errors propagate to `cli.run_train_command`, which prints them)."""
     import torch
 
-    from ..hosts.standalone.checkpoint_loader import load_checkpoint
-    from ..hosts.standalone.lora import activate_patches, add_loras
-    from ..hosts.standalone.quantize import QUANT_OPTION, private_unet_copy, write_quantized_checkpoint
-    from ..hosts.standalone.quantize_cli import load_lora_args
     from ..quantize import is_quantized
     from ..quantize.qalora import build_qalora_student, export_qalora
-    from .cli import _work_dir, report_interrupted
+    from ..runtime.checkpoints import load_checkpoint
+    from ..runtime.lora_files import load_lora_args
+    from ..runtime.lora_state import activate_patches, add_loras
+    from ..runtime.quantized import QUANT_OPTION, private_unet_copy, write_quantized_checkpoint
     from .conditioning import SDBatchPreparer
     from .distributed import scale_report
     from .loop import LoopConfig, make_accelerator, train
@@ -77,23 +96,33 @@ def run_qalora(args: argparse.Namespace) -> int:
 
     _check(args)
     prompts = read_prompts(args.prompts)
-    work_dir = _work_dir(args)
-    config = LoopConfig(steps=args.steps, work_dir=work_dir, lr=args.lr, device=args.device, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    work_dir = work_dir_of(args)
+    config = LoopConfig(
+        steps=args.steps,
+        work_dir=work_dir,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+    )
     model, clip, _ = load_checkpoint(args.base)
     if is_quantized(model.unet):
         raise ValueError(f"--base {args.base} is already quantized: fine-tune from the float checkpoint")
     if model.prediction_type != "epsilon":
-        raise ValueError(f"--base {args.base}: QALoRA's teacher trajectories assume an epsilon model, "
-                         f"this one predicts {model.prediction_type}")
+        raise ValueError(
+            f"--base {args.base}: QALoRA's teacher trajectories assume an epsilon model, "
+            f"this one predicts {model.prediction_type}"
+        )
     loras = load_lora_args(args.lora)
     if loras:
         model = add_loras(model, loras)
     activate_patches(model)  # the LoRAs merged into the (shared) float UNet
     teacher = private_unet_copy(model.unet, []).float().eval().requires_grad_(False)
     torch.manual_seed(args.seed)  # the LoRA A factors
-    student = build_qalora_student(teacher, args.format, args.rank, args.lcm_steps, args.act_bits or None,
-                                   args.keep, args.group_size)
+    student = build_qalora_student(
+        teacher, args.format, args.rank, args.lcm_steps, args.act_bits or None, args.keep, args.group_size
+    )
 
     accelerator = make_accelerator(config)
     device = accelerator.device
@@ -103,9 +132,17 @@ def run_qalora(args: argparse.Namespace) -> int:
         encoder.to(device)
     side = args.resolution // 8
     preparer = SDBatchPreparer(clip, None, None, args.resolution, device)
-    batches = TrajectoryBatches(OnDevice(teacher), preparer.conditioning, prompts, args.lcm_steps,
-                                (args.batch, 4, side, side), args.seed, model.noise_schedule,
-                                process_index=accelerator.process_index, num_processes=accelerator.num_processes)
+    batches = TrajectoryBatches(
+        OnDevice(teacher),
+        preparer.conditioning,
+        prompts,
+        args.lcm_steps,
+        (args.batch, 4, side, side),
+        args.seed,
+        model.noise_schedule,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+    )
     task = QALoRATask(student, teacher, calibration=batches.trajectory(0), step_lr=args.step_lr)
     if accelerator.is_main_process:
         print(scale_report(args.batch, accelerator.num_processes, 1, args.lr, any_count=False), flush=True)
@@ -118,7 +155,9 @@ def run_qalora(args: argparse.Namespace) -> int:
         path = write_quantized_checkpoint(args.out, host, args.base)
         report = host.model_options[QUANT_OPTION]
         print(report.summary())
-        print(f"wrote {path} (QALoRA {report.format}, rank {args.rank}, {result.steps_done} steps; weight-only: "
-              f"activation step sizes are not stored); loss log in {work_dir}")
+        print(
+            f"wrote {path} (QALoRA {report.format}, rank {args.rank}, {result.steps_done} steps; weight-only: "
+            f"activation step sizes are not stored); loss log in {work_dir}"
+        )
     accelerator.wait_for_everyone()
     return 0

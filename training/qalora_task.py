@@ -22,6 +22,7 @@ the max-abs rule on one trajectory, per sampling step) instead of lazily on the 
 Devices: batches live on the CPU (the generators are CPU generators); `OnDevice` runs each UNet on
 its own device and hands outputs back on the inputs' device, so the same code runs on CPU and CUDA.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -67,8 +68,14 @@ class OnDevice(torch.nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, encoder_hidden_states: torch.Tensor,
-                added_cond_kwargs: dict | None = None, **kwargs: Any):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict | None = None,
+        **kwargs: Any,
+    ):
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         device = self._device()
@@ -76,8 +83,13 @@ class OnDevice(torch.nn.Module):
             timestep = timestep.to(device)
         if added_cond_kwargs is not None:
             added_cond_kwargs = {k: v.to(device) for k, v in added_cond_kwargs.items()}
-        out = self.unet(sample.to(device), timestep, encoder_hidden_states=encoder_hidden_states.to(device),
-                        added_cond_kwargs=added_cond_kwargs, **kwargs).sample
+        out = self.unet(
+            sample.to(device),
+            timestep,
+            encoder_hidden_states=encoder_hidden_states.to(device),
+            added_cond_kwargs=added_cond_kwargs,
+            **kwargs,
+        ).sample
         return UNet2DConditionOutput(sample=out.to(sample.device))
 
 
@@ -109,9 +121,19 @@ class TrajectoryBatches:
     step per batch. Trajectory k uses seed `seed * 1_000_003 + k` (k counted over all processes) and
     prompts k*B .. k*B + B - 1 (cycled); its position is the only state, so resume is exact."""
 
-    def __init__(self, teacher: torch.nn.Module, conditioning: Callable[[list[str]], dict], prompts: Sequence[str],
-                 steps: int, latent_shape: Sequence[int], seed: int = 0, noise_schedule: dict | None = None,
-                 original_inference_steps: int = 50, process_index: int = 0, num_processes: int = 1):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        conditioning: Callable[[list[str]], dict],
+        prompts: Sequence[str],
+        steps: int,
+        latent_shape: Sequence[int],
+        seed: int = 0,
+        noise_schedule: dict | None = None,
+        original_inference_steps: int = 50,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ):
         if steps < 1:
             raise ValueError(f"--lcm-steps must be >= 1, got {steps}")
         if not prompts:
@@ -131,9 +153,15 @@ class TrajectoryBatches:
         batch = self.latent_shape[0]
         cond = self.conditioning([self.prompts[(k * batch + j) % len(self.prompts)] for j in range(batch)])
         trajectory = teacher_trajectories(
-            self.teacher, cond["encoder_hidden_states"].cpu(), self.steps, self.latent_shape,
-            seed=self.seed * 1_000_003 + k, original_inference_steps=self.original_inference_steps,
-            added_cond_kwargs=cond.get("added_cond_kwargs"), noise_schedule=self.noise_schedule)
+            self.teacher,
+            cond["encoder_hidden_states"].cpu(),
+            self.steps,
+            self.latent_shape,
+            seed=self.seed * 1_000_003 + k,
+            original_inference_steps=self.original_inference_steps,
+            added_cond_kwargs=cond.get("added_cond_kwargs"),
+            noise_schedule=self.noise_schedule,
+        )
         self._cached = (index, trajectory)
         return trajectory
 
@@ -150,9 +178,11 @@ class TrajectoryBatches:
         rank), so only the same process count and --batch continue exactly; others are refused."""
         saved = (int(state.get("num_processes", self.num_processes)), int(state.get("batch", self.latent_shape[0])))
         if saved != (self.num_processes, self.latent_shape[0]):
-            raise ValueError(f"this QALoRA checkpoint was written by {saved[0]} process(es) with --batch {saved[1]}; its "
-                             "data-free trajectories are numbered per process, so resume it with the same process "
-                             f"count and --batch (now {self.num_processes} and {self.latent_shape[0]})")
+            raise ValueError(
+                f"this QALoRA checkpoint was written by {saved[0]} process(es) with --batch {saved[1]}; its "
+                "data-free trajectories are numbered per process, so resume it with the same process "
+                f"count and --batch (now {self.num_processes} and {self.latent_shape[0]})"
+            )
         self.position = int(state["position"])
 
 
@@ -172,8 +202,13 @@ class QALoRATask:
     """`loop.TrainTask` for QALoRA: loss = MSE(student eps, teacher eps) at one sampling step
     (`qalora_step`, which also selects that step's activation step sizes)."""
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, calibration: TrajectoryBatch | None = None,
-                 step_lr: float = 1e-3):
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        calibration: TrajectoryBatch | None = None,
+        step_lr: float = 1e-3,
+    ):
         if not qalora_layers(student):
             raise ValueError("the student has no QALoRA layer (build it with build_qalora_student)")
         if step_lr < 0:
@@ -184,11 +219,16 @@ class QALoRATask:
         self.step_lr = step_lr
         if calibration is not None:
             calibrate_activation_steps(self.model, calibration)
-        uncalibrated = [n for n, layer in qalora_layers(student)
-                        if layer.act_quant is not None and not bool(layer.act_quant.initialized.all())]
+        uncalibrated = [
+            n
+            for n, layer in qalora_layers(student)
+            if layer.act_quant is not None and not bool(layer.act_quant.initialized.all())
+        ]
         if uncalibrated:
-            raise ValueError(f"activation step sizes of {uncalibrated[:3]} are not calibrated: pass a calibration "
-                             "trajectory with one latent per sampling step")
+            raise ValueError(
+                f"activation step sizes of {uncalibrated[:3]} are not calibrated: pass a calibration "
+                "trajectory with one latent per sampling step"
+            )
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -201,8 +241,9 @@ class QALoRATask:
             out.append({"params": [p], "lr": self.step_lr * float(p.detach().abs().mean())})
         return out
 
-    def compute_loss(self, model: torch.nn.Module, batch: QALoRABatch,
-                     ctx: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(
+        self, model: torch.nn.Module, batch: QALoRABatch, ctx: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss = qalora_step(model, self.teacher, batch.trajectory, batch.step_index)
         return loss, {"sampling_step": float(batch.step_index)}
 
@@ -212,8 +253,11 @@ class QALoRATask:
     def state_dict(self) -> dict:
         """Everything that changes in training is a trainable parameter (saved by the loop) except the
         activation quantizers' calibration flags, saved here."""
-        flags = {n: layer.act_quant.initialized.cpu().clone() for n, layer in qalora_layers(self.student)
-                 if layer.act_quant is not None}
+        flags = {
+            n: layer.act_quant.initialized.cpu().clone()
+            for n, layer in qalora_layers(self.student)
+            if layer.act_quant is not None
+        }
         return {"act_initialized": flags}
 
     def load_state_dict(self, state: dict) -> None:
@@ -221,26 +265,40 @@ class QALoRATask:
         for name, layer in qalora_layers(self.student):
             if layer.act_quant is not None:
                 if name not in flags:
-                    raise RuntimeError(f"checkpoint has no activation quantizer state for layer {name!r} "
-                                       "(different --act-bits or --keep?)")
+                    raise RuntimeError(
+                        f"checkpoint has no activation quantizer state for layer {name!r} "
+                        "(different --act-bits or --keep?)"
+                    )
                 layer.act_quant.initialized.copy_(flags[name])
 
 
-def quantized_model_host(model, exported_unet: torch.nn.Module, fmt: str, group_size: int,
-                         keep: str | Sequence[str] | None, float_unet: torch.nn.Module):
+def quantized_model_host(
+    model,
+    exported_unet: torch.nn.Module,
+    fmt: str,
+    group_size: int,
+    keep: str | Sequence[str] | None,
+    float_unet: torch.nn.Module,
+):
     """A standalone MODEL (ModelHost) holding the exported quantized UNet, with the QuantizeReport
     `write_quantized_checkpoint` reads (kept layers from `float_unet`, the teacher)."""
     from dataclasses import replace
 
-    from ..hosts.standalone.quantize import QUANT_OPTION
     from ..quantize import QuantizeReport, normalize_format, quantized_layers, split_layers, weight_bytes
+    from ..runtime.quantized import QUANT_OPTION
 
     fmt = normalize_format(fmt)
     todo, kept, patterns = split_layers(float_unet, keep)
     layers = quantized_layers(exported_unet)
-    report = QuantizeReport(fmt, group_size if fmt == "int4" else None, patterns,
-                            quantized=[n for n, _ in layers], kept=kept, bytes_before=weight_bytes(m for _, m in todo),
-                            bytes_after=weight_bytes(m for _, m in layers))
+    report = QuantizeReport(
+        fmt,
+        group_size if fmt == "int4" else None,
+        patterns,
+        quantized=[n for n, _ in layers],
+        kept=kept,
+        bytes_before=weight_bytes(m for _, m in todo),
+        bytes_after=weight_bytes(m for _, m in layers),
+    )
     clone = replace(model.clone(), unet=exported_unet, patches=[])
     clone.model_options[QUANT_OPTION] = report
     return clone

@@ -19,6 +19,7 @@ centre-cropped; bicubic, antialiased) and normalised with CLIP's mean and std. S
 square, where both are one resize. ImageReward's scorer resizes 8-bit PIL images, so where a
 resize happens its scores differ slightly from ours (8-bit rounding; ours stay differentiable).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ def preprocess_images(images: torch.Tensor, size: int, fit: str = "crop") -> tor
         height, width = new_size
     if fit == "crop":
         top, left = (height - size) // 2, (width - size) // 2
-        images = images[..., top:top + size, left:left + size]
+        images = images[..., top : top + size, left : left + size]
     elif (height, width) != (size, size):
         pad_h, pad_w = size - height, size - width
         images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
@@ -65,8 +66,8 @@ def preprocess_images(images: torch.Tensor, size: int, fit: str = "crop") -> tor
 def load_checkpoint_state(model_file: str | Path, name: str) -> dict[str, torch.Tensor]:
     """The tensors of a reward checkpoint (.safetensors, or pickled: read weights-only), without a
     "state_dict" wrapper or DataParallel's "module." prefix."""
-    from ..hosts.standalone.checkpoint_config import CheckpointFormatError
-    from ..hosts.standalone.checkpoint_loader import read_state_dict
+    from ..runtime.checkpoint_config import CheckpointFormatError
+    from ..runtime.checkpoints import read_state_dict
 
     path = Path(model_file)
     if not path.is_file():
@@ -94,8 +95,10 @@ def _take(state: dict, key: str, name: str, path: str | Path) -> torch.Tensor:
 
 def _refuse_leftovers(state: dict, name: str, path: str | Path) -> None:
     if state:
-        raise ValueError(f"--reward-model {path}: the {name} checkpoint has tensors this loader does not "
-                         f"know (an unsupported variant?): {sorted(state)[:8]}")
+        raise ValueError(
+            f"--reward-model {path}: the {name} checkpoint has tensors this loader does not "
+            f"know (an unsupported variant?): {sorted(state)[:8]}"
+        )
 
 
 def _tokenizer_file(directory: str | Path, filename: str, name: str) -> Path:
@@ -123,10 +126,11 @@ class HPSv2Reward(torch.nn.Module):
 
     def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
         device = self.clip.logit_scale.device
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.context_length,
-                             truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.context_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
         hidden = self.clip.text_model(input_ids=ids).last_hidden_state
-        end = (ids == self.eos_token_id).int().argmax(dim=1)   # first end-of-text token: open_clip's pooling
+        end = (ids == self.eos_token_id).int().argmax(dim=1)  # first end-of-text token: open_clip's pooling
         return F.normalize(self.clip.text_projection(hidden[torch.arange(len(ids), device=device), end]), dim=-1)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,22 +167,36 @@ def _open_clip_to_transformers(state: dict, path: str | Path) -> tuple[dict, dic
         "text_projection.weight": text_proj.t().contiguous(),
         "logit_scale": _take(state, "logit_scale", name, path).reshape(()),
     }
-    for src, dst in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
-                     ("ln_final", "text_model.final_layer_norm")):
+    for src, dst in (
+        ("visual.ln_pre", "vision_model.pre_layrnorm"),
+        ("visual.ln_post", "vision_model.post_layernorm"),
+        ("ln_final", "text_model.final_layer_norm"),
+    ):
         for p in ("weight", "bias"):
             out[f"{dst}.{p}"] = _take(state, f"{src}.{p}", name, path)
     vision_layers = _count_blocks(state, "visual.transformer.resblocks.")
     text_layers = _count_blocks(state, "transformer.resblocks.")
-    for src, dst, layers in (("visual.transformer.resblocks", "vision_model.encoder.layers", vision_layers),
-                             ("transformer.resblocks", "text_model.encoder.layers", text_layers)):
+    for src, dst, layers in (
+        ("visual.transformer.resblocks", "vision_model.encoder.layers", vision_layers),
+        ("transformer.resblocks", "text_model.encoder.layers", text_layers),
+    ):
         for i in range(layers):
             s, d = f"{src}.{i}", f"{dst}.{i}"
-            for q, p in zip(("q_proj", "k_proj", "v_proj"), _take(state, f"{s}.attn.in_proj_weight", name, path).chunk(3)):
+            for q, p in zip(
+                ("q_proj", "k_proj", "v_proj"), _take(state, f"{s}.attn.in_proj_weight", name, path).chunk(3)
+            ):
                 out[f"{d}.self_attn.{q}.weight"] = p
-            for q, p in zip(("q_proj", "k_proj", "v_proj"), _take(state, f"{s}.attn.in_proj_bias", name, path).chunk(3)):
+            for q, p in zip(
+                ("q_proj", "k_proj", "v_proj"), _take(state, f"{s}.attn.in_proj_bias", name, path).chunk(3)
+            ):
                 out[f"{d}.self_attn.{q}.bias"] = p
-            for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+            for a, b in (
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ):
                 for p in ("weight", "bias"):
                     out[f"{d}.{b}.{p}"] = _take(state, f"{s}.{a}.{p}", name, path)
     _refuse_leftovers(state, name, path)
@@ -186,16 +204,26 @@ def _open_clip_to_transformers(state: dict, path: str | Path) -> tuple[dict, dic
     config = {
         "projection_dim": visual_proj.shape[1],
         "vision_config": {
-            "hidden_size": vision_width, "patch_size": patch, "image_size": grid * patch,
-            "num_hidden_layers": vision_layers, "intermediate_size": mlp("vision_model.encoder.layers"),
+            "hidden_size": vision_width,
+            "patch_size": patch,
+            "image_size": grid * patch,
+            "num_hidden_layers": vision_layers,
+            "intermediate_size": mlp("vision_model.encoder.layers"),
             "num_attention_heads": vision_width // _OPEN_CLIP_VISION_HEAD_WIDTH.get(vision_width, 64),
-            "projection_dim": visual_proj.shape[1], "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "projection_dim": visual_proj.shape[1],
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
         },
         "text_config": {
-            "vocab_size": tokens.shape[0], "hidden_size": text_width, "max_position_embeddings": text_positions.shape[0],
-            "num_hidden_layers": text_layers, "intermediate_size": mlp("text_model.encoder.layers"),
-            "num_attention_heads": text_width // 64, "projection_dim": text_proj.shape[1],
-            "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "vocab_size": tokens.shape[0],
+            "hidden_size": text_width,
+            "max_position_embeddings": text_positions.shape[0],
+            "num_hidden_layers": text_layers,
+            "intermediate_size": mlp("text_model.encoder.layers"),
+            "num_attention_heads": text_width // 64,
+            "projection_dim": text_proj.shape[1],
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
         },
     }
     return config, out
@@ -233,18 +261,23 @@ class ImageRewardModel(torch.nn.Module):
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         _check_batch(images, prompts, "imagereward")
         device = self.head[0].weight.device
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                max_length=IMAGEREWARD_MAX_TOKENS, return_tensors="pt").to(device)
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=IMAGEREWARD_MAX_TOKENS, return_tensors="pt"
+        ).to(device)
         pixels = preprocess_images(images, self.image_size).to(self.head[0].weight.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
-        hidden = self.text(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                           encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask).last_hidden_state
+        hidden = self.text(
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
         score = self.head(hidden[:, 0]).squeeze(-1)
         return ((score - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).float()
 
 
-_IMAGEREWARD_HEAD = (0, 2, 4, 6, 7)   # the Linear layers of ImageReward's MLP (dropouts between)
+_IMAGEREWARD_HEAD = (0, 2, 4, 6, 7)  # the Linear layers of ImageReward's MLP (dropouts between)
 _IMAGEREWARD_UNUSED = ("blip.vision_proj.", "blip.text_proj.", "blip.text_encoder.embeddings.position_ids")
 
 
@@ -268,29 +301,47 @@ def _imagereward_to_transformers(state: dict, path: str | Path) -> tuple[dict, d
     }
     vision_layers = _count_blocks(state, v + "blocks.")
     for i in range(vision_layers):
-        for a, b in (("norm1", "layer_norm1"), ("attn.qkv", "self_attn.qkv"), ("attn.proj", "self_attn.projection"),
-                     ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        for a, b in (
+            ("norm1", "layer_norm1"),
+            ("attn.qkv", "self_attn.qkv"),
+            ("attn.proj", "self_attn.projection"),
+            ("norm2", "layer_norm2"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
             for p in ("weight", "bias"):
                 vision[f"encoder.layers.{i}.{b}.{p}"] = _take(state, f"{v}blocks.{i}.{a}.{p}", name, path)
-    text = {k[len(t):]: state.pop(k) for k in [k for k in state if k.startswith(t)]}
+    text = {k[len(t) :]: state.pop(k) for k in [k for k in state if k.startswith(t)]}
     if "embeddings.word_embeddings.weight" not in text:
         raise ValueError(f"--reward-model {path}: not a {name} checkpoint (no '{t}embeddings.word_embeddings.weight')")
-    head = [(_take(state, f"mlp.layers.{i}.weight", name, path), _take(state, f"mlp.layers.{i}.bias", name, path))
-            for i in _IMAGEREWARD_HEAD]
+    head = [
+        (_take(state, f"mlp.layers.{i}.weight", name, path), _take(state, f"mlp.layers.{i}.bias", name, path))
+        for i in _IMAGEREWARD_HEAD
+    ]
     _refuse_leftovers(state, name, path)
     words = text["embeddings.word_embeddings.weight"]
     text_layers = _count_blocks(text, "encoder.layer.")
     vision_config = {
-        "hidden_size": width, "patch_size": patch, "image_size": grid * patch, "num_hidden_layers": vision_layers,
-        "intermediate_size": vision["encoder.layers.0.mlp.fc1.weight"].shape[0], "num_attention_heads": width // 64,
-        "layer_norm_eps": 1e-6, "hidden_act": "gelu",
+        "hidden_size": width,
+        "patch_size": patch,
+        "image_size": grid * patch,
+        "num_hidden_layers": vision_layers,
+        "intermediate_size": vision["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "num_attention_heads": width // 64,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu",
     }
     text_config = {
-        "vocab_size": words.shape[0], "hidden_size": words.shape[1], "encoder_hidden_size": width,
+        "vocab_size": words.shape[0],
+        "hidden_size": words.shape[1],
+        "encoder_hidden_size": width,
         "max_position_embeddings": text["embeddings.position_embeddings.weight"].shape[0],
-        "num_hidden_layers": text_layers, "num_attention_heads": words.shape[1] // 64,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": words.shape[1] // 64,
         "intermediate_size": text["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        "layer_norm_eps": 1e-12, "hidden_act": "gelu", "is_decoder": True,   # is_decoder builds the cross-attention
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "is_decoder": True,  # is_decoder builds the cross-attention
     }
     return vision_config, text_config, {"vision": vision, "text": text}, head
 
@@ -307,10 +358,15 @@ def load_imagereward(model_file: str | Path, tokenizer_dir: str | Path) -> Image
     tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})  # as BLIP does
     _check_vocabulary(len(tokenizer), text_config["vocab_size"], "imagereward", model_file)
-    vision = _build(lambda: BlipVisionModel(BlipVisionConfig(**vision_config)), converted["vision"],
-                    "imagereward", model_file)
-    text = _build(lambda: BlipTextModel(BlipTextConfig(**text_config), add_pooling_layer=False), converted["text"],
-                  "imagereward", model_file)
+    vision = _build(
+        lambda: BlipVisionModel(BlipVisionConfig(**vision_config)), converted["vision"], "imagereward", model_file
+    )
+    text = _build(
+        lambda: BlipTextModel(BlipTextConfig(**text_config), add_pooling_layer=False),
+        converted["text"],
+        "imagereward",
+        model_file,
+    )
     linears = []
     for weight, bias in head_weights:
         layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
@@ -324,18 +380,24 @@ def load_imagereward(model_file: str | Path, tokenizer_dir: str | Path) -> Image
 
 def _check_batch(images: torch.Tensor, prompts: list[str] | None, name: str) -> None:
     if prompts is None or len(prompts) != images.shape[0]:
-        raise ValueError(f"--reward {name} scores each image against its prompt: got {images.shape[0]} images "
-                         f"and {'no' if prompts is None else len(prompts)} prompts")
+        raise ValueError(
+            f"--reward {name} scores each image against its prompt: got {images.shape[0]} images "
+            f"and {'no' if prompts is None else len(prompts)} prompts"
+        )
 
 
 def _check_vocabulary(tokens: int, embeddings: int, name: str, path: str | Path) -> None:
     if tokens > embeddings:
-        raise ValueError(f"--reward-model {path}: the tokenizer has {tokens} tokens but the {name} text encoder only "
-                         f"{embeddings} embeddings: wrong --reward-tokenizer folder?")
+        raise ValueError(
+            f"--reward-model {path}: the tokenizer has {tokens} tokens but the {name} text encoder only "
+            f"{embeddings} embeddings: wrong --reward-tokenizer folder?"
+        )
 
 
 def _build(build, state: dict, name: str, path: str | Path) -> torch.nn.Module:
     """`build()` filled with exactly `state` (no random initialisation first), float32 on the CPU."""
-    from ..hosts.standalone.checkpoint_loader import build_with_weights
+    from ..runtime.checkpoints import build_with_weights
 
-    return build_with_weights(build, state, f"{name} model", f"--reward-model {path}", torch.device("cpu"), torch.float32)
+    return build_with_weights(
+        build, state, f"{name} model", f"--reward-model {path}", torch.device("cpu"), torch.float32
+    )

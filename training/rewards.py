@@ -9,6 +9,7 @@ score each image against its prompt (`prompt_conditioned = True`).
 prompt-conditioned reward, the prompt's text embedding), trained online to regress the pixel
 reward, used instead of decode + reward for the student's gradient.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,9 +25,11 @@ _REGISTRY: dict[str, RewardFactory] = {}
 
 def register_reward(name: str) -> Callable:
     """Decorator: register a factory `factory(model_file, tokenizer_dir) -> reward` under `name`."""
+
     def decorate(factory: RewardFactory) -> RewardFactory:
         _REGISTRY[name] = factory
         return factory
+
     return decorate
 
 
@@ -75,13 +78,16 @@ def _saturation(model_file: str | None, tokenizer_dir: str | None) -> Reward:
 
 def _no_file(name: str, model_file: str | None, tokenizer_dir: str | None) -> None:
     if model_file is not None or tokenizer_dir is not None:
-        raise ValueError(f"--reward {name} is built in and takes no --reward-model / --reward-tokenizer "
-                         f"(got {model_file or tokenizer_dir})")
+        raise ValueError(
+            f"--reward {name} is built in and takes no --reward-model / --reward-tokenizer "
+            f"(got {model_file or tokenizer_dir})"
+        )
 
 
 def _model_reward(name: str, tokenizer_files: tuple[str, ...]) -> RewardFactory:
     def factory(model_file: str | None, tokenizer_dir: str | None) -> Reward:
         from . import reward_models
+
         if model_file is None:
             raise ValueError(f"--reward {name} needs its weights: pass --reward-model FILE (nothing is downloaded)")
         if not Path(model_file).is_file():
@@ -89,9 +95,12 @@ def _model_reward(name: str, tokenizer_files: tuple[str, ...]) -> RewardFactory:
         if tokenizer_dir is None:
             tokenizer_dir = str(Path(model_file).parent)
             if not all((Path(tokenizer_dir) / f).is_file() for f in tokenizer_files):
-                raise ValueError(f"--reward {name} needs its tokenizer ({' + '.join(tokenizer_files)}): pass "
-                                 f"--reward-tokenizer DIR, or put the files next to {model_file}")
+                raise ValueError(
+                    f"--reward {name} needs its tokenizer ({' + '.join(tokenizer_files)}): pass "
+                    f"--reward-tokenizer DIR, or put the files next to {model_file}"
+                )
         return getattr(reward_models, f"load_{name}")(model_file, tokenizer_dir)
+
     return factory
 
 
@@ -107,10 +116,15 @@ class LatentProxyReward(torch.nn.Module):
     def __init__(self, channels: int = 4, width: int = 32, text_dim: int | None = None):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), torch.nn.SiLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 1),
+            torch.nn.Conv2d(channels, width, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(width, 1),
         )
         self.text = None
         if text_dim:

@@ -3,6 +3,7 @@
 Timesteps are the LCM skipping-step grid of `steps` points (`lcm_scheduler.lcm_timesteps` with
 original_inference_steps = steps), descending; the last step returns the x0 prediction.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,16 @@ from .guidance import ModelFn, cfg_combine
 
 
 @torch.no_grad()
-def ddim_sample(model: ModelFn, noise: torch.Tensor, cond: dict, uncond: dict | None, w: float,
-                alphas_cumprod: torch.Tensor, steps: int, prediction_type: str = "epsilon") -> torch.Tensor:
+def ddim_sample(
+    model: ModelFn,
+    noise: torch.Tensor,
+    cond: dict,
+    uncond: dict | None,
+    w: float,
+    alphas_cumprod: torch.Tensor,
+    steps: int,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
     """Sample from `noise` (at t = T-1) with `steps` DDIM steps and guidance `w` (uncond unused at w = 1)."""
     acp = alphas_cumprod.to(noise.device)
     timesteps = lcm_timesteps(steps, original_inference_steps=steps, num_train_timesteps=len(acp)).to(noise.device)

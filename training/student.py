@@ -4,6 +4,7 @@ The teacher is the same UNet with the adapter switched off (`adapters_disabled`)
 costs one UNet in memory. The target network is the student under no_grad, or an EMA of its LoRA
 weights swapped in for the target pass (`LoraEMA`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +15,20 @@ import torch
 # The modules diffusers' LCM-LoRA scripts put a LoRA on (attention, feed-forward, proj_in/out,
 # resnet convs and time projections, down/upsampler convs); peft matches them as name suffixes.
 LCM_LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
 )
 ADAPTER = "default"
 
@@ -30,13 +43,13 @@ def require_training_packages() -> None:
             missing.append(name)
     if missing:
         raise ImportError(
-            f"training needs {' and '.join(missing)}, which is not installed: "
-            'pip install "comfyui-lcm-accel[train]"'
+            f'training needs {" and ".join(missing)}, which is not installed: pip install "comfyui-lcm-accel[train]"'
         )
 
 
-def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None,
-             targets: tuple[str, ...] = LCM_LORA_TARGETS) -> list[tuple[str, torch.nn.Parameter]]:
+def add_lora(
+    unet: torch.nn.Module, rank: int, alpha: float | None = None, targets: tuple[str, ...] = LCM_LORA_TARGETS
+) -> list[tuple[str, torch.nn.Parameter]]:
     """Freeze `unet`, add a trainable LoRA (B = 0: the student starts equal to the teacher);
     returns the LoRA parameters by name. Draws the A factors from torch's global RNG."""
     require_training_packages()

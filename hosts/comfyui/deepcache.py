@@ -14,6 +14,7 @@ runs); a partial call's shims replay them instead of computing.
 `skip_plan` maps a cache branch onto LDM blocks from plain structural tags, so it is shared by
 the host and by tests that cross-check it against the diffusers UNet's skipped layers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,19 +76,25 @@ def skip_plan(input_tags: Sequence[str], output_tags: Sequence[str], branch: int
     Up path: groups per level, deepest first, each layer counted from the end of its group.
     """
     if len(input_tags) != len(output_tags):
-        raise ValueError(f"DeepCache: the UNet has {len(input_tags)} input blocks but {len(output_tags)} "
-                         "output blocks; it needs one skip connection per output block")
+        raise ValueError(
+            f"DeepCache: the UNet has {len(input_tags)} input blocks but {len(output_tags)} "
+            "output blocks; it needs one skip connection per output block"
+        )
     groups = _output_levels(output_tags)
     num_levels = input_tags.count(DOWN) + 1
     if len(groups) != num_levels or len(set(groups)) != 1:
-        raise ValueError(f"DeepCache: the UNet's up path has levels of {groups} blocks for {num_levels} down "
-                         "levels; it needs the same number of blocks in every up level")
+        raise ValueError(
+            f"DeepCache: the UNet's up path has levels of {groups} blocks for {num_levels} down "
+            "levels; it needs the same number of blocks in every up level"
+        )
     layers = groups[0]
     try:
         point = cache_point(branch, num_levels, layers)
     except ValueError:
-        raise ValueError(f"DeepCache: cache_depth {branch} is too deep for this UNet ({num_levels} levels of "
-                         f"{layers} layers): choose cache_depth 0..{num_levels * layers - 1}") from None
+        raise ValueError(
+            f"DeepCache: cache_depth {branch} is too deep for this UNet ({num_levels} levels of "
+            f"{layers} layers): choose cache_depth 0..{num_levels * layers - 1}"
+        ) from None
     skipped: list[BlockId] = []
     level, slot = 0, 0
     for index, tag in enumerate(input_tags[1:], start=1):
@@ -110,8 +117,10 @@ def _check_skips(skipped: list[BlockId], num_blocks: int) -> None:
     gone = set(skipped)
     for j in range(num_blocks):
         if ("output", j) not in gone and ("input", num_blocks - 1 - j) in gone:
-            raise ValueError(f"DeepCache: output block {j} runs but reads input block {num_blocks - 1 - j}, "
-                             "which a partial step skips; this UNet's layout does not suit DeepCache")
+            raise ValueError(
+                f"DeepCache: output block {j} runs but reads input block {num_blocks - 1 - j}, "
+                "which a partial step skips; this UNet's layout does not suit DeepCache"
+            )
 
 
 # --- the UNet's structure ---------------------------------------------------------------------------
@@ -203,9 +212,11 @@ def _full_shims(unet: UNetModel, plan: SkipPlan, features: dict[str, Any]) -> di
     return {where: TimestepEmbedSequential(*_get_block(unet, where), _Tap(recorder(where))) for where in plan.skipped}
 
 
-def _partial_shims(unet: UNetModel, plan: SkipPlan, features: dict[str, Any],
-                   options: dict) -> dict[BlockId, torch.nn.Module]:
+def _partial_shims(
+    unet: UNetModel, plan: SkipPlan, features: dict[str, Any], options: dict
+) -> dict[BlockId, torch.nn.Module]:
     """Each skipped block as a replay of `features`: the deep feature, zeros of the right shape elsewhere."""
+
     def replay(where: BlockId) -> Callable[[torch.Tensor], torch.Tensor]:
         if where == plan.deep:  # a clone again, for the same reason
             return lambda x: features["deep"].clone()
@@ -215,8 +226,9 @@ def _partial_shims(unet: UNetModel, plan: SkipPlan, features: dict[str, Any],
     def transformers(where: BlockId) -> int:
         return sum(isinstance(layer, SpatialTransformer) for layer in _get_block(unet, where))
 
-    return {where: TimestepEmbedSequential(_Replay(replay(where), transformers(where), options))
-            for where in plan.skipped}
+    return {
+        where: TimestepEmbedSequential(_Replay(replay(where), transformers(where), options)) for where in plan.skipped
+    }
 
 
 # --- the wrappers -----------------------------------------------------------------------------------
@@ -268,8 +280,10 @@ def apply_deepcache(model, settings):
     """
     unet = getattr(getattr(model, "model", None), "diffusion_model", None)
     if not isinstance(unet, UNetModel):
-        raise ValueError(f"DeepCache: the model's diffusion model is {type(unet).__name__}, not an SD1.x/SD2/SDXL "
-                         "UNet (openaimodel.UNetModel); connect the DeepCache node to such a MODEL")
+        raise ValueError(
+            f"DeepCache: the model's diffusion model is {type(unet).__name__}, not an SD1.x/SD2/SDXL "
+            "UNet (openaimodel.UNetModel); connect the DeepCache node to such a MODEL"
+        )
     plan = unet_skip_plan(unet, settings.branch)
     clone = model.clone()
     wrappers = comfy.patcher_extension.WrappersMP

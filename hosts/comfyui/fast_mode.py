@@ -2,7 +2,7 @@
 
 LCMFastMode adds a DIFFUSION_MODEL wrapper (ComfyUI's documented wrapper point around the UNet's
 forward) to a clone. On CUDA, a plain UNet call (latent, timesteps, context, optional `y`; no
-ControlNet, no transformer patches) goes through the module's `GraphCache` (`hosts/graph_cache.py`):
+ControlNet, no transformer patches) goes through the module's `GraphCache` (`runtime/graph_cache.py`):
 captured once per (batch, height, width, dtype, device, input shapes) after warm-up, then replayed
 (CUDA graphs, or torch.compile mode="reduce-overhead"). Anything else runs eager, said once.
 
@@ -13,13 +13,14 @@ Parameters; offloading moves them), the cache sees the storage change (`check_st
 again rather than replaying stale memory. On the CPU the node says once that it runs eager and
 returns the model unchanged.
 """
+
 from __future__ import annotations
 
 import logging
 
 import torch
 
-from ..graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, graph_cache, graph_key
+from ...runtime.graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, graph_cache, graph_key
 
 LOGGER = logging.getLogger("lcm_accel.fast_mode")
 WRAPPER_KEY = "lcm_accel_fast_mode"
@@ -67,7 +68,8 @@ def capture_problem(control, transformer_options: dict, kwargs: dict) -> str | N
 def captured_forward(backend: CaptureBackend):
     """The DIFFUSION_MODEL wrapper: replay the UNet call from the module's capture for its shapes."""
 
-    def wrapper(executor, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+    def wrapper(executor, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        transformer_options = {} if transformer_options is None else transformer_options
         problem = capture_problem(control, transformer_options, kwargs)
         unet = executor.class_obj
         if problem is None:

@@ -1,11 +1,12 @@
 """`hosts.interface.LCMHost` on ComfyUI's own types."""
+
 from __future__ import annotations
 
 import folder_paths
 
-from ..lora_files import load_lora_cached
-from . import quantize as quantize_host
+from ...runtime.lora_files import load_lora_cached
 from . import deepcache, fast_mode, lora, lora_clip, model_sampling, sampling
+from . import quantize as quantize_host
 
 
 class ComfyUILCMHost:
@@ -18,8 +19,10 @@ class ComfyUILCMHost:
 
     def add_loras(self, model, loras: list[tuple[str, float]], rank: int | None = None):
         quantize_host.refuse_lora_on_quantized(model)
-        files = [(load_lora_cached(folder_paths.get_full_path_or_raise("loras", name)), float(weight))
-                 for name, weight in loras]
+        files = [
+            (load_lora_cached(folder_paths.get_full_path_or_raise("loras", name)), float(weight))
+            for name, weight in loras
+        ]
         return lora.add_loras(model, files, rank)
 
     def add_clip_loras(self, clip, loras: list[tuple[str, float]]):

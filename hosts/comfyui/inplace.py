@@ -28,6 +28,7 @@ A weight ComfyUI replaced meanwhile (its own restore swaps a new Parameter in) i
 identity and its state dropped, never "restored" twice; a weight ComfyUI moved to another device is
 restored by recomputing the delta on the device it was applied on (same bits).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -40,7 +41,7 @@ import torch
 
 from ...lora_merge import LoraFile, LoraPatchError, LowRankPatch, PatchBuilder, TargetIndex, part_on, plan_targets
 from ...lora_merge.patcher import SUPPORTED_DTYPES, patch_weight, reweight_weight, unpatch_weight
-from ..lora_files import merge_duplicate_files
+from ...runtime.lora_files import merge_duplicate_files
 from .unpatched import unpatched_parameters
 
 KEY = "lcm_accel_inplace"
@@ -79,8 +80,10 @@ class InPlaceSpec:
         if all(self.groups[g].rank is None for g in per_group):
             parts = [p for g in sorted(per_group) for p in per_group[g]]
             return _builder(self.groups, None, sorted(per_group), param.device).build(name, param, parts, fresh)
-        patches = [_builder(self.groups, self.groups[g].rank, [g], param.device).build(name, param, per_group[g], fresh)
-                   for g in sorted(per_group)]
+        patches = [
+            _builder(self.groups, self.groups[g].rank, [g], param.device).build(name, param, per_group[g], fresh)
+            for g in sorted(per_group)
+        ]
         if any(p.coef is not None for p in patches):
             raise LoraPatchError(f"'{name}': a DoRA layer cannot be mixed with another LCM Accel node's LoRAs")
         return _summed(patches, tuple(param.shape))
@@ -226,7 +229,9 @@ class InPlaceController:
         if old is not None and spec is not None and param.device == old.device and old.state.patch.coef is None:
             new = spec.patch_for(name, param.data)  # one fused pass: restore and re-patch per chunk
             if new.coef is None:
-                self.applied[name] = _Applied(param, old.device, spec, reweight_weight(param.data, old.state, new, name))
+                self.applied[name] = _Applied(
+                    param, old.device, spec, reweight_weight(param.data, old.state, new, name)
+                )
                 return
         if old is not None:
             _unpatch_on(param, old)
@@ -260,6 +265,7 @@ def _make_read_hook(controller: InPlaceController):
         c = ref()
         if c is not None:
             c.before_host_reads()
+
     return hook
 
 
@@ -280,8 +286,10 @@ def _unpatch_on(param: torch.nn.Parameter, applied: _Applied) -> None:
 
 def _repatch_on(param: torch.nn.Parameter, applied: _Applied) -> None:
     """Re-apply a weight's previous patch after a failed change (same patch: same bits)."""
+
     def repatch(w: torch.Tensor) -> None:
         applied.state = patch_weight(w, applied.state.patch)
+
     _on_applied_device(param, applied, repatch)
 
 
@@ -366,8 +374,9 @@ def plan_adapters(model, adapters: Sequence[tuple[LoraFile, float]]):
     shapes, family, finite factors) and no weight touched. Both routes (in place, add_patches) use it."""
     params = unpatched_parameters(model)  # a quantized clone still loaded must not hide the float layers
     files, weights = merge_duplicate_files(adapters)
-    plan, _ = plan_targets(TargetIndex(list(params)), params, list(zip(files, weights)), strict=True,
-                           check_dtypes=False)
+    plan, _ = plan_targets(
+        TargetIndex(list(params)), params, list(zip(files, weights)), strict=True, check_dtypes=False
+    )
     return plan, files, weights
 
 
@@ -382,9 +391,11 @@ def plan_inplace(model, adapters: Sequence[tuple[LoraFile, float]], rank: int | 
         parts = targets.setdefault(target.param_name, [])
         parts.extend((g, a, f) for a, f in target.parts)
         if len(parts) > 1 and any(getattr(f, "dora_scale", None) is not None for _, _, f in parts):
-            raise LoraPatchError(f"'{target.param_name}': a DoRA LoRA must be alone on its layers (ComfyUI applies "
-                                 "DoRA to the weight it finds); load it in its own LCM Accel node after a core "
-                                 "LoraLoader, or alone")
+            raise LoraPatchError(
+                f"'{target.param_name}': a DoRA LoRA must be alone on its layers (ComfyUI applies "
+                "DoRA to the weight it finds); load it in its own LCM Accel node after a core "
+                "LoraLoader, or alone"
+            )
     return InPlaceSpec(groups, targets)
 
 

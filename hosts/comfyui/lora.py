@@ -9,6 +9,7 @@ folded into `down`, see `lora_merge.mix_cat`), landing with one fused `addmm_` i
 ComfyUI hands it; ComfyUI then keeps its backup and re-patches on a change, as for its own loaders.
 With `rank`, the mix is SVD-compressed to that rank first (both routes).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,14 +33,25 @@ class CombinedLoraPatch(WeightAdapterBase):
 
     def __init__(self, key: str, patch: LowRankPatch):
         if patch.coef is not None:
-            raise LoraPatchError(f"{key}: a DoRA LoRA is applied in place only; this model cannot be patched in "
-                                 "place (see the log), so DoRA cannot be used on it")
+            raise LoraPatchError(
+                f"{key}: a DoRA LoRA is applied in place only; this model cannot be patched in "
+                "place (see the log), so DoRA cannot be used on it"
+            )
         self.loaded_keys = {key}
         self.patch = patch
         self.weights = [patch.up, patch.down]
 
-    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
-                         intermediate_dtype=torch.float32, original_weight=None):
+    def calculate_weight(
+        self,
+        weight,
+        key,
+        strength,
+        strength_model,
+        offset,
+        function,
+        intermediate_dtype=torch.float32,
+        original_weight=None,
+    ):
         """weight + strength * delta, in place (ComfyUI passes its float working copy of the weight)."""
         if self.patch.terms or self.patch.dense is not None:  # per-adapter terms / LyCORIS: one layer's delta
             delta = self.patch.delta().to(weight.device, intermediate_dtype).reshape(weight.shape)
@@ -48,8 +60,9 @@ class CombinedLoraPatch(WeightAdapterBase):
         up = comfy.model_management.cast_to_device(self.patch.up, weight.device, intermediate_dtype)
         down = comfy.model_management.cast_to_device(self.patch.down, weight.device, intermediate_dtype)
         if weight.numel() != up.shape[0] * down.shape[1]:
-            raise LoraPatchError(f"{key}: the LoRA mix patches {tuple(self.patch.shape)}, the weight is "
-                                 f"{tuple(weight.shape)}")
+            raise LoraPatchError(
+                f"{key}: the LoRA mix patches {tuple(self.patch.shape)}, the weight is {tuple(weight.shape)}"
+            )
         if _is_identity(function, weight) and weight.dtype == intermediate_dtype and weight.is_contiguous():
             weight.view(weight.shape[0], -1).addmm_(up, down, alpha=float(strength))
         else:
@@ -109,5 +122,8 @@ def _say_fallback_once(problem: str) -> None:
     global _fallback_said
     if not _fallback_said:
         _fallback_said = True
-        LOGGER.warning("LCM Accel: LoRA applied through ComfyUI's own patching (backup copy, re-patch on a strength "
-                       "change), not in place: %s", problem)
+        LOGGER.warning(
+            "LCM Accel: LoRA applied through ComfyUI's own patching (backup copy, re-patch on a strength "
+            "change), not in place: %s",
+            problem,
+        )

@@ -11,6 +11,7 @@ Unlike the core loader, which logs "NOT LOADED" and goes on, a text-encoder modu
 weight in this CLIP (e.g. an SDXL LoRA's `lora_te2_` part on an SD1.5 CLIP) is refused, naming the
 file, before anything is cloned: the input CLIP is never changed.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,16 @@ import comfy.utils
 from ...lora_merge import LoraFile, LoraPatchError
 
 # key prefixes of text-encoder tensors that ComfyUI's CLIP key map knows (kohya, diffusers, generic)
-TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_prior_te_", "text_encoder.",
-                         "text_encoder_2.", "text_encoders.")
+TEXT_ENCODER_PREFIXES = (
+    "lora_te_",
+    "lora_te1_",
+    "lora_te2_",
+    "lora_te3_",
+    "lora_prior_te_",
+    "text_encoder.",
+    "text_encoder_2.",
+    "text_encoders.",
+)
 
 ClipLora = tuple[str, LoraFile, float]  # (path, parsed file, clip strength)
 
@@ -68,7 +77,8 @@ def clip_patches(clip, path: str | Path, lora: LoraFile) -> dict:
     if missing:
         raise LoraPatchError(
             f"LoRA '{name}': {len(missing)} text-encoder tensor(s) have no weight in this CLIP "
-            f"(first: {missing[0]!r}); is the LoRA for another model family?")
+            f"(first: {missing[0]!r}); is the LoRA for another model family?"
+        )
     patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(tensors), key_map, log_missing=False)
     if not patches:
         raise LoraPatchError(f"LoRA '{name}': none of its text-encoder tensors is a patch ComfyUI can load")
@@ -80,8 +90,9 @@ def add_clip_loras(clip, loras: Sequence[ClipLora]):
     order (as chained core LoraLoaders add them). LoRAs without a text-encoder part, or strength 0, add
     nothing; when nothing is added the input CLIP itself is returned. Every file is checked before the
     clone exists."""
-    planned = [(clip_patches(clip, path, lora), float(strength)) for path, lora, strength in loras
-               if float(strength) != 0.0]
+    planned = [
+        (clip_patches(clip, path, lora), float(strength)) for path, lora, strength in loras if float(strength) != 0.0
+    ]
     planned = [(patches, strength) for patches, strength in planned if patches]
     if not planned:
         return clip

@@ -10,6 +10,7 @@ with sampler "lcm" works on the result as on ComfyUI's own.
 Our LCM / TCD samplers apply the boundary themselves on the PLAIN x0 over the full training table
 (`lcm_scheduler`); `plain_x0_model` undoes a model sampling's boundary so they work on any MODEL.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,8 +57,10 @@ def set_lcm_sampling(model):
     elif isinstance(current, comfy.model_sampling.EPS) and not isinstance(current, comfy.model_sampling.X0):
         sampling_class = LCMSamplingEps
     else:
-        raise ValueError(f"LCM sampling needs an epsilon- or v-prediction model with discrete timesteps "
-                         f"(SD1.x, SDXL); this MODEL samples with {type(current).__name__}")
+        raise ValueError(
+            f"LCM sampling needs an epsilon- or v-prediction model with discrete timesteps "
+            f"(SD1.x, SDXL); this MODEL samples with {type(current).__name__}"
+        )
     clone = model.clone()
     clone.add_object_patch("model_sampling", sampling_class(model.model.model_config))
     return clone
@@ -67,18 +70,24 @@ def train_sigmas(model_sampling, model_config) -> torch.Tensor:
     """The model's full training sigma table in float32, computed as diffusers' schedulers compute
     it (the standalone host uses the same table, so a seed gives the same image in both hosts)."""
     if not isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
-        raise ValueError(f"LCM / TCD sampling needs a discrete-timestep model (SD1.x, SDXL); this MODEL "
-                         f"samples with {type(model_sampling).__name__}")
+        raise ValueError(
+            f"LCM / TCD sampling needs a discrete-timestep model (SD1.x, SDXL); this MODEL "
+            f"samples with {type(model_sampling).__name__}"
+        )
     if getattr(model_sampling, "zsnr", False):
-        raise ValueError("LCM sampling of a zero-terminal-SNR (zsnr) MODEL is not supported: set zsnr to "
-                         "false in ModelSamplingDiscrete")
+        raise ValueError(
+            "LCM sampling of a zero-terminal-SNR (zsnr) MODEL is not supported: set zsnr to "
+            "false in ModelSamplingDiscrete"
+        )
     settings = model_config.sampling_settings if model_config is not None else {}
     schedule = settings.get("beta_schedule", "linear")
     if schedule not in BETA_SCHEDULES:
-        raise ValueError(f"LCM sampling supports the beta schedules {sorted(BETA_SCHEDULES)}; this model's "
-                         f"is {schedule!r}")
-    return make_train_sigmas(BETA_SCHEDULES[schedule], model_sampling.linear_start, model_sampling.linear_end,
-                             model_sampling.num_timesteps)
+        raise ValueError(
+            f"LCM sampling supports the beta schedules {sorted(BETA_SCHEDULES)}; this model's is {schedule!r}"
+        )
+    return make_train_sigmas(
+        BETA_SCHEDULES[schedule], model_sampling.linear_start, model_sampling.linear_end, model_sampling.num_timesteps
+    )
 
 
 def model_train_sigmas(model) -> torch.Tensor:

@@ -17,6 +17,7 @@ callback refuses ComfyUI's own loaders' patches on quantized layers, naming the 
 before LCMQuantizeUNet). keep_source is refused here: ComfyUI's lazy patching has no in-place float
 source to re-quantize from.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,7 @@ def _merged(model, key: str, tensor: torch.Tensor | None) -> torch.Tensor | None
     if key in model.patches:
         weight = comfy.lora.calculate_weight(model.patches[key], weight, key)
     spec = inplace.inplace_spec(model)
-    name = key[len(PREFIX):]
+    name = key[len(PREFIX) :]
     if spec is not None and name in spec.targets:
         patch = spec.patch_for(name, weight, fresh=True)  # W' = coef W + delta (coef: DoRA only)
         flat = weight.reshape(weight.shape[0], -1)
@@ -73,8 +74,17 @@ def _merged_layer(model, name: str, module: torch.nn.Module) -> torch.nn.Module:
     if isinstance(module, torch.nn.Linear):
         layer = torch.nn.Linear(module.in_features, module.out_features, bias=bias is not None, device="meta")
     else:
-        layer = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                                module.padding, module.dilation, module.groups, bias=bias is not None, device="meta")
+        layer = torch.nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            bias=bias is not None,
+            device="meta",
+        )
     layer.weight = torch.nn.Parameter(weight, requires_grad=False)
     if bias is not None:
         layer.bias = torch.nn.Parameter(bias.to(module.bias.dtype), requires_grad=False)
@@ -87,7 +97,9 @@ def _refuse_late_patches(quantized_keys: frozenset[str]):
         if late:
             raise QuantizeError(
                 f"LCMQuantizeUNet: {len(late)} LoRA patches (e.g. {late[0]!r}) were added after the UNet was "
-                "quantized and cannot reach the quantized weights; load LoRAs before LCMQuantizeUNet.")
+                "quantized and cannot reach the quantized weights; load LoRAs before LCMQuantizeUNet."
+            )
+
     return check
 
 
@@ -107,7 +119,7 @@ def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
     own_state = own.state_dict(keep_vars=True)
     for backup in _weight_backups(model):  # weights a loaded clone has LoRA-patched in place: the stored values
         for key, saved in backup.items():
-            if key in own_state and key[len(PREFIX):].rsplit(".", 1)[0] not in quantized:
+            if key in own_state and key[len(PREFIX) :].rsplit(".", 1)[0] not in quantized:
                 own_state[key].data.copy_(saved.weight)
     own.model_loaded_weight_memory, own.current_weight_patches_uuid = 0, None
     own.model_lowvram, own.lowvram_patch_counter = False, 0
@@ -123,22 +135,30 @@ def _own_model_clone(model, quantized: dict[str, torch.nn.Module]):
 def _object_patch_backups(model) -> dict[str, object]:
     """{attribute path: original object} for every object patch now applied to `model`'s shared BaseModel."""
     backups = {}
-    for patcher in [model] + [loaded.model for loaded in comfy.model_management.current_loaded_models
-                              if loaded.model is not None and loaded.model.model is model.model]:
+    for patcher in [model] + [
+        loaded.model
+        for loaded in comfy.model_management.current_loaded_models
+        if loaded.model is not None and loaded.model.model is model.model
+    ]:
         backups.update(patcher.object_patches_backup)
     return backups
 
 
 def _weight_backups(model) -> list[dict]:
-    return [loaded.model.backup for loaded in comfy.model_management.current_loaded_models
-            if loaded.model is not None and loaded.model.model is model.model]
+    return [
+        loaded.model.backup
+        for loaded in comfy.model_management.current_loaded_models
+        if loaded.model is not None and loaded.model.model is model.model
+    ]
 
 
 def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source: bool = False):
     """A clone of the ModelPatcher whose UNet layers are quantized from the LoRA-merged weights."""
     if keep_source:
-        raise QuantizeError("keep_source is not available in ComfyUI (ComfyUI patches LoRAs lazily; there is no "
-                            "float source to re-quantize): load the LoRAs before LCMQuantizeUNet instead")
+        raise QuantizeError(
+            "keep_source is not available in ComfyUI (ComfyUI patches LoRAs lazily; there is no "
+            "float source to re-quantize): load the LoRAs before LCMQuantizeUNet instead"
+        )
     if model.model_options.get(QUANT_OPTION):
         raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
     fmt = normalize_format(fmt)
@@ -153,10 +173,15 @@ def quantize_model(model, fmt: str, keep: str, group_size: int = 64, keep_source
         clone.patches.pop(key, None)
     _keep_inplace_mix_on_kept_layers(model, clone, quantized_keys)
     clone.patches_uuid = uuid.uuid4()
-    clone.model_options[QUANT_OPTION] = {"format": fmt, "group_size": group_size, "kept": kept,
-                                         "quantized": [n for n, _ in todo]}
-    clone.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, CALLBACK_KEY,
-                                _refuse_late_patches(frozenset(quantized_keys)))
+    clone.model_options[QUANT_OPTION] = {
+        "format": fmt,
+        "group_size": group_size,
+        "kept": kept,
+        "quantized": [n for n, _ in todo],
+    }
+    clone.add_callback_with_key(
+        comfy.patcher_extension.CallbacksMP.ON_LOAD, CALLBACK_KEY, _refuse_late_patches(frozenset(quantized_keys))
+    )
     return clone
 
 
@@ -180,5 +205,7 @@ def _keep_inplace_mix_on_kept_layers(model, clone, quantized_keys: set[str]) -> 
 def refuse_lora_on_quantized(model) -> None:
     """Our LoRA loaders on a quantized MODEL: refused with the way out."""
     if model.model_options.get(QUANT_OPTION):
-        raise QuantizeError("cannot apply a LoRA to a quantized UNet: its layers were quantized from the merged "
-                            "weights. Load the LoRAs before LCMQuantizeUNet (merge-then-quantize).")
+        raise QuantizeError(
+            "cannot apply a LoRA to a quantized UNet: its layers were quantized from the merged "
+            "weights. Load the LoRAs before LCMQuantizeUNet (merge-then-quantize)."
+        )

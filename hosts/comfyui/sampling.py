@@ -7,6 +7,7 @@ and per-step noise that continues the seed's generator (as the standalone host a
 LCMKSampler goes through `comfy.sample.sample_custom` with ComfyUI's preview callback, so previews,
 the progress bar and interrupt work as in ComfyUI's own samplers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,17 @@ def lcm_sampler(gamma: float = 0.0) -> comfy.samplers.KSAMPLER:
 
 
 @torch.no_grad()
-def sample_accelerator(model, x, sigmas, extra_args=None, callback=None, disable=None, kind: str = "lcm",
-                       gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()):
+def sample_accelerator(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    kind: str = "lcm",
+    gamma: float = 0.0,
+    pure_noise_starts: tuple[int, ...] = (),
+):
     """KSAMPLER function: an accelerator family's sampler (`lcm_scheduler.sample_accelerated`) on the
     plain x0 of ComfyUI's wrapped model and the model's full training table."""
     extra_args = {} if extra_args is None else extra_args
@@ -56,9 +66,19 @@ def sample_accelerator(model, x, sigmas, extra_args=None, callback=None, disable
     _warn_if_snapped(model_sampling, sigmas, table)
     seed = extra_args.get("seed")
     generator = None if seed is None or kind not in ("lcm", "tcd") else continuing_generator(x, seed)
-    return sample_accelerated(plain_x0_model(model, model_sampling), x, sigmas, kind, gamma, extra_args=extra_args,
-                              callback=callback, disable=disable, generator=generator, train_sigmas=table,
-                              pure_noise_starts=tuple(pure_noise_starts))
+    return sample_accelerated(
+        plain_x0_model(model, model_sampling),
+        x,
+        sigmas,
+        kind,
+        gamma,
+        extra_args=extra_args,
+        callback=callback,
+        disable=disable,
+        generator=generator,
+        train_sigmas=table,
+        pure_noise_starts=tuple(pure_noise_starts),
+    )
 
 
 def _warn_if_snapped(model_sampling, sigmas: torch.Tensor, table: torch.Tensor) -> None:
@@ -70,22 +90,28 @@ def _warn_if_snapped(model_sampling, sigmas: torch.Tensor, table: torch.Tensor) 
     wanted = timestep_from_sigma(sigmas[sigmas > 0].to(table.device), table)
     read = model_sampling.timestep(sigmas[sigmas > 0].to(model_sampling.sigmas.device)).to(wanted.device)
     if not torch.equal(wanted, read.long()):
-        message = (f"the MODEL is in LCM sampling mode ({len(grid)}-point grid): timesteps "
-                   f"{wanted.tolist()} reach the UNet as {read.long().tolist()}; load accelerator LoRAs with "
-                   f"LCMAcceleratorLoader (it keeps the full table for off-grid families) or use "
-                   f"ModelSamplingDiscrete eps")
+        message = (
+            f"the MODEL is in LCM sampling mode ({len(grid)}-point grid): timesteps "
+            f"{wanted.tolist()} reach the UNet as {read.long().tolist()}; load accelerator LoRAs with "
+            f"LCMAcceleratorLoader (it keeps the full table for off-grid families) or use "
+            f"ModelSamplingDiscrete eps"
+        )
         if message not in _SAID:
             _SAID.add(message)
             LOGGER.warning(message)
 
 
-def accelerator_sampler(kind: str, gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()) -> comfy.samplers.KSAMPLER:
+def accelerator_sampler(
+    kind: str, gamma: float = 0.0, pure_noise_starts: tuple[int, ...] = ()
+) -> comfy.samplers.KSAMPLER:
     """The SAMPLER of LCMAcceleratorSampler."""
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"sampler kind must be one of {SAMPLER_KINDS}, got {kind!r}")
     check_gamma(float(gamma))
-    return comfy.samplers.KSAMPLER(sample_accelerator, extra_options={"kind": kind, "gamma": float(gamma),
-                                                                       "pure_noise_starts": tuple(pure_noise_starts)})
+    return comfy.samplers.KSAMPLER(
+        sample_accelerator,
+        extra_options={"kind": kind, "gamma": float(gamma), "pure_noise_starts": tuple(pure_noise_starts)},
+    )
 
 
 def model_timestep_sigmas(model, timesteps: torch.Tensor) -> torch.Tensor:
@@ -98,8 +124,18 @@ def model_lcm_sigmas(model, steps: int, original_steps: int = 50, strength: floa
     return lcm_sigmas(steps, original_steps, strength, train_sigmas=model_train_sigmas(model))
 
 
-def lcm_ksample(model, seed: int, steps: int, cfg: float, positive, negative, latent: dict,
-                original_steps: int = 50, gamma: float = 0.0, denoise: float = 1.0) -> dict:
+def lcm_ksample(
+    model,
+    seed: int,
+    steps: int,
+    cfg: float,
+    positive,
+    negative,
+    latent: dict,
+    original_steps: int = 50,
+    gamma: float = 0.0,
+    denoise: float = 1.0,
+) -> dict:
     """SamplerCustom(add_noise, seed, cfg, LCMSampler(gamma), LCMScheduler(steps, original, denoise))."""
     sigmas = model_lcm_sigmas(model, steps, original_steps, denoise)
     return custom_sample(model, seed, cfg, positive, negative, lcm_sampler(gamma), sigmas, latent)
@@ -112,8 +148,17 @@ def custom_sample(model, seed: int, cfg: float, positive, negative, sampler, sig
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     samples = comfy.sample.sample_custom(
-        model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
-        noise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        model,
+        noise,
+        cfg,
+        sampler,
+        sigmas,
+        positive,
+        negative,
+        latent_image,
+        noise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
     )
     return {**latent, "samples": samples}

@@ -6,6 +6,7 @@ that clone, walking `model.model.diffusion_model` finds QuantLinear / QuantConv2
 weight, even from another clone of the same checkpoint. Our LoRA and quantize nodes read the layers
 through this view: the original module wherever a loaded clone swapped one in.
 """
+
 from __future__ import annotations
 
 import comfy.model_management
@@ -22,8 +23,12 @@ def replaced_modules(model) -> dict[str, torch.nn.Module]:
         patcher = loaded.model
         if patcher is not None and patcher.model is model.model:
             backups.append(patcher.object_patches_backup)
-    return {key[len(PREFIX):]: original for backup in backups for key, original in backup.items()
-            if key.startswith(PREFIX) and isinstance(original, torch.nn.Module)}
+    return {
+        key[len(PREFIX) :]: original
+        for backup in backups
+        for key, original in backup.items()
+        if key.startswith(PREFIX) and isinstance(original, torch.nn.Module)
+    }
 
 
 def unpatched_named_modules(model) -> list[tuple[str, torch.nn.Module]]:
@@ -41,6 +46,8 @@ def unpatched_named_modules(model) -> list[tuple[str, torch.nn.Module]]:
 
 def unpatched_parameters(model) -> dict[str, torch.Tensor]:
     """{parameter name: tensor} of the diffusion model as `named_parameters` gives it, through the view."""
-    return {f"{path}.{name}" if path else name: tensor
-            for path, module in unpatched_named_modules(model)
-            for name, tensor in module.named_parameters(recurse=False)}
+    return {
+        f"{path}.{name}" if path else name: tensor
+        for path, module in unpatched_named_modules(model)
+        for name, tensor in module.named_parameters(recurse=False)
+    }

@@ -6,16 +6,16 @@ run's own sigmas, the UNet is wrapped by `feature_cache.DeepCacheUNet` for the r
 UNet call names its stream (positive / negative, conditioning entry) and its sigma, so CFG passes
 keep separate features and multi-call samplers (Heun, DPM2) follow the schedule by sigma.
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
 from ...feature_cache import DeepCacheSettings, DeepCacheUNet, SigmaSteps, unet_cache_point
-from .types import ModelHost
+from ...runtime.model_types import ModelHost
 
 SETTINGS_OPTION = "deepcache"
 RUN_OPTION = "deepcache_run"
@@ -39,7 +39,7 @@ class _RunCalls:
         self.cached = cached
         self.steps = SigmaSteps(sigmas.tolist())
 
-    def calling(self, key: Hashable, sigma: torch.Tensor) -> ContextManager[None]:
+    def calling(self, key: Hashable, sigma: torch.Tensor) -> AbstractContextManager[None]:
         stream, step = self.steps.locate(key, float(sigma.flatten()[0]))
         return self.cached.calling(stream, step)
 
@@ -59,7 +59,7 @@ def deepcache_run(model: ModelHost, sigmas: torch.Tensor) -> Iterator[ModelHost]
         yield run_model
 
 
-def unet_call_context(model: ModelHost, key: Hashable, sigma: torch.Tensor) -> ContextManager[None]:
+def unet_call_context(model: ModelHost, key: Hashable, sigma: torch.Tensor) -> AbstractContextManager[None]:
     """Where a sampler calls the UNet: names the call's stream and sigma to the run's cache, if any."""
     run = model.model_options.get(RUN_OPTION)
     return nullcontext() if run is None else run.calling(key, sigma)

@@ -13,10 +13,11 @@ from collections.abc import Hashable
 
 import torch
 
+from ...k_sampling import DiscreteSigmas, DistilledSigmas
+from ...lcm_scheduler import consistency_output
+from ...runtime.model_types import ModelHost
 from .deepcache import unet_call_context
 from .names import SAMPLING_TYPES
-from .noise_schedule import DiscreteSigmas, DistilledSigmas
-from .types import ModelHost
 
 SDXL_TIME_EMBED_KEYS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
 
@@ -36,13 +37,8 @@ def denoised_from_output(kind: str, x: torch.Tensor, out: torch.Tensor, sigma: t
         return x / (sigma**2 + 1.0) - out * sigma / (sigma**2 + 1.0) ** 0.5
     if kind == "x0":
         return out
-    if kind == "lcm":
-        sigma_data = 0.5
-        x0 = x - out * sigma
-        scaled = timestep * 10.0
-        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
-        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
-        return c_out * x0 + c_skip * x
+    if kind == "lcm":  # ComfyUI's LCM model sampling: EPS, then the consistency boundary condition
+        return consistency_output(x - out * sigma, x, timestep)
     raise ValueError(f"sampling type {kind!r} unknown; choose from {', '.join(SAMPLING_TYPES)}")
 
 
@@ -74,10 +70,13 @@ class GuidedDenoiser:
             for cond in conds:
                 unsupported = sorted(set(cond[1]) & {"area", "mask", "control", "gligen", "start_percent"})
                 if unsupported:
-                    raise NotImplementedError(f"{name} conditioning uses {unsupported}, which the standalone host does not support")
+                    raise NotImplementedError(
+                        f"{name} conditioning uses {unsupported}, which the standalone host does not support"
+                    )
 
-    def _unet(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list, stream: Hashable,
-              sigma: torch.Tensor) -> torch.Tensor:
+    def _unet(
+        self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list, stream: Hashable, sigma: torch.Tensor
+    ) -> torch.Tensor:
         unet = self.model.unet
         param = next(unet.parameters())
         context = cond[0].to(device=param.device, dtype=param.dtype)

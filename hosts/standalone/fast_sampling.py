@@ -3,70 +3,30 @@
 The eager sampler (`lcm_scheduler.sample_lcm` / `sample_tcd`) looks timesteps up from device sigmas
 and draws each step's noise on the CPU, so every step synchronises with the GPU. Here everything the
 loop needs is computed before the first step:
-- the plan: per step the UNet timestep and the coefficients of x_next = a * x0 + b * x + c * noise
-  (LCM: a = c_out, b = c_skip / sqrt(1 + sigma^2), c = sigma_next; TCD: its re-noising to sigma_s),
-  from the same `lcm_scheduler` functions the eager sampler uses, on the CPU;
+- the plan: per step the UNet timestep and the coefficients of x_next = a * x0 + b * x + c * noise,
+  `lcm_scheduler.plan_lcm_or_tcd`, the very plan the eager sampler runs;
 - the per-step noise: the very numbers the eager path draws (the seed's CPU generator continued
   past the initial noise, one latent-sized draw per noised step), moved to the device in one copy;
 - the UNet inputs: sigma and timestep rows, conditioning, SDXL ids, guidance embedding, on the device.
 Each step is then a replayed UNet capture (`graph_cache`) plus a few element-wise kernels.
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from ...lcm_scheduler import consistency_scalings, continuing_generator, draw_noise, timestep_from_sigma
+from ...lcm_scheduler import continuing_generator, draw_noise, plan_lcm_or_tcd
+from ...runtime.fast_mode import FastModeSettings, fast_or_eager, module_dtype, say_once, settings_of, usable_backend
+from ...runtime.graph_cache import graph_cache
 from .deepcache import RUN_OPTION, SETTINGS_OPTION
 from .denoiser import sdxl_added_conds
-from .fast_mode import FastModeSettings, fast_or_eager, module_dtype, say_once, settings_of, usable_backend
-from ..graph_cache import graph_cache
-from .lcm import PlainX0Denoiser, SamplingJob, _GuidanceEmbeddedUNet, lcm_train_sigmas
+from .lcm_denoiser import GuidanceEmbeddedUNet, PlainX0Denoiser, lcm_train_sigmas
+from .sampling_job import SamplingJob
 
 UNET_KWARGS_ADDED = ("text_embeds", "time_ids")  # go to the UNet as `added_cond_kwargs`
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    """One step: x_next = x0_coef * x0 + x_coef * x + noise_coef * noise (noise_coef 0: none drawn)."""
-
-    timestep: int
-    x0_coef: float
-    x_coef: float
-    noise_coef: float
-    preview_is_x0: bool  # the step's `denoised` for callbacks: x0 (TCD) or the noise-free x_next (LCM)
-
-
-def plan_lcm(sigmas: torch.Tensor, train_sigmas: torch.Tensor) -> list[PlannedStep]:
-    """`sample_lcm`'s steps: denoised = c_out * x0 + c_skip * x / sqrt(1 + sigma^2), then + sigma_next * noise."""
-    plan = []
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        t = timestep_from_sigma(sigma, train_sigmas)
-        c_skip, c_out = consistency_scalings(t)
-        x_coef = c_skip / (1.0 + sigma**2) ** 0.5
-        plan.append(PlannedStep(int(t), float(c_out), float(x_coef), float(sigma_next) if sigma_next > 0 else 0.0, False))
-    return plan
-
-
-def plan_tcd(sigmas: torch.Tensor, train_sigmas: torch.Tensor, gamma: float) -> list[PlannedStep]:
-    """`sample_tcd`'s steps: x = x0 + (sigma_s / sigma)(x - x0), into VP at the last step, else plus
-    sqrt(sigma_next^2 - sigma_s^2) * noise when gamma > 0 (sigma_s as `sample_tcd` computes it)."""
-    plan = []
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        t_next = timestep_from_sigma(sigma_next, train_sigmas) if sigma_next > 0 else torch.tensor(0)
-        sigma_s = train_sigmas[torch.floor((1 - gamma) * t_next).long()]
-        ratio = float(sigma_s / sigma)
-        scale, noise = 1.0, 0.0
-        if sigma_next == 0:
-            scale = float(1.0 / (1.0 + sigma_s**2) ** 0.5)
-        elif gamma > 0:
-            noise = float((sigma_next**2 - sigma_s**2).clamp(min=0).sqrt())
-        t = int(timestep_from_sigma(sigma, train_sigmas))
-        plan.append(PlannedStep(t, (1.0 - ratio) * scale, ratio * scale, noise, True))
-    return plan
 
 
 class _PlannedTimesteps:
@@ -94,12 +54,20 @@ class PlannedX0Denoiser(PlainX0Denoiser):
     inputs were put on the device before the loop: timesteps from the plan, conditioning, SDXL ids
     and the guidance embedding of full LCM UNets prepared once per conditioning entry."""
 
-    def __init__(self, model, positive: list, negative: list, cfg: float, x: torch.Tensor,
-                 timesteps: list[int], settings: FastModeSettings):
+    def __init__(
+        self,
+        model,
+        positive: list,
+        negative: list,
+        cfg: float,
+        x: torch.Tensor,
+        timesteps: list[int],
+        settings: FastModeSettings,
+    ):
         super().__init__(model, positive, negative, cfg)
         unet = self.model.unet
         extras = {}
-        if isinstance(unet, _GuidanceEmbeddedUNet):
+        if isinstance(unet, GuidanceEmbeddedUNet):
             unet, embedding = unet.unet, unet.embedding
             extras["timestep_cond"] = embedding.to(x.device, module_dtype(unet)).expand(x.shape[0], -1).contiguous()
         self.unet, self.settings = unet, settings
@@ -128,8 +96,15 @@ class PlannedX0Denoiser(PlainX0Denoiser):
         context, extras = self.inputs[stream]
         names = tuple(extras)
         inputs = (x_in.to(self.dtype), timestep.float(), context, *extras.values())
-        (out,) = fast_or_eager(self.settings, "unet", self.unet, partial(_unet_forward, self.unet, names), inputs,
-                               extra=names, check_storage=False)
+        (out,) = fast_or_eager(
+            self.settings,
+            "unet",
+            self.unet,
+            partial(_unet_forward, self.unet, names),
+            inputs,
+            extra=names,
+            check_storage=False,
+        )
         return out.float()
 
 
@@ -148,8 +123,10 @@ def fast_sampling_settings(model) -> FastModeSettings | None:
     if settings is None:
         return None
     if SETTINGS_OPTION in model.model_options or RUN_OPTION in model.model_options:
-        say_once("fast mode: DeepCache is on for this MODEL; its per-step switch between full and cached UNet "
-                 "passes is not captured, so sampling runs eager (DeepCache still applies)")
+        say_once(
+            "fast mode: DeepCache is on for this MODEL; its per-step switch between full and cached UNet "
+            "passes is not captured, so sampling runs eager (DeepCache still applies)"
+        )
         return None
     if usable_backend(settings, model.unet) is None:
         return None
@@ -165,7 +142,7 @@ def fast_lcm_sample(job: SamplingJob, gamma: float) -> tuple[torch.Tensor, torch
         return None
     train_sigmas = lcm_train_sigmas(job.model)
     sigmas = job.sigmas.detach().float().cpu()
-    plan = plan_tcd(sigmas, train_sigmas, gamma) if gamma > 0 else plan_lcm(sigmas, train_sigmas)
+    plan = plan_lcm_or_tcd(sigmas, train_sigmas, gamma)
     x = job.x
     inner = PlannedX0Denoiser(job.model, job.positive, job.negative, job.cfg, x, [s.timestep for s in plan], settings)
     denoiser = job.wrap(inner)
@@ -188,5 +165,4 @@ def fast_lcm_sample(job: SamplingJob, gamma: float) -> tuple[torch.Tensor, torch
 def note_eager_sampler(model, sampler_name: str) -> None:
     """Say once that fast mode does not cover this sampler (it runs eager)."""
     if settings_of(model) is not None:
-        say_once(f"fast mode covers LCM / TCD sampling (LCMSampler, LCM KSampler); sampler {sampler_name!r} "
-                 "runs eager")
+        say_once(f"fast mode covers LCM / TCD sampling (LCMSampler, LCM KSampler); sampler {sampler_name!r} runs eager")

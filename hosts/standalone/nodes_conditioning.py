@@ -21,7 +21,7 @@ class CLIPTextEncode:
     CATEGORY = "conditioning"
 
     def encode(self, clip, text: str):
-        from .text_encoding import encode_prompt
+        from ...runtime.text_encoding import encode_prompt
 
         if clip is None:
             raise RuntimeError(

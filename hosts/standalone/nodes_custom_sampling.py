@@ -35,7 +35,7 @@ class SamplerCustom:
     CATEGORY = "sampling/custom_sampling"
 
     def sample(self, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
-        from .lcm import sample_custom
+        from .sampling_pipeline import sample_custom
 
         return sample_custom(model, bool(add_noise), noise_seed, cfg, positive, negative, sampler, sigmas, latent_image)
 
@@ -53,9 +53,11 @@ class KSamplerSelect:
 
     def get_sampler(self, sampler_name: str):
         if sampler_name not in SAMPLER_NAMES:
-            raise ValueError(f"KSamplerSelect: sampler_name {sampler_name!r} is not available; "
-                             f"choose from {', '.join(SAMPLER_NAMES)}")
-        from .lcm import KDiffusionSampler
+            raise ValueError(
+                f"KSamplerSelect: sampler_name {sampler_name!r} is not available; "
+                f"choose from {', '.join(SAMPLER_NAMES)}"
+            )
+        from .sampler_values import KDiffusionSampler
 
         return (KDiffusionSampler(sampler_name),)
 
@@ -79,7 +81,7 @@ class BasicScheduler:
     CATEGORY = "sampling/custom_sampling/schedulers"
 
     def get_sigmas(self, model, scheduler: str, steps: int, denoise: float):
+        from ...k_sampling import ksampler_sigmas
         from .denoiser import sigma_table
-        from .noise_schedule import ksampler_sigmas
 
         return (ksampler_sigmas(sigma_table(model), scheduler, int(steps), float(denoise)).cpu(),)

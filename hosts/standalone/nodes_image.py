@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def _model_paths():
-    from ...harness.model_paths import get_model_paths
+    from ...runtime.model_paths import get_model_paths
 
     return get_model_paths()
 
@@ -73,7 +73,9 @@ class SaveImage:
             path = self._target(prefix)
             _to_pil(image).save(path, pnginfo=info, compress_level=self.compress_level)
             subfolder = path.parent.relative_to(root).as_posix()
-            results.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": self.type})
+            results.append(
+                {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": self.type}
+            )
         return {"ui": {"images": results}}
 
 
@@ -93,7 +95,7 @@ class PreviewImage(SaveImage):
         return _model_paths().output_dir.parent / "temp"
 
     def _target(self, prefix: str) -> Path:
-        from ...harness.model_paths import ModelPaths
+        from ...runtime.model_paths import ModelPaths
 
         paths = _model_paths()
         temp = ModelPaths(paths.models_dir, input_dir=paths.input_dir, output_dir=self._root())

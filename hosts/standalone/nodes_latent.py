@@ -12,12 +12,30 @@ class EmptyLatentImage:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
-                                  "tooltip": "The width of the latent images in pixels."}),
-                "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
-                                   "tooltip": "The height of the latent images in pixels."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096,
-                                       "tooltip": "The number of latent images in the batch."}),
+                "width": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 16,
+                        "max": MAX_RESOLUTION,
+                        "step": 8,
+                        "tooltip": "The width of the latent images in pixels.",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 16,
+                        "max": MAX_RESOLUTION,
+                        "step": 8,
+                        "tooltip": "The height of the latent images in pixels.",
+                    },
+                ),
+                "batch_size": (
+                    "INT",
+                    {"default": 1, "min": 1, "max": 4096, "tooltip": "The number of latent images in the batch."},
+                ),
             }
         }
 
@@ -51,7 +69,7 @@ class VAEDecode:
     CATEGORY = "latent"
 
     def decode(self, vae, samples):
-        from .vae_codec import decode
+        from ...runtime.vae_codec import decode
 
         return (decode(vae, samples["samples"]),)
 
@@ -68,6 +86,6 @@ class VAEEncode:
     CATEGORY = "latent"
 
     def encode(self, vae, pixels):
-        from .vae_codec import encode
+        from ...runtime.vae_codec import encode
 
         return ({"samples": encode(vae, pixels)},)

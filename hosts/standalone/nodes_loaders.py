@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def _model_paths():
-    from ...harness.model_paths import get_model_paths
+    from ...runtime.model_paths import get_model_paths
 
     return get_model_paths()
 
@@ -33,7 +33,7 @@ class CheckpointLoaderSimple:
     CATEGORY = "loaders"
 
     def load_checkpoint(self, ckpt_name: str):
-        from .checkpoint_loader import load_checkpoint
+        from ...runtime.checkpoints import load_checkpoint
 
         return load_checkpoint(_model_paths().get_full_path("checkpoints", ckpt_name))
 
@@ -50,6 +50,6 @@ class DiffusersLoader:
     CATEGORY = "advanced/loaders/deprecated"
 
     def load_checkpoint(self, model_path: str, output_vae: bool = True, output_clip: bool = True):
-        from .checkpoint_loader import load_checkpoint
+        from ...runtime.checkpoints import load_checkpoint
 
         return load_checkpoint(_model_paths().get_full_path("diffusers", model_path))

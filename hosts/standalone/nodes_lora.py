@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def _model_paths():
-    from ...harness.model_paths import get_model_paths
+    from ...runtime.model_paths import get_model_paths
 
     return get_model_paths()
 
@@ -24,10 +24,26 @@ class LoraLoader:
                 "model": ("MODEL", {"tooltip": "The diffusion model the LoRA will be applied to."}),
                 "clip": ("CLIP", {"tooltip": "The CLIP model the LoRA will be applied to."}),
                 "lora_name": (_model_paths().get_filename_list("loras"), {"tooltip": "The name of the LoRA."}),
-                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
-                                             "tooltip": "How strongly to modify the diffusion model. This value can be negative."}),
-                "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
-                                            "tooltip": "How strongly to modify the CLIP model. This value can be negative."}),
+                "strength_model": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -100.0,
+                        "max": 100.0,
+                        "step": 0.01,
+                        "tooltip": "How strongly to modify the diffusion model. This value can be negative.",
+                    },
+                ),
+                "strength_clip": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -100.0,
+                        "max": 100.0,
+                        "step": 0.01,
+                        "tooltip": "How strongly to modify the CLIP model. This value can be negative.",
+                    },
+                ),
             }
         }
 
@@ -44,7 +60,7 @@ class LoraLoader:
         """(MODEL, CLIP) clones with the LoRA recorded; a zero strength leaves that input unchanged."""
         if strength_model == 0 and strength_clip == 0:
             return (model, clip)
-        from .lora import add_clip_loras, add_loras, load_lora_file
+        from ...runtime.lora_state import add_clip_loras, add_loras, load_lora_file
 
         lora = load_lora_file(lora_name)
         new_model = add_loras(model, [(lora, strength_model)]) if model is not None and strength_model != 0 else model

@@ -13,18 +13,51 @@ class KSampler:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "The random seed used for creating the noise."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The number of steps used in the denoising process."}),
-                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "The Classifier-Free Guidance scale."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": True,
+                        "tooltip": "The random seed used for creating the noise.",
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {
+                        "default": 20,
+                        "min": 1,
+                        "max": 10000,
+                        "tooltip": "The number of steps used in the denoising process.",
+                    },
+                ),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 8.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "round": 0.01,
+                        "tooltip": "The Classifier-Free Guidance scale.",
+                    },
+                ),
                 "sampler_name": (SAMPLER_NAMES, {"tooltip": "The algorithm used when sampling."}),
                 "scheduler": (SCHEDULER_NAMES, {"tooltip": "The scheduler controls how noise is gradually removed."}),
                 "positive": ("CONDITIONING", {"tooltip": "The conditioning describing what to include."}),
                 "negative": ("CONDITIONING", {"tooltip": "The conditioning describing what to exclude."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "The amount of denoising applied."}),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "The amount of denoising applied.",
+                    },
+                ),
             }
         }
 
@@ -34,9 +67,11 @@ class KSampler:
     CATEGORY = "sampling"
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
-        from .ksampler import common_ksampler
+        from .sampling_pipeline import common_ksampler
 
-        return common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=denoise)
+        return common_ksampler(
+            model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=denoise
+        )
 
 
 class KSamplerAdvanced:
@@ -66,14 +101,40 @@ class KSamplerAdvanced:
     FUNCTION = "sample"
     CATEGORY = "sampling"
 
-    def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-               latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
-        from .ksampler import common_ksampler
+    def sample(
+        self,
+        model,
+        add_noise,
+        noise_seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        latent_image,
+        start_at_step,
+        end_at_step,
+        return_with_leftover_noise,
+        denoise=1.0,
+    ):
+        from .sampling_pipeline import common_ksampler
 
         return common_ksampler(
-            model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-            denoise=denoise, disable_noise=add_noise == "disable", start_step=start_at_step,
-            last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable",
+            model,
+            noise_seed,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent_image,
+            denoise=denoise,
+            disable_noise=add_noise == "disable",
+            start_step=start_at_step,
+            last_step=end_at_step,
+            force_full_denoise=return_with_leftover_noise != "enable",
         )
 
 
@@ -96,7 +157,9 @@ class ModelSamplingDiscrete:
 
     def patch(self, model, sampling: str, zsnr: bool = False):
         if sampling not in SAMPLING_TYPES:
-            raise ValueError(f"ModelSamplingDiscrete: sampling {sampling!r} unknown; choose from {', '.join(SAMPLING_TYPES)}")
+            raise ValueError(
+                f"ModelSamplingDiscrete: sampling {sampling!r} unknown; choose from {', '.join(SAMPLING_TYPES)}"
+            )
         model = model.clone()
         model.model_options["sampling"] = sampling
         model.model_options["zsnr"] = bool(zsnr)

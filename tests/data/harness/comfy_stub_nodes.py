@@ -2,6 +2,7 @@
 RETURN_TYPES, display names and hidden inputs as ComfyUI's nodes (as its documentation and
 saved workflows show them), with trivial pure-Python bodies that record their calls.
 Loadable with `python -m lcm_accel run --nodes tests/data/harness/comfy_stub_nodes.py`."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import json
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lcm_accel.harness.model_paths import get_model_paths
-from lcm_accel.harness.progress import ProgressBar
+from lcm_accel.runtime.model_paths import get_model_paths
+from lcm_accel.runtime.progress import ProgressBar
 
 MAX_RESOLUTION = 16384
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "lcm", "ddim"]
@@ -40,13 +41,15 @@ class CheckpointLoaderSimple:
 class LoraLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",),
-            "clip": ("CLIP",),
-            "lora_name": (get_model_paths().get_filename_list("loras"),),
-            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
-            "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP",),
+                "lora_name": (get_model_paths().get_filename_list("loras"),),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+                "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+            }
+        }
 
     RETURN_TYPES = ("MODEL", "CLIP")
     FUNCTION = "load_lora"
@@ -74,11 +77,13 @@ class CLIPTextEncode:
 class EmptyLatentImage:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
-            "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
-        }}
+        return {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            }
+        }
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "generate"
@@ -92,18 +97,20 @@ class EmptyLatentImage:
 class KSampler:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-            "sampler_name": (SAMPLERS,),
-            "scheduler": (SCHEDULERS,),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "latent_image": ("LATENT",),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (SAMPLERS,),
+                "scheduler": (SCHEDULERS,),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        }
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -155,7 +162,13 @@ class SaveImage:
             metadata.add_text(key, json.dumps(value))
         Image.new("RGB", (8, 8), (images["latent"]["seed"] % 256, 0, 0)).save(path, pnginfo=metadata)
         subfolder = path.parent.relative_to(paths.output_dir).as_posix()
-        return {"ui": {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}]}}
+        return {
+            "ui": {
+                "images": [
+                    {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
+                ]
+            }
+        }
 
 
 class PreviewImage:

@@ -6,6 +6,7 @@ legacy names (`clip` -> text_encoders, `unet` -> diffusion_models) and per-folde
 extensions. Every name coming from a workflow goes through `get_full_path`, which refuses
 names that escape their folder (`../x`, absolute paths, symlinks pointing outside).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .errors import HarnessError
+from .errors import RunError
 
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 DIFFUSERS_MARKER = "model_index.json"  # a diffusers model is a folder holding this file
@@ -45,11 +46,11 @@ FOLDERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
 LEGACY_NAMES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 
 
-class ModelPathError(HarnessError, ValueError):
+class ModelPathError(RunError, ValueError):
     """A file name that is not allowed: it escapes its folder, or the folder is unknown."""
 
 
-class ModelNotFoundError(HarnessError, FileNotFoundError):
+class ModelNotFoundError(RunError, FileNotFoundError):
     """A file name that is allowed but absent; the message lists what is available."""
 
 
@@ -92,7 +93,9 @@ class ModelPaths:
         """The directories searched for `folder` (ComfyUI folder name or legacy alias)."""
         key = LEGACY_NAMES.get(folder, folder)
         if key not in FOLDERS:
-            raise ModelPathError(f"unknown model folder {folder!r}; known: {', '.join(sorted(FOLDERS) + sorted(LEGACY_NAMES))}")
+            raise ModelPathError(
+                f"unknown model folder {folder!r}; known: {', '.join(sorted(FOLDERS) + sorted(LEGACY_NAMES))}"
+            )
         return [self.models_dir / sub for sub in FOLDERS[key][0]]
 
     def _accepts(self, folder: str, path: Path) -> bool:
@@ -193,7 +196,7 @@ def set_model_paths(paths: ModelPaths | None) -> None:
 def get_model_paths() -> ModelPaths:
     """The folders of the current run, as set by the executor or the command line."""
     if _current is None:
-        raise HarnessError(
+        raise RunError(
             "no models folder is set: run through `python -m lcm_accel run --models DIR`, or call "
             "harness.model_paths.set_model_paths(ModelPaths(DIR)) / use_model_paths(...) first"
         )

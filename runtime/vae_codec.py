@@ -12,7 +12,7 @@ from functools import partial
 import torch
 
 from .fast_mode import fast_or_eager, settings_of
-from .types import VaeHost
+from .model_types import VaeHost
 
 DOWNSCALE = 8
 
@@ -25,7 +25,7 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int = DOWNSCALE) -> torch.T
         return pixels
     top = (pixels.shape[1] % multiple) // 2
     left = (pixels.shape[2] % multiple) // 2
-    return pixels[:, top:top + height, left:left + width, :]
+    return pixels[:, top : top + height, left : left + width, :]
 
 
 def _decode_forward(module: torch.nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor]:
@@ -38,8 +38,13 @@ def decode(vae: VaeHost, latents: torch.Tensor) -> torch.Tensor:
     module = vae.vae
     dtype = next(module.parameters()).dtype
     device = next(module.parameters()).device
-    (out,) = fast_or_eager(settings_of(vae), "vae_decode", module, partial(_decode_forward, module),
-                           (latents.to(device=device, dtype=dtype),))
+    (out,) = fast_or_eager(
+        settings_of(vae),
+        "vae_decode",
+        module,
+        partial(_decode_forward, module),
+        (latents.to(device=device, dtype=dtype),),
+    )
     return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
 
 

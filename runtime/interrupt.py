@@ -5,16 +5,17 @@ handler, another thread, a test) calls `request_interrupt()` to stop the run at 
 check. The executor turns this, and Ctrl-C (KeyboardInterrupt), into `ExecutionInterrupted`
 naming the node that was running.
 """
+
 from __future__ import annotations
 
 import threading
 
-from .errors import HarnessError
+from .errors import RunError
 
 _requested = threading.Event()
 
 
-class Interrupted(HarnessError):
+class Interrupted(RunError):
     """Raised inside node code when an interrupt was requested."""
 
 

@@ -1,4 +1,5 @@
-"""The standalone host's values passed between nodes (ComfyUI's MODEL, CLIP, VAE, ...).
+"""The loaded model parts the runtime hands out, and the standalone host passes between nodes as
+ComfyUI's MODEL, CLIP and VAE.
 
 MODEL and CLIP are light wrappers: `clone()` copies the options but shares the weights, as
 ComfyUI's ModelPatcher does, so LoRA nodes can patch the one shared UNet in place.
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-SD15_NOISE_SCHEDULE = {
+# The training noise schedule of Stable Diffusion 1.x, 2.x and XL alike (scaled-linear betas)
+SD_NOISE_SCHEDULE = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -34,12 +36,12 @@ class ModelHost:
 
     unet: torch.nn.Module
     family: str
-    noise_schedule: dict = field(default_factory=lambda: dict(SD15_NOISE_SCHEDULE))
+    noise_schedule: dict = field(default_factory=lambda: dict(SD_NOISE_SCHEDULE))
     prediction_type: str = "epsilon"
     model_options: dict[str, Any] = field(default_factory=dict)
     patches: list[Any] = field(default_factory=list)
 
-    def clone(self) -> "ModelHost":
+    def clone(self) -> ModelHost:
         """A new MODEL sharing the UNet weights, with its own options and patch list."""
         return replace(self, model_options=dict(self.model_options), patches=list(self.patches))
 
@@ -66,7 +68,7 @@ class ClipHost:
     patches: list[Any] = field(default_factory=list)
     fast: Any = None  # fast_mode.FastModeSettings set by LCMFastMode (None: the run's default)
 
-    def clone(self) -> "ClipHost":
+    def clone(self) -> ClipHost:
         """A new CLIP sharing the encoder weights, with its own layer setting and patch list."""
         return replace(self, patches=list(self.patches))
 

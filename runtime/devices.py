@@ -17,6 +17,7 @@ Values between nodes stay where ComfyUI keeps them: LATENT, IMAGE and CONDITIONI
 float32; each model call moves its inputs to its model's device and dtype and returns float32 on the
 CPU. Noise is drawn from CPU generators and then moved, so a seed gives the same image on every device.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -93,8 +94,9 @@ def _check_cuda(device: torch.device, asked: str) -> torch.device:
     index = 0 if device.index is None else device.index
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"--device {asked}: there is no CUDA device {index} (this machine has {count}: "
-                          f"cuda:0 to cuda:{count - 1})")
+        raise DeviceError(
+            f"--device {asked}: there is no CUDA device {index} (this machine has {count}: cuda:0 to cuda:{count - 1})"
+        )
     return torch.device("cuda", index)
 
 
@@ -123,8 +125,10 @@ def resolve(settings: DeviceSettings) -> Placement:
         vae = torch.bfloat16 if on_cuda and bf16_supported(device) else torch.float32
     for what, dtype in (("dtype", unet), ("text encoder dtype", text), ("VAE dtype", vae)):
         if dtype == torch.bfloat16 and not bf16_supported(device):
-            raise DeviceError(f"{what} bf16: {torch.cuda.get_device_name(device)} has no native bfloat16 "
-                              "(compute capability below 8.0); use fp16 or fp32")
+            raise DeviceError(
+                f"{what} bf16: {torch.cuda.get_device_name(device)} has no native bfloat16 "
+                "(compute capability below 8.0); use fp16 or fp32"
+            )
     return Placement(device, unet, text, vae)
 
 
@@ -147,4 +151,3 @@ def current_placement() -> Placement:
     """The placement in force: the innermost `device_default`, else the CPU in float32."""
     placement = _DEFAULT.get()
     return CPU_FP32 if placement is None else placement
-

@@ -7,6 +7,7 @@ supported device it replays a capture from the module's `GraphCache` (see `graph
 says ONCE, naming why, and runs the eager forward, so the images are the eager path's.
 The LCM / TCD loop that replays UNet steps without waiting on the device is `fast_sampling`.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, Tensors, graph_cache, graph_key
+from .graph_cache import CaptureBackend, CompileBackend, CudaGraphBackend, Tensors, graph_cache, graph_key
 
 LOGGER = logging.getLogger("lcm_accel.fast_mode")
 MODEL_OPTION = "fast_mode"
@@ -38,8 +39,9 @@ class FastModeSettings:
             raise ValueError(f"fast mode backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
-_DEFAULT: contextvars.ContextVar[FastModeSettings | None] = contextvars.ContextVar("lcm_accel_fast_default",
-                                                                                    default=None)
+_DEFAULT: contextvars.ContextVar[FastModeSettings | None] = contextvars.ContextVar(
+    "lcm_accel_fast_default", default=None
+)
 _SAID: set[str] = set()
 
 
@@ -108,13 +110,19 @@ def usable_backend(settings: FastModeSettings | None, module: torch.nn.Module) -
 
 
 def capture_failed(settings: FastModeSettings, what: str, error: Exception) -> None:
-    say_once(f"fast mode ({settings.backend}): capturing {what} failed ({type(error).__name__}: {error}); "
-             f"{what} runs eager")
+    say_once(
+        f"fast mode ({settings.backend}): capturing {what} failed ({type(error).__name__}: {error}); {what} runs eager"
+    )
 
 
 def fast_or_eager(
-    settings: FastModeSettings | None, name: str, module: torch.nn.Module, fn: Callable[..., Tensors],
-    inputs: Tensors, extra: tuple = (), check_storage: bool = True,
+    settings: FastModeSettings | None,
+    name: str,
+    module: torch.nn.Module,
+    fn: Callable[..., Tensors],
+    inputs: Tensors,
+    extra: tuple = (),
+    check_storage: bool = True,
 ) -> Tensors:
     """`fn(*inputs)`, a forward of `module`: replayed from `module`'s capture for this key when fast mode
     is on and supported, else eager. `extra` must name everything `fn` bakes in beyond the module and

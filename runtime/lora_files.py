@@ -3,6 +3,7 @@
 The same file gives the same `LoraFile` object while it is unchanged on disk, so a host can tell
 "same adapters" by identity and skip re-reading and re-planning when only a seed or a weight changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,3 +49,24 @@ def merge_duplicate_files(pairs: Sequence[tuple[LoraFile, float]]) -> tuple[tupl
             total[id(lora)] = 0.0
         total[id(lora)] += float(weight)
     return tuple(order), tuple(total[id(lora)] for lora in order)
+
+
+def _lora_arg(text: str) -> tuple[Path, float]:
+    path, sep, weight = text.rpartition(":")
+    if not sep or not path:
+        return Path(text), 1.0
+    try:
+        return Path(path), float(weight)
+    except ValueError:
+        return Path(text), 1.0  # a path with a colon and no weight
+
+
+def load_lora_args(texts: list[str]) -> list:
+    """The `--lora FILE[:WEIGHT]` arguments as (LoraFile, weight) pairs; a missing file is refused."""
+    loras = []
+    for text in texts:
+        path, weight = _lora_arg(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"--lora {text}: no such file {path}")
+        loras.append((load_lora_cached(path), weight))
+    return loras

@@ -5,7 +5,8 @@ of modules per file), so the weights cannot tell which MODEL they belong to. As 
 ModelPatcher, the *patch list* on each MODEL / CLIP is the truth: `add_loras` only records
 (LoRA, weight) entries on a clone, and `activate_patches` makes the shared weights equal
 base + exactly that MODEL's entries right before the UNet runs. Each module gets ONE
-`LoraPatcher`, kept on the module itself, which remembers what is applied:
+`LoraPatcher`, held here in a weak table keyed by the module (the module is not touched; a copy
+of it starts without one), which remembers what is applied:
 
     same files, same weights, same rank  -> nothing to do (a seed-only change costs nothing)
     same files, other weights            -> `reweight` (no file re-read, no re-planning)
@@ -24,15 +25,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from weakref import WeakKeyDictionary
 
 import torch
 
-from ...lora_merge import LoraFile, LoraPatcher, LoraPatchError
-from ..lora_files import load_lora_cached, merge_duplicate_files
-from .types import ClipHost, ModelHost
+from ..lora_merge import LoraFile, LoraPatcher, LoraPatchError
+from ..quantize import refuse_lora_on_quantized
+from .lora_files import load_lora_cached, merge_duplicate_files
+from .model_paths import get_model_paths
+from .model_types import ClipHost, ModelHost
 
 TEXT_ENCODER_COMPONENTS = ("te1", "te2")  # LoraFile.text_encoders keys, in ClipHost.text_encoders order
-_STATE_ATTRIBUTE = "_lcm_accel_lora_state"
 
 Adapters = Sequence[tuple[LoraFile, float]]
 
@@ -58,8 +61,6 @@ class ClipLoraEntry:
 def load_lora_file(name: str) -> LoraFile:
     """A file from the models dir's `loras` folder (harness ModelPaths), read once and cached by
     (path, mtime): the same file gives the same LoraFile object, so an unchanged graph re-patches nothing."""
-    from ...harness.model_paths import get_model_paths
-
     return load_lora_cached(get_model_paths().get_full_path("loras", name))
 
 
@@ -77,13 +78,20 @@ class _ModuleLoraState:
         self.sources, self.weights, self.rank = (), (), None
 
 
+_STATES: WeakKeyDictionary[torch.nn.Module, _ModuleLoraState] = WeakKeyDictionary()
+
+
 def _module_state(module: torch.nn.Module) -> _ModuleLoraState:
-    """The module's patcher and record, created on first use and kept on the module (one per module)."""
-    state = module.__dict__.get(_STATE_ATTRIBUTE)
+    """The module's patcher and record, created on first use (one per module, dropped with it)."""
+    state = _STATES.get(module)
     if state is None:
-        state = _ModuleLoraState(LoraPatcher(module))
-        module.__dict__[_STATE_ATTRIBUTE] = state
+        state = _STATES[module] = _ModuleLoraState(LoraPatcher(module))
     return state
+
+
+def has_lora_state(module: torch.nn.Module) -> bool:
+    """Whether `module` ever had a LoRA patcher (a never-patched module has none)."""
+    return module in _STATES
 
 
 def patcher_of(module: torch.nn.Module) -> LoraPatcher:
@@ -92,12 +100,15 @@ def patcher_of(module: torch.nn.Module) -> LoraPatcher:
 
 
 def _bring_in_line(
-    module: torch.nn.Module, sources: tuple[LoraFile, ...], weights: tuple[float, ...], rank: int | None,
+    module: torch.nn.Module,
+    sources: tuple[LoraFile, ...],
+    weights: tuple[float, ...],
+    rank: int | None,
     adapters: Callable[[], list[tuple[LoraFile, float]]],
 ) -> None:
     """Make `module`'s weights base + these adapters with the least work (see the module docstring).
     `sources` identify the files (compared by identity); `adapters()` builds what the patcher applies."""
-    if not sources and module.__dict__.get(_STATE_ATTRIBUTE) is None:
+    if not sources and module not in _STATES:
         return  # never patched: nothing to restore, no patcher needed
     state = _module_state(module)
     patcher = state.patcher
@@ -107,7 +118,9 @@ def _bring_in_line(
         state.forget()
         return
     same_files = (
-        patcher.is_applied and state.rank == rank and len(state.sources) == len(sources)
+        patcher.is_applied
+        and state.rank == rank
+        and len(state.sources) == len(sources)
         and all(a is b for a, b in zip(state.sources, sources))
     )
     if same_files:
@@ -176,9 +189,7 @@ def add_loras(model: ModelHost, loras: Sequence[tuple[LoraFile, float]], rank: i
     if not isinstance(model, ModelHost):
         raise TypeError(f"add_loras needs a MODEL (ModelHost), got {type(model).__name__}")
     _check_pairs(loras, "add_loras")
-    from .quantize import check_lora_allowed
-
-    check_lora_allowed(model)
+    refuse_lora_on_quantized(model.unet)
     if rank is not None and (not isinstance(rank, int) or rank < 1):
         raise LoraPatchError(f"add_loras: rank must be a positive integer or None, got {rank!r}")
     new = [LoraEntry(lora, float(weight), rank) for lora, weight in loras if lora.unet]
@@ -219,7 +230,7 @@ def _encoder_view(lora: LoraFile, component: str, has_level: bool) -> LoraFile:
     renamed = {}
     for name, factors in lora.text_encoders[component].items():
         if name.startswith(level) and not has_level:
-            name = name[len(level):]
+            name = name[len(level) :]
         elif not name.startswith(level) and has_level:
             name = level + name
         renamed[name] = factors
@@ -274,7 +285,9 @@ def activate_clip_patches(clip: ClipHost) -> None:
         component = TEXT_ENCODER_COMPONENTS[index]
         pairs = [(e.lora, e.weight) for e in entries if component in e.lora.text_encoders]
         sources, weights = merge_duplicate_files(pairs)
-        _bring_in_line(encoder, sources, weights, None, partial(_encoder_adapters, encoder, component, sources, weights))
+        _bring_in_line(
+            encoder, sources, weights, None, partial(_encoder_adapters, encoder, component, sources, weights)
+        )
 
 
 def _encoder_adapters(

@@ -6,6 +6,7 @@ Headless, with no hook installed, progress is shown by tqdm on stderr. A hook in
 host use this). tqdm hides itself when stderr is not a terminal (logs stay clean). Every update also checks for an interrupt, as ComfyUI's hook does, so a
 sampler loop stops cleanly at the next step.
 """
+
 from __future__ import annotations
 
 import contextlib

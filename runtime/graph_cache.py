@@ -15,6 +15,7 @@ Backends: `CudaGraphBackend` (torch.cuda.CUDAGraph captured after warm-up on a s
 `CompileBackend` (torch.compile mode="reduce-overhead": inductor kernels replayed as CUDA graphs).
 Both need CUDA; tests register a recording backend that replays eagerly on CPU.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -50,8 +51,9 @@ def graph_key(name: str, inputs: Sequence[torch.Tensor], dtype: torch.dtype, ext
     height = first.shape[-2] if first.ndim >= 3 else first.shape[-1]
     width = first.shape[-1] if first.ndim >= 3 else 0
     shapes = tuple((tuple(t.shape), str(t.dtype)) for t in inputs)
-    return GraphKey(name, int(first.shape[0]), int(height), int(width), str(dtype), str(first.device),
-                    shapes + tuple(extra))
+    return GraphKey(
+        name, int(first.shape[0]), int(height), int(width), str(dtype), str(first.device), shapes + tuple(extra)
+    )
 
 
 class CaptureBackend(Protocol):

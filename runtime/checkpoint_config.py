@@ -33,7 +33,7 @@ class CheckpointFormatError(ValueError):
 
 
 def detect_family(state: dict[str, torch.Tensor], name: str) -> str:
-    """"sd15" or "sdxl" (SSD-1B included) from the text-encoder key prefixes, in every layout ComfyUI
+    """ "sd15" or "sdxl" (SSD-1B included) from the text-encoder key prefixes, in every layout ComfyUI
     normalises (see `clip_l_state`, `open_clip_state`); a clear error for anything else."""
     has_unet = any(k.startswith(UNET_PREFIX) for k in state)
     if not has_unet:
@@ -48,7 +48,9 @@ def detect_family(state: dict[str, torch.Tensor], name: str) -> str:
     if _has_prefix(state, "cond_stage_model.model."):
         raise CheckpointFormatError(f"{name}: looks like an SD2.x checkpoint (OpenCLIP-H text encoder); not supported.")
     if _has_prefix(state, "conditioner.embedders.0.model."):
-        raise CheckpointFormatError(f"{name}: looks like an SDXL refiner (OpenCLIP-G text encoder only); not supported.")
+        raise CheckpointFormatError(
+            f"{name}: looks like an SDXL refiner (OpenCLIP-G text encoder only); not supported."
+        )
     raise CheckpointFormatError(
         f"{name}: unknown model family (no SD1.5 'cond_stage_model.transformer.*' nor SDXL "
         "'conditioner.embedders.*' text-encoder keys)."
@@ -60,7 +62,7 @@ def _has_prefix(state: dict[str, torch.Tensor], prefix: str) -> bool:
 
 
 def prediction_type(state: dict[str, torch.Tensor]) -> str:
-    """"v_prediction" for checkpoints that carry ComfyUI's `v_pred` marker key (written by its
+    """ "v_prediction" for checkpoints that carry ComfyUI's `v_pred` marker key (written by its
     CheckpointSave for v-prediction models and by many v-pred fine-tunes), else "epsilon"."""
     return "v_prediction" if "v_pred" in state else "epsilon"
 
@@ -87,8 +89,11 @@ def open_clip_state(state: dict[str, torch.Tensor], prefix: str, name: str) -> d
         out = clip_l_state(state, prefix + "transformer.")
     else:
         out = _convert_open_clip(state, prefix, name)
-    for key, transpose in ((f"{prefix}text_projection", True), (f"{prefix}text_projection.weight", False),
-                           (f"{prefix}transformer.text_projection.weight", False)):
+    for key, transpose in (
+        (f"{prefix}text_projection", True),
+        (f"{prefix}text_projection.weight", False),
+        (f"{prefix}transformer.text_projection.weight", False),
+    ):
         if key in state and "text_projection.weight" not in out:
             out["text_projection.weight"] = state[key].T.contiguous() if transpose else state[key]
     return out
@@ -105,7 +110,9 @@ def _convert_open_clip(state: dict[str, torch.Tensor], prefix: str, name: str) -
     if embedding not in state:
         raise CheckpointFormatError(f"{name}: the OpenCLIP text encoder under '{prefix}' has no '{embedding}'")
     width = int(state[embedding].shape[1])
-    return convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), state, prefix=prefix)
+    return convert_open_clip_checkpoint(
+        SimpleNamespace(config=SimpleNamespace(hidden_size=width)), state, prefix=prefix
+    )
 
 
 def vae_weights(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], bool]:
@@ -131,7 +138,7 @@ def vae_weights(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, to
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of `state` under `prefix`, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _indices(keys, pattern: str) -> list[int]:
@@ -159,7 +166,9 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
     for level in range(num_levels):
         first = f"input_blocks.{1 + level * per_level}"
         channels.append(int(unet[f"{first}.0.out_layers.3.weight"].shape[0]))
-        level_depths = [_transformer_depth(unet, f"input_blocks.{1 + level * per_level + i}") for i in range(layers_per_block)]
+        level_depths = [
+            _transformer_depth(unet, f"input_blocks.{1 + level * per_level + i}") for i in range(layers_per_block)
+        ]
         has_attention.append(level_depths[0] > 0)
         depths.append(level_depths[0] if len(set(level_depths)) == 1 else level_depths)
 

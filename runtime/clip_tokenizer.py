@@ -59,8 +59,9 @@ def packaged_merges(path: Path = MERGES_FILE) -> list[str]:
     try:
         text = gzip.decompress(path.read_bytes()).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise RuntimeError(f"{path}: the CLIP merges shipped with the pack are unreadable ({error}); "
-                           "reinstall the pack") from error
+        raise RuntimeError(
+            f"{path}: the CLIP merges shipped with the pack are unreadable ({error}); reinstall the pack"
+        ) from error
     return [line for line in text.split("\n") if line and not line.startswith("#version")]
 
 

@@ -13,6 +13,7 @@ memory over the float model; a quantized checkpoint (`write_quantized_checkpoint
 `quantize`) loads without the float weights. With `keep_source`, the copy keeps its own float copy
 of the merged weights: LoRAs added after the node are patched into it and re-quantized.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,40 +22,36 @@ from pathlib import Path
 
 import torch
 
-from ...quantize import (
+from ..quantize import (
     QuantizeError,
     is_quantized,
     normalize_format,
     quantize_unet,
     quantized_state_dict,
-    refuse_lora_on_quantized,
     split_layers,
 )
-from ...quantize.checkpoint import UNET_KEY_PREFIX, load_quantized_unet_state
-from .types import ModelHost
+from .checkpoint_config import UNET_PREFIX
+from .checkpoints import read_state_dict
+from .lora_state import activate_patches
+from .model_types import ModelHost
 
 QUANT_OPTION = "lcm_accel_quantized"  # model_options entry: the QuantizeReport
-_LORA_STATE = "_lcm_accel_lora_state"
 
 
 def private_unet_copy(unet: torch.nn.Module, shared: list[torch.nn.Module]) -> torch.nn.Module:
     """A deep copy of the module tree in which the weights of `shared` layers are the same tensors
-    (not copied) and the shared UNet's LoRA patcher state is left out."""
-    memo: dict[int, object] = {}
-    for module in shared:
-        memo[id(module.weight)] = module.weight
-    for module in unet.modules():
-        state = module.__dict__.get(_LORA_STATE)
-        if state is not None:
-            memo[id(state)] = None
-    clone = copy.deepcopy(unet, memo)
-    for module in clone.modules():
-        module.__dict__.pop(_LORA_STATE, None)
-    return clone
+    (not copied); the copy has no LoRA patcher (that state is held by `lora_state`, not the module)."""
+    memo: dict[int, object] = {id(module.weight): module.weight for module in shared}
+    return copy.deepcopy(unet, memo)
 
 
-def quantize_model(model: ModelHost, fmt: str, keep: str | list[str] | None = "default", group_size: int = 64,
-                   keep_source: bool = False) -> ModelHost:
+def quantize_model(
+    model: ModelHost,
+    fmt: str,
+    keep: str | list[str] | None = "default",
+    group_size: int = 64,
+    keep_source: bool = False,
+) -> ModelHost:
     """A MODEL clone whose UNet is this MODEL's merged UNet, quantized (see the module docstring)."""
     if not isinstance(model, ModelHost):
         raise TypeError(f"quantize needs a MODEL (ModelHost), got {type(model).__name__}")
@@ -62,8 +59,6 @@ def quantize_model(model: ModelHost, fmt: str, keep: str | list[str] | None = "d
         raise QuantizeError("this MODEL's UNet is already quantized: quantize the float model only once")
     fmt = normalize_format(fmt)
     todo, _, _ = split_layers(model.unet, keep)  # checks the patterns before anything is touched
-    from .lora import activate_patches
-
     activate_patches(model)
     unet = private_unet_copy(model.unet, [] if keep_source else [m for _, m in todo])
     report = quantize_unet(unet, fmt, keep, keep_source=keep_source, group_size=group_size)
@@ -72,24 +67,18 @@ def quantize_model(model: ModelHost, fmt: str, keep: str | list[str] | None = "d
     return clone
 
 
-def check_lora_allowed(model: ModelHost) -> None:
-    """Refuse LoRAs on a MODEL quantized without its source (called by `lora.add_loras`)."""
-    refuse_lora_on_quantized(model.unet)
-
-
 # --------------------------------------------------------------------------- files
 def write_quantized_checkpoint(path: str | Path, model: ModelHost, base_checkpoint: str | Path) -> Path:
     """Save `model`'s quantized UNet with the base checkpoint's text encoder and VAE tensors (LDM names,
     copied as stored) into one safetensors file that `load_checkpoint` reads back bit-identically."""
     from safetensors.torch import save_file
 
-    from .checkpoint_config import UNET_PREFIX
-    from .checkpoint_loader import read_state_dict
-
     base_checkpoint, path = Path(base_checkpoint), Path(path)
     if base_checkpoint.is_dir() or base_checkpoint.name == "model_index.json":
-        raise QuantizeError(f"{base_checkpoint}: quantized checkpoints are written from single-file checkpoints "
-                            "only (the text encoder and VAE are copied from it)")
+        raise QuantizeError(
+            f"{base_checkpoint}: quantized checkpoints are written from single-file checkpoints "
+            "only (the text encoder and VAE are copied from it)"
+        )
     if path.suffix != ".safetensors":
         raise QuantizeError(f"{path}: the output must be a .safetensors file")
     report = model.model_options.get(QUANT_OPTION)
@@ -98,20 +87,3 @@ def write_quantized_checkpoint(path: str | Path, model: ModelHost, base_checkpoi
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({**others, **tensors}, str(path), metadata=metadata)
     return path
-
-
-def build_quantized_unet(state: dict[str, torch.Tensor], recipe: dict, name: str) -> torch.nn.Module:
-    """The quantized diffusers UNet of a quantized checkpoint (built on the meta device: the float
-    weights are never allocated)."""
-    from diffusers import UNet2DConditionModel
-
-    if not recipe.get("unet_config"):
-        raise QuantizeError(f"{name}: quantized checkpoint has no UNet config in its metadata")
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**recipe["unet_config"])
-    unet_state = {k[len(UNET_KEY_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_KEY_PREFIX)}
-    try:
-        load_quantized_unet_state(unet, unet_state, recipe)
-    except QuantizeError as error:
-        raise QuantizeError(f"{name}: {error}") from None
-    return unet.eval().requires_grad_(False)

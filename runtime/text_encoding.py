@@ -15,9 +15,9 @@ from functools import partial
 import torch
 
 from .fast_mode import fast_or_eager, settings_of
+from .lora_state import activate_clip_patches
+from .model_types import ClipHost
 from .prompt_weights import empty_tokens, tokenize_weighted
-from .lora import activate_clip_patches
-from .types import ClipHost
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ def run_encoder(encoder, token_ids: torch.Tensor, layer: int | None, normalize_h
         z = out.last_hidden_state
     else:
         if not -len(out.hidden_states) < layer < 0:
-            raise ValueError(f"CLIP layer {layer} does not exist: the text encoder has {len(out.hidden_states) - 1} layers")
+            raise ValueError(
+                f"CLIP layer {layer} does not exist: the text encoder has {len(out.hidden_states) - 1} layers"
+            )
         z = out.hidden_states[layer]
         if normalize_hidden:
             z = _final_norm(encoder)(z)
@@ -73,8 +75,9 @@ def encode_weighted(clip_encoder, tokenizer, text: str, rule: EncoderRule, layer
     choice = dict(layer=layer, normalize_hidden=rule.normalize_hidden, projected=rule.projected_pooled)
     ids = ids.to(next(clip_encoder.parameters()).device)
     run = partial(run_encoder, clip_encoder, **choice)
-    z, pooled = (t.cpu() for t in fast_or_eager(fast, "text_encoder", clip_encoder, run, (ids,),
-                                                extra=tuple(choice.values())))
+    z, pooled = (
+        t.cpu() for t in fast_or_eager(fast, "text_encoder", clip_encoder, run, (ids,), extra=tuple(choice.values()))
+    )
     if has_weights:
         empty, z = z[-1:], z[:-1]
         w = weights[..., None]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..quantize.checkpoint import read_quant_metadata
 from .checkpoint_config import (
     SD15_CLIP_PREFIX,
     SDXL_CLIP_G_PREFIX,
@@ -51,7 +52,8 @@ from .checkpoint_config import (
 )
 from .clip_tokenizer import packaged_clip_tokenizer
 from .devices import Placement, current_placement
-from .types import SD15_NOISE_SCHEDULE, ClipHost, ModelHost, VaeHost
+from .model_types import SD_NOISE_SCHEDULE, ClipHost, ModelHost, VaeHost
+from .quantized_unet import build_quantized_unet
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -112,7 +114,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # pickle errors come in many types
         raise CheckpointFormatError(f"{path.name}: not a readable checkpoint ({error})") from error
     if not isinstance(data, dict):
-        raise CheckpointFormatError(f"{path.name}: not a checkpoint (a pickled {type(data).__name__}, not a dict of tensors)")
+        raise CheckpointFormatError(
+            f"{path.name}: not a checkpoint (a pickled {type(data).__name__}, not a dict of tensors)"
+        )
     return _unwrap_pickled(data)
 
 
@@ -126,8 +130,10 @@ def _checkpoint_safe_globals() -> list:
     ComfyUI allows it: the Lightning callback stand-in and numpy scalars (`global_step`, scores)."""
     from _codecs import encode
 
-    allowed: list = [(_LightningCallbackStandIn, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
-                     encode]
+    allowed: list = [
+        (_LightningCallbackStandIn, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+        encode,
+    ]
     try:
         import numpy
         from numpy import dtypes
@@ -135,7 +141,9 @@ def _checkpoint_safe_globals() -> list:
         return allowed
     scalar = numpy.array(0.0)[()].__reduce__()[0]  # numpy's scalar reconstructor, under both its names
     allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), numpy.dtype]
-    allowed += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType") if hasattr(dtypes, n)]
+    allowed += [
+        getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType") if hasattr(dtypes, n)
+    ]
     return allowed
 
 
@@ -220,6 +228,7 @@ def _parameters_on_meta() -> Iterator[None]:
     """Within the block, every parameter a module registers goes to the meta device (no storage);
     buffers stay real (CLIP's position ids are computed, not read). Uses torch's global parameter
     registration hook, so modules built meanwhile in other threads are affected too."""
+
     def to_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None):
         if param is None or param.device.type == "meta":
             return None
@@ -232,8 +241,14 @@ def _parameters_on_meta() -> Iterator[None]:
         handle.remove()
 
 
-def build_with_weights(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str, name: str,
-                       device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def build_with_weights(
+    build: Callable[[], torch.nn.Module],
+    state: dict[str, torch.Tensor],
+    what: str,
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.nn.Module:
     """`build()` with its parameters on the meta device, then the file's tensors placed on `device` in
     `dtype` and assigned: the module never holds a random float32 initialisation."""
     with _parameters_on_meta():
@@ -242,8 +257,13 @@ def build_with_weights(build: Callable[[], torch.nn.Module], state: dict[str, to
     return module.to(device=device)  # buffers (CLIP position ids) follow; parameters are already there
 
 
-def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, name: str,
-                 placement: tuple[torch.device, torch.dtype] | None = None) -> torch.nn.Module:
+def _strict_load(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    what: str,
+    name: str,
+    placement: tuple[torch.device, torch.dtype] | None = None,
+) -> torch.nn.Module:
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
     if not any(k.startswith("text_model.") for k in module.state_dict()):
         # transformers 5's CLIPTextModel has no `text_model.` level; checkpoints (and diffusers) do
@@ -253,9 +273,10 @@ def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
         state = {k: _placed(v, *placement) if k in wanted else v for k, v in state.items()}
     try:
         missing, unexpected = module.load_state_dict(state, strict=False, assign=placement is not None)
-    except RuntimeError as error:   # a tensor whose shape does not fit
-        raise CheckpointFormatError(f"{name}: the {what} weights do not fit the architecture inferred from them "
-                                    f"({error})") from error
+    except RuntimeError as error:  # a tensor whose shape does not fit
+        raise CheckpointFormatError(
+            f"{name}: the {what} weights do not fit the architecture inferred from them ({error})"
+        ) from error
     if missing or unexpected:
         raise CheckpointFormatError(
             f"{name}: the {what} weights do not fit the architecture inferred from them "
@@ -264,8 +285,9 @@ def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     return module.eval().requires_grad_(False)
 
 
-def _text_encoder(state: dict, hidden_act: str, tokens: TokenizerChoice, with_projection: bool, name: str,
-                  placement: Placement):
+def _text_encoder(
+    state: dict, hidden_act: str, tokens: TokenizerChoice, with_projection: bool, name: str, placement: Placement
+):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tokens.tokenizer
@@ -283,8 +305,9 @@ def _text_encoder(state: dict, hidden_act: str, tokens: TokenizerChoice, with_pr
     except KeyError as error:
         raise CheckpointFormatError(f"{name}: the text encoder lacks {error} (after renaming)") from error
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return build_with_weights(lambda: cls(config), state, "text encoder", name, placement.device,
-                         placement.text_encoder_dtype)
+    return build_with_weights(
+        lambda: cls(config), state, "text encoder", name, placement.device, placement.text_encoder_dtype
+    )
 
 
 def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
@@ -293,8 +316,6 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
 
     name = path.name
     state = read_state_dict(path)
-    from ...quantize.checkpoint import read_quant_metadata
-
     quantized = read_quant_metadata(path)  # a quantized checkpoint (quantize/checkpoint.py), or None
     family = quantized["family"] if quantized else detect_family(state, name)
     tokens = resolve_tokenizer(path)
@@ -305,32 +326,36 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
         pooled_dim = None
     else:
         clip_l = _text_encoder(clip_l_state(state, SDXL_CLIP_L_PREFIX), "quick_gelu", tokens, False, name, placement)
-        clip_g = _text_encoder(open_clip_state(state, SDXL_CLIP_G_PREFIX, name), "gelu", tokens, True, name,
-                               placement)
+        clip_g = _text_encoder(open_clip_state(state, SDXL_CLIP_G_PREFIX, name), "gelu", tokens, True, name, placement)
         encoders = [clip_l, clip_g]
         pooled_dim = clip_g.config.projection_dim
 
     if quantized:
-        from .quantize import build_quantized_unet
-
         unet = build_quantized_unet(state, quantized, name).to(device=placement.device)  # its own dtypes
     else:
         unet_ldm = strip_prefix(state, UNET_PREFIX)
         unet_config = infer_unet_config(unet_ldm, family, pooled_dim)
-        unet = build_with_weights(lambda: UNet2DConditionModel(**unet_config),
-                             convert_ldm_unet_checkpoint(state, unet_config), "UNet", name, placement.device,
-                             placement.unet_dtype)
+        unet = build_with_weights(
+            lambda: UNet2DConditionModel(**unet_config),
+            convert_ldm_unet_checkpoint(state, unet_config),
+            "UNet",
+            name,
+            placement.device,
+            placement.unet_dtype,
+        )
 
     vae_state, diffusers_names = vae_weights(state, name)
     vae_config = infer_vae_config(vae_state, family, diffusers_names)
     if not diffusers_names:
         vae_state = convert_ldm_vae_checkpoint(state, vae_config)
-    vae = build_with_weights(lambda: AutoencoderKL(**vae_config), vae_state, "VAE", name, placement.device,
-                             placement.vae_dtype)
+    vae = build_with_weights(
+        lambda: AutoencoderKL(**vae_config), vae_state, "VAE", name, placement.device, placement.vae_dtype
+    )
 
     return LoadedCheckpoint(
-        model=ModelHost(unet=unet, family=family, noise_schedule=dict(SD15_NOISE_SCHEDULE),
-                        prediction_type=prediction_type(state)),
+        model=ModelHost(
+            unet=unet, family=family, noise_schedule=dict(SD_NOISE_SCHEDULE), prediction_type=prediction_type(state)
+        ),
         clip=ClipHost(tokenizer=tokens.tokenizer, text_encoders=encoders, family=family),
         vae=VaeHost(vae=vae, scaling_factor=vae_config["scaling_factor"], family=family),
     )
@@ -350,19 +375,35 @@ def _load_diffusers_folder(path: Path, placement: Placement) -> LoadedCheckpoint
             raise CheckpointFormatError(f"{path}: diffusers folder has no '{part}/' subfolder")
     # read straight into the target dtype (one host copy), then moved to the device
     device, text_dtype = placement.device, placement.text_encoder_dtype
-    unet = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=True,
-                                                torch_dtype=placement.unet_dtype).to(device).eval()
-    vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", local_files_only=True,
-                                        torch_dtype=placement.vae_dtype).to(device).eval()
+    unet = (
+        UNet2DConditionModel.from_pretrained(
+            str(path), subfolder="unet", local_files_only=True, torch_dtype=placement.unet_dtype
+        )
+        .to(device)
+        .eval()
+    )
+    vae = (
+        AutoencoderKL.from_pretrained(
+            str(path), subfolder="vae", local_files_only=True, torch_dtype=placement.vae_dtype
+        )
+        .to(device)
+        .eval()
+    )
     tokenizer = _load_tokenizer(path / "tokenizer") if (path / "tokenizer").is_dir() else packaged_clip_tokenizer()
-    encoders = [CLIPTextModel.from_pretrained(str(path), subfolder="text_encoder", local_files_only=True,
-                                              dtype=text_dtype).to(device).eval()]
+    encoders = [
+        CLIPTextModel.from_pretrained(str(path), subfolder="text_encoder", local_files_only=True, dtype=text_dtype)
+        .to(device)
+        .eval()
+    ]
     if family == "sdxl":
         encoders.append(
-            CLIPTextModelWithProjection.from_pretrained(str(path), subfolder="text_encoder_2", local_files_only=True,
-                                                        dtype=text_dtype).to(device).eval()
+            CLIPTextModelWithProjection.from_pretrained(
+                str(path), subfolder="text_encoder_2", local_files_only=True, dtype=text_dtype
+            )
+            .to(device)
+            .eval()
         )
-    schedule = dict(SD15_NOISE_SCHEDULE)
+    schedule = dict(SD_NOISE_SCHEDULE)
     prediction_type = "epsilon"
     scheduler_config = path / "scheduler" / "scheduler_config.json"
     if scheduler_config.is_file():

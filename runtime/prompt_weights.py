@@ -58,7 +58,7 @@ def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
         colon = inner.rfind(":")
         if colon > 0:
             try:
-                inner_weight = float(inner[colon + 1:])
+                inner_weight = float(inner[colon + 1 :])
                 inner = inner[:colon]
             except ValueError:
                 pass
