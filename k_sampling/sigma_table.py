@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import torch
 
+from ..lcm_scheduler.schedule import make_betas as schedule_betas
+
 ZSNR_LAST_ALPHABAR = 4.8973451890853435e-08
 
 
 def make_betas(schedule: dict) -> torch.Tensor:
-    """Training betas (float64) from a diffusers-style schedule dict: "scaled_linear" (SD's,
-    called "linear" in LDM configs: linear in sqrt(beta)) or "linear" (linear in beta)."""
-    n, start, end = schedule["num_train_timesteps"], schedule["beta_start"], schedule["beta_end"]
-    kind = schedule.get("beta_schedule", "scaled_linear")
-    if kind == "scaled_linear":
-        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
-    if kind == "linear":
-        return torch.linspace(start, end, n, dtype=torch.float64)
-    raise ValueError(f"beta_schedule {kind!r} is not supported (use 'scaled_linear' or 'linear')")
+    """Training betas (float64, as ComfyUI builds its table) from a diffusers-style schedule dict:
+    `lcm_scheduler.make_betas` ("scaled_linear", SD's, linear in sqrt(beta); or "linear")."""
+    return schedule_betas(
+        schedule.get("beta_schedule", "scaled_linear"),
+        schedule["beta_start"],
+        schedule["beta_end"],
+        schedule["num_train_timesteps"],
+        dtype=torch.float64,
+    )
 
 
 def rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:

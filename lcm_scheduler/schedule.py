@@ -23,16 +23,17 @@ def make_betas(
     beta_start: float = 0.00085,
     beta_end: float = 0.012,
     num_train_timesteps: int = 1000,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Per-step noise variances (float32), as diffusers builds them.
+    """Per-step noise variances, as diffusers builds them (float32; ComfyUI's tables use float64).
 
     "scaled_linear" (Stable Diffusion 1.x/2.x/XL) is linear in sqrt(beta); "linear" is linear in beta.
     """
     _check_positive_int(num_train_timesteps, "num_train_timesteps")
     if beta_schedule == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=dtype) ** 2
     if beta_schedule == "linear":
-        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=dtype)
     raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
 
 
