@@ -1,4 +1,4 @@
-"""Command-line dispatcher: `demo`, `train`, `quantize`, and the harness's `run` / `batch` / `validate` / `nodes`."""
+"""Command-line dispatcher: `demo`, `train`, `quantize`, and the harness's `run` / `batch` / `validate` / `nodes` / `migrate`."""
 
 from __future__ import annotations
 

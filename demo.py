@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent
-DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "lcm_lora_txt2img.json"
+DEFAULT_WORKFLOW = PACK_ROOT / "example_workflows" / "lcm_lora_txt2img.json"
 
 
 def demo_run_arguments(models: str | None, out: str, workflow: str | None = None) -> list[str]:

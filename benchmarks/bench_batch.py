@@ -4,7 +4,7 @@
 
 Models: a full-size SD1.5 single-file checkpoint with random weights (UNet 860M, VAE, CLIP ViT-L) and
 a rank-64 LCM-LoRA-shaped file (as benchmarks/bench_lcm_workflow.py builds them); `--small`: the tiny
-stand-ins of the tests (a quick smoke run, not a measurement). Workflow: workflows/lcm_lora_txt2img.json
+stand-ins of the tests (a quick smoke run, not a measurement). Workflow: example_workflows/lcm_lora_txt2img.json
 (4 LCM steps, cfg 1) at --size, one job per seed and prompt.
 
 1. Throughput, side by side in one run: the same jobs file through `python -m lcm_accel batch` on one
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"
+WORKFLOW = ROOT / "example_workflows" / "lcm_lora_txt2img.json"
 PROMPTS = [
     "a lake at sunset",
     "a red fox in snow",

@@ -5,7 +5,7 @@ the 25-step cfg-7 baseline workflow, on a full-size SD1.5 architecture with rand
 
 Writes a full-size SD1.5 single-file checkpoint (UNet 860M, VAE, CLIP ViT-L text encoder;
 random weights) and an LCM-LoRA-shaped rank-64 kohya file into a temporary models folder, then
-runs workflows/lcm_lora_txt2img.json and workflows/baseline_25step_cfg7.json through the
+runs example_workflows/lcm_lora_txt2img.json and example_workflows/baseline_25step_cfg7.json through the
 headless harness exactly as `python -m lcm_accel run` does. Each workflow is run once to load
 (and patch) the model, then timed on a second run with new prompts and a new seed (so text
 encoding, sampling, VAE decode and saving all run again; the model stays loaded); the LCM
@@ -173,7 +173,7 @@ def main() -> None:
         results = {}
         for name, repeats in (("baseline_25step_cfg7", 1), ("lcm_lora_txt2img", args.repeats)):
             results[name] = timed_runs(
-                ROOT / "workflows" / f"{name}.json", root, root / "output", args.size, timer, repeats
+                ROOT / "example_workflows" / f"{name}.json", root, root / "output", args.size, timer, repeats
             )
         timer.close()
 

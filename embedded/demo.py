@@ -1,9 +1,9 @@
 """The demo on the embedded model: the example workflows, run headless at the model's 64x64 size.
 
-Writes the LCM-LoRA 4-step picture (workflows/lcm_lora_txt2img.json) to the output folder and a
+Writes the LCM-LoRA 4-step picture (example_workflows/lcm_lora_txt2img.json) to the output folder and a
 contact sheet beside it: the teacher (25 steps, CFG), the base at 4 steps (DDIM + CFG), the
 LCM-LoRA at 4 steps and the LCM-LoRA + style LoRA through the LCMAdapterMixer node
-(workflows/lcm_lora_style_mixer.json), each labelled with its sampling time and what the scorer
+(example_workflows/lcm_lora_style_mixer.json), each labelled with its sampling time and what the scorer
 reads in it.
 """
 
@@ -138,14 +138,18 @@ def _run(out: Path, text: str, seed: int) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:  # warm-up: files read, caches filled, not timed below
         main_panel = PANELS[MAIN_PANEL]
-        run_workflow(PACK_ROOT / "workflows" / main_panel.workflow, root, Path(scratch), text, seed, main_panel.sampler)
+        run_workflow(
+            PACK_ROOT / "example_workflows" / main_panel.workflow, root, Path(scratch), text, seed, main_panel.sampler
+        )
     print(f"loaded the embedded model and warmed up in {time.perf_counter() - start:.2f} s")
     scorer = load_scorer(shipped_file(SCORER_FILE))
     parts, labels = [], []
     main_image = None
     for index, panel in enumerate(PANELS):
         target = out if index == MAIN_PANEL else out / "embedded_contact_sheet_parts"
-        image, seconds = run_workflow(PACK_ROOT / "workflows" / panel.workflow, root, target, text, seed, panel.sampler)
+        image, seconds = run_workflow(
+            PACK_ROOT / "example_workflows" / panel.workflow, root, target, text, seed, panel.sampler
+        )
         (verdict,) = verdicts(scorer, read_png(image))
         seen = f"{verdict.colour} {verdict.shape}, {verdict.position}" + (
             ", outlined" if verdict.style == "outlined" else ""

@@ -1,7 +1,7 @@
 """A ComfyUI models folder in which the example workflows' file names hold the embedded model.
 
 `checkpoints/v1-5-pruned-emaonly.safetensors` is the embedded base, `loras/lcm-lora-sdv1-5.safetensors`
-its LCM-LoRA and `loras/style-lora-sd15.safetensors` its style LoRA, so `workflows/*.json` run on it
+its LCM-LoRA and `loras/style-lora-sd15.safetensors` its style LoRA, so `example_workflows/*.json` run on it
 unchanged (at the model's native 64x64 size). The SDXL names hold the tiny random stand-ins (there is
 no embedded SDXL). Written once per version of the shipped files to the user's cache.
 """

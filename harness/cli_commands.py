@@ -88,7 +88,16 @@ def add_harness_commands(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_placement_options(batch)
     sub.add_parser("validate", parents=[common, workflow], help="check a workflow without running it")
-    sub.add_parser("nodes", parents=[common], help="list the registered nodes")
+    nodes = sub.add_parser("nodes", parents=[common], help="list the registered nodes (and their inputs)")
+    nodes.add_argument("--inputs", action="store_true", help="also list each node's inputs and outputs")
+    nodes.add_argument(
+        "--json", action="store_true", help="print ids, display names, categories, inputs and outputs as JSON"
+    )
+    migrate = sub.add_parser(
+        "migrate", parents=[common], help="rewrite the old node ids of a saved workflow to the pack's current ones"
+    )
+    migrate.add_argument("workflow", help="workflow .json (API or UI format)")
+    migrate.add_argument("-o", "--output", help="write here (default: overwrite the workflow file)")
 
 
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
@@ -136,13 +145,79 @@ def _prepare(args: argparse.Namespace, registry: NodeRegistry) -> tuple[dict, di
     return prompt, extra
 
 
+def node_listing(registry: NodeRegistry) -> dict[str, dict]:
+    """Every registered node: display name, category, inputs by section ({name: type}) and outputs,
+    as ComfyUI's /object_info describes them (`nodes --json`)."""
+    listing = {}
+    for name in registry.names():
+        spec = registry.spec(name)
+        inputs: dict[str, dict[str, str]] = {}
+        for entry in spec.inputs.values():
+            inputs.setdefault(entry.category, {})[entry.name] = entry.type
+        listing[name] = {
+            "display_name": registry.display_name(name),
+            "category": getattr(registry.get(name), "CATEGORY", ""),
+            "inputs": inputs,
+            "outputs": [str(kind) for kind in spec.return_types],
+        }
+    return listing
+
+
 def _cmd_nodes(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    if args.json:
+        print(json.dumps({"nodes": node_listing(registry), "renamed": registry.aliases()}, indent=2))
+        return 0
+    listing = node_listing(registry) if args.inputs else {}
     for name in registry.names():
         node_class = registry.get(name)
         category = getattr(node_class, "CATEGORY", "")
         print(f"{name}\t{registry.display_name(name)}\t{category}\t{registry.source(name)}")
+        for section, inputs in listing.get(name, {}).get("inputs", {}).items():
+            for input_name, kind in inputs.items():
+                print(f"    {section} {input_name}: {kind}")
+        if name in listing:
+            print(f"    -> {', '.join(listing[name]['outputs']) or '(output node)'}")
+    for old, new in sorted(registry.aliases().items()):
+        print(f"{old}\t-> {new}\t(old id: workflows saved with it load as {new})")
     if not len(registry):
         print("no nodes registered", file=sys.stderr)
+    return 0
+
+
+def migrate_workflow(data: dict, aliases: dict[str, str]) -> tuple[dict, list[str]]:
+    """`data` (API or UI format) with each old node id replaced by its current one; and what changed."""
+    from .workflow_io import detect_format
+
+    changed = []
+    if detect_format(data) == "api":
+        nodes = [(node_id, node, "class_type") for node_id, node in data.items()]
+    else:
+        nodes = [(node.get("id"), node, "type") for node in data["nodes"]]
+        for subgraph in (data.get("definitions") or {}).get("subgraphs") or []:
+            nodes += [(node.get("id"), node, "type") for node in subgraph.get("nodes", [])]
+    for node_id, node, key in nodes:
+        new = aliases.get(node.get(key))
+        if new is None:
+            continue
+        changed.append(f"node {node_id}: {node[key]} -> {new}")
+        node[key] = new
+        properties = node.get("properties")
+        if isinstance(properties, dict) and properties.get("Node name for S&R") in aliases:
+            properties["Node name for S&R"] = new
+    return data, changed
+
+
+def _cmd_migrate(args: argparse.Namespace, registry: NodeRegistry) -> int:
+    path = Path(args.workflow)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise HarnessError(f"{path}: cannot read the workflow ({error})") from error
+    data, changed = migrate_workflow(data, registry.aliases())
+    target = Path(args.output) if args.output else path
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print("\n".join(changed) if changed else "no old node ids in the workflow", file=sys.stderr)
+    print(f"wrote {target}")
     return 0
 
 
@@ -229,7 +304,13 @@ def _placement(args: argparse.Namespace):
     return device_default(placement)
 
 
-COMMANDS = {"run": _cmd_run, "batch": _cmd_batch, "validate": _cmd_validate, "nodes": _cmd_nodes}
+COMMANDS = {
+    "run": _cmd_run,
+    "batch": _cmd_batch,
+    "validate": _cmd_validate,
+    "nodes": _cmd_nodes,
+    "migrate": _cmd_migrate,
+}
 
 
 def _fail(message: str, status: int) -> int:

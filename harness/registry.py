@@ -39,6 +39,24 @@ class NodeRegistry:
         self._classes: dict[str, type] = {}
         self._display: dict[str, str] = {}
         self._source: dict[str, str] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add_alias(self, old: str, new: str) -> None:
+        """Let workflows name the registered node `new` by `old` (a node renamed since they were saved)."""
+        if new not in self._classes:
+            raise NodeDefinitionError(f"alias {old!r}: node {new!r} is not registered")
+        if old in self._classes:
+            raise NodeDefinitionError(f"alias {old!r} would hide the registered node of that name")
+        self._aliases[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The registered name that `name` stands for: itself when a class is registered under it (a node
+        file may register an old name for its own node), else the node an old name was renamed to."""
+        return name if name in self._classes else self._aliases.get(name, name)
+
+    def aliases(self) -> dict[str, str]:
+        """Old name -> registered name."""
+        return dict(self._aliases)
 
     def register(self, name: str, node_class: type, display_name: str | None = None, source: str = "code") -> None:
         """Add one class under `name`; refuses a class breaking the node convention, and a
@@ -62,17 +80,18 @@ class NodeRegistry:
             self.register(name, node_class, (display_names or {}).get(name), source)
 
     def get(self, name: str) -> type | None:
-        """The class registered under `name`, or None."""
-        return self._classes.get(name)
+        """The class registered under `name` (or an old name of it), or None."""
+        return self._classes.get(self.canonical(name))
 
     def spec(self, name: str) -> NodeSpec:
         """A fresh NodeSpec of `name` (INPUT_TYPES is called again: file lists may change)."""
-        if name not in self._classes:
+        if name not in self:
             raise KeyError(name)
-        return NodeSpec.from_class(name, self._classes[name])
+        return NodeSpec.from_class(name, self._classes[self.canonical(name)])
 
     def display_name(self, name: str) -> str:
         """The title the frontend shows (NODE_DISPLAY_NAME_MAPPINGS), else the class name."""
+        name = self.canonical(name)
         return self._display.get(name, name)
 
     def source(self, name: str) -> str:
@@ -84,7 +103,7 @@ class NodeRegistry:
         return sorted(self._classes)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._classes
+        return name in self._classes or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -126,12 +145,13 @@ def _standalone_host_module():
 
 
 def default_registry() -> NodeRegistry:
-    """The pack's nodes plus, when present, the standalone host's core-node implementations."""
-    pack = importlib.import_module(__package__.rpartition(".")[0])
+    """The pack's nodes (and their old ids as aliases) plus, when present, the standalone host's
+    core-node implementations."""
+    pack = importlib.import_module(__package__.rpartition(".")[0] + ".nodes")
     registry = NodeRegistry()
-    registry.update(
-        getattr(pack, "NODE_CLASS_MAPPINGS", {}), getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", {}), source="pack"
-    )
+    registry.update(pack.PACK_NODES, pack.DISPLAY_NAMES, source="pack")
+    for old, new in pack.OLD_NODE_IDS.items():
+        registry.add_alias(old, new)
     host = _standalone_host_module()
     if host is not None:
         registry.update(

@@ -1,5 +1,10 @@
-"""The pack's node classes (category "LCM Accel"). Thin: they check inputs, then call the host
-(`hosts.get_host()`). Importing this package is cheap: no torch until a node runs."""
+"""The pack's nodes (category "LCM Accel"), each declared once: ComfyUI's V1 attributes plus the
+pack-prefixed `NODE_ID`, display name, search aliases and old ids (see `hosts.node_declaration`).
+
+The headless harness registers `PACK_NODES` as they are; inside ComfyUI the host turns each into a V3
+`io.ComfyNode` (`hosts.comfyui.extension`). Nodes are thin: they check inputs, then call the host
+(`hosts.get_host()`). Importing this package is cheap: no torch until a node runs.
+"""
 
 from __future__ import annotations
 
@@ -11,38 +16,37 @@ from .accelerator_nodes import (
 )
 from .deepcache_node import DeepCache
 from .fast_mode_node import LCMFastMode
-from .lora_nodes import LCMAdapterMixer, LCMLoraLoader
+from .lora_nodes import LCMAdapterMixer, LCMAdapterMixerRows, LCMLoraLoader, LCMLoraRow
 from .quantize_node import LCMQuantizeUNet
 from .sampling_nodes import LCMKSampler, LCMSampler, LCMScheduler
 
-NODE_CLASS_MAPPINGS = {
-    "LCMLoraLoader": LCMLoraLoader,
-    "LCMAdapterMixer": LCMAdapterMixer,
-    "LCMScheduler": LCMScheduler,
-    "LCMSampler": LCMSampler,
-    "LCMKSampler": LCMKSampler,
-    "DeepCache": DeepCache,
-    "LCMFastMode": LCMFastMode,
-    "LCMQuantizeUNet": LCMQuantizeUNet,
-    "LCMAcceleratorLoader": LCMAcceleratorLoader,
-    "LCMAcceleratorScheduler": LCMAcceleratorScheduler,
-    "LCMAcceleratorSampler": LCMAcceleratorSampler,
-    "LCMAcceleratorKSampler": LCMAcceleratorKSampler,
-}
+NODE_CLASSES: tuple[type, ...] = (
+    LCMLoraLoader,
+    LCMAdapterMixerRows,
+    LCMLoraRow,
+    LCMScheduler,
+    LCMSampler,
+    LCMKSampler,
+    DeepCache,
+    LCMFastMode,
+    LCMQuantizeUNet,
+    LCMAcceleratorLoader,
+    LCMAcceleratorScheduler,
+    LCMAcceleratorSampler,
+    LCMAcceleratorKSampler,
+    LCMAdapterMixer,
+)
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LCMLoraLoader": "LCM-LoRA Loader",
-    "LCMAdapterMixer": "LCM Adapter Mixer",
-    "LCMScheduler": "LCM Scheduler",
-    "LCMSampler": "LCM Sampler",
-    "LCMKSampler": "LCM KSampler",
-    "DeepCache": "DeepCache",
-    "LCMFastMode": "LCM Fast Mode (CUDA)",
-    "LCMQuantizeUNet": "LCM Quantize UNet",
-    "LCMAcceleratorLoader": "Accelerator LoRA Loader (LCM/TCD/Hyper-SD/Lightning/DMD2/PCM/Flash)",
-    "LCMAcceleratorScheduler": "Accelerator Scheduler",
-    "LCMAcceleratorSampler": "Accelerator Sampler",
-    "LCMAcceleratorKSampler": "Accelerator KSampler",
-}
+PACK_NODES: dict[str, type] = {cls.NODE_ID: cls for cls in NODE_CLASSES}
+"""Node id -> node class."""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+DISPLAY_NAMES: dict[str, str] = {cls.NODE_ID: cls.DISPLAY_NAME for cls in NODE_CLASSES}
+
+OLD_NODE_IDS: dict[str, str] = {old: cls.NODE_ID for cls in NODE_CLASSES for old in cls.OLD_IDS}
+"""Id a workflow saved before the `LCMAccel_` prefix uses -> the node it loads as."""
+
+SHARED_OLD_IDS = frozenset({"DeepCache", "LCMScheduler"})
+"""Old ids other public packs register too (DeepCache: two packs; LCMScheduler:
+ComfyUI-sampler-lcm-alternative): a workflow with one of them may mean either pack's node."""
+
+__all__ = ["DISPLAY_NAMES", "NODE_CLASSES", "OLD_NODE_IDS", "PACK_NODES", "SHARED_OLD_IDS"]

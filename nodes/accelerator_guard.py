@@ -40,7 +40,7 @@ def record_mix_families(host, model_in, model_out, lora_names: list[str]):
     families = ([previous["family"]] if previous else []) + [detection.family for _, detection in found]
     message = mix_warning(families)
     if message:
-        warn([f"LCMAdapterMixer: {message}"])
+        warn([f"LCMAccel_AdapterMixer: {message}"])
     if previous or not found:
         return model_out
     name, detection = found[0]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from ..hosts import get_host
 from ..hosts.accelerator_record import accelerator_record, with_accelerator_record
+from ..hosts.node_declaration import CATEGORY
 from .accelerator_guard import LOGGER, detect_lora_family, warn
 from .inputs import check_int, check_lora_choice, check_range
 from .lora_nodes import WEIGHT_RANGE, add_clip_part, clip_input
 from .sampling_nodes import MAX_SEED, STRENGTH
 
-CATEGORY = "LCM Accel"
 AUTO = "auto"
 FROM_MODEL = "from_model"
 STEPS = {"default": 4, "min": 1, "max": 50}
@@ -41,7 +41,7 @@ def resolve_family(node: str, model, family: str):
     if record is None:
         raise ValueError(
             f"{node}: family is {FROM_MODEL!r} but the MODEL has no accelerator family recorded; "
-            f"load the LoRA with LCMAcceleratorLoader (or LCMAdapterMixer), or choose the family here"
+            f"load the LoRA with the Accelerator LoRA Loader (or the LCM Adapter Mixer), or choose the family here"
         )
     return get_family(record["family"]), record.get("lora_steps")
 
@@ -65,6 +65,11 @@ def family_sigmas(host, node: str, model, family: str, steps: int, denoise: floa
 class LCMAcceleratorLoader:
     """Apply a few-step accelerator LoRA (LCM, TCD, Hyper-SD, Lightning, DMD2, PCM, Flash) and record
     its family on the MODEL, for LCMAcceleratorScheduler / Sampler / KSampler."""
+
+    NODE_ID = "LCMAccel_AcceleratorLoader"
+    DISPLAY_NAME = "Accelerator LoRA Loader"
+    SEARCH_ALIASES = ("lcm", "tcd", "hyper-sd", "lightning", "dmd2", "pcm", "flash", "turbo", "few step", "lora")
+    OLD_IDS = ("LCMAcceleratorLoader",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -113,7 +118,7 @@ class LCMAcceleratorLoader:
     DESCRIPTION = "Loads a few-step accelerator LoRA and records its family, so the family's exact schedule is used."
 
     def load(self, model, lora_name: str, family: str, strength: float, clip=None, strength_clip: float = 1.0):
-        node = "LCMAcceleratorLoader"
+        node = self.NODE_ID
         host = get_host()
         families = _families()
         FAMILIES, Detection, mix_warning = families.FAMILIES, families.Detection, families.mix_warning
@@ -152,6 +157,11 @@ class LCMAcceleratorLoader:
 class LCMAcceleratorScheduler:
     """The accelerator family's exact timesteps as SIGMAS of the model's own table (trailing 0)."""
 
+    NODE_ID = "LCMAccel_AcceleratorScheduler"
+    DISPLAY_NAME = "Accelerator Scheduler"
+    SEARCH_ALIASES = ("lcm", "tcd", "hyper-sd", "lightning", "dmd2", "pcm", "turbo", "sigmas")
+    OLD_IDS = ("LCMAcceleratorScheduler",)
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -180,7 +190,7 @@ class LCMAcceleratorScheduler:
     DESCRIPTION = "The exact timesteps an accelerator family was trained for, as sigmas for SamplerCustom."
 
     def get_sigmas(self, model, family: str, steps: int, denoise: float = 1.0):
-        node = "LCMAcceleratorScheduler"
+        node = self.NODE_ID
         check_int(node, "steps", steps, STEPS["min"], STEPS["max"])
         check_range(node, "denoise", denoise, STRENGTH["min"], STRENGTH["max"])
         return (family_sigmas(get_host(), node, model, family, steps, float(denoise))[0],)
@@ -188,6 +198,11 @@ class LCMAcceleratorScheduler:
 
 class LCMAcceleratorSampler:
     """The accelerator family's sampler (LCM, TCD with its gamma, or deterministic DDIM / Euler)."""
+
+    NODE_ID = "LCMAccel_AcceleratorSampler"
+    DISPLAY_NAME = "Accelerator Sampler"
+    SEARCH_ALIASES = ("lcm", "tcd", "hyper-sd", "lightning", "dmd2", "pcm", "turbo", "sampler")
+    OLD_IDS = ("LCMAcceleratorSampler",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -205,12 +220,17 @@ class LCMAcceleratorSampler:
     DESCRIPTION = "The sampler an accelerator family was trained for, for SamplerCustom."
 
     def get_sampler(self, model, family: str):
-        chosen, _ = resolve_family("LCMAcceleratorSampler", model, family)
+        chosen, _ = resolve_family(self.NODE_ID, model, family)
         return (get_host().accelerator_sampler(chosen.sampler, chosen.gamma, chosen.pure_noise_starts),)
 
 
 class LCMAcceleratorKSampler:
     """Sampling with the accelerator family's exact schedule and sampler in one node."""
+
+    NODE_ID = "LCMAccel_AcceleratorKSampler"
+    DISPLAY_NAME = "Accelerator KSampler"
+    SEARCH_ALIASES = ("lcm", "tcd", "hyper-sd", "lightning", "dmd2", "pcm", "turbo", "ksampler", "few step")
+    OLD_IDS = ("LCMAcceleratorKSampler",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -265,7 +285,7 @@ class LCMAcceleratorKSampler:
         family: str = FROM_MODEL,
         denoise: float = 1.0,
     ):
-        node = "LCMAcceleratorKSampler"
+        node = self.NODE_ID
         check_int(node, "seed", seed, 0, MAX_SEED)
         check_int(node, "steps", steps, STEPS["min"], STEPS["max"])
         check_range(node, "cfg", cfg, 0.0, 30.0)

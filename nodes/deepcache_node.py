@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..hosts import get_host
+from ..hosts.node_declaration import CATEGORY
 from .inputs import check_int, check_range
 
-CATEGORY = "LCM Accel"
 SCHEDULES = ["uniform", "non-uniform"]
 MAX_INTERVAL = 50
 MAX_DEPTH = 11  # SD1.5 has 12 skip branches (0-11), SDXL 9 (0-8); the host checks the model's own
@@ -14,6 +14,11 @@ MAX_DEPTH = 11  # SD1.5 has 12 skip branches (0-11), SDXL 9 (0-8); the host chec
 class DeepCache:
     """Skip the deep part of the UNet on most steps, reusing the features of the last full step
     (DeepCache, Ma et al. 2023). Works with every sampler; the cache lives for one sampling run."""
+
+    NODE_ID = "LCMAccel_DeepCache"
+    DISPLAY_NAME = "DeepCache"
+    SEARCH_ALIASES = ("deepcache", "cache", "speed up", "feature cache")
+    OLD_IDS = ("DeepCache",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -44,6 +49,7 @@ class DeepCache:
                 "start_percent": (
                     "FLOAT",
                     {
+                        "advanced": True,
                         "default": 0.0,
                         "min": 0.0,
                         "max": 1.0,
@@ -54,6 +60,7 @@ class DeepCache:
                 "end_percent": (
                     "FLOAT",
                     {
+                        "advanced": True,
                         "default": 1.0,
                         "min": 0.0,
                         "max": 1.0,
@@ -64,6 +71,7 @@ class DeepCache:
                 "schedule": (
                     SCHEDULES,
                     {
+                        "advanced": True,
                         "default": "uniform",
                         "tooltip": "uniform: every N-th step is full. non-uniform: as many full steps, "
                         "dense early in the run and sparse later (DeepCache's power law; "
@@ -91,7 +99,7 @@ class DeepCache:
         end_percent: float,
         schedule: str = "uniform",
     ):
-        node = "DeepCache"
+        node = self.NODE_ID
         check_int(node, "cache_interval", cache_interval, 1, MAX_INTERVAL)
         check_int(node, "cache_depth", cache_depth, 0, MAX_DEPTH)
         check_range(node, "start_percent", start_percent, 0.0, 1.0)

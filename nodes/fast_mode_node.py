@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..hosts import get_host
+from ..hosts.node_declaration import CATEGORY
 
-CATEGORY = "LCM Accel"
 BACKENDS = ["cuda_graph", "torch_compile"]
 
 
@@ -12,6 +12,11 @@ class LCMFastMode:
     """Opt-in fast path: each UNet step (per batch, size and dtype), text encode and VAE decode is
     captured once and then replayed, and the LCM / TCD loop never waits on the GPU between steps.
     Standalone host on CUDA only; elsewhere it says why once and everything runs as before."""
+
+    NODE_ID = "LCMAccel_FastMode"
+    DISPLAY_NAME = "LCM Fast Mode (CUDA)"
+    SEARCH_ALIASES = ("cuda graph", "torch compile", "fast", "speed up")
+    OLD_IDS = ("LCMFastMode",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -53,7 +58,7 @@ class LCMFastMode:
 
     def apply(self, model, enable: bool, backend: str, clip=None, vae=None):
         if not isinstance(enable, bool):
-            raise ValueError(f"LCMFastMode: enable must be true or false, got {enable!r}")
+            raise ValueError(f"{self.NODE_ID}: enable must be true or false, got {enable!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"LCMFastMode: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise ValueError(f"{self.NODE_ID}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         return get_host().fast_mode(model, clip, vae, enable, backend)

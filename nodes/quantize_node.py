@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..hosts import get_host
+from ..hosts.node_declaration import CATEGORY
 from .inputs import check_int
 
-CATEGORY = "LCM Accel"
 FORMATS = ["int8", "fp8_e4m3fn", "int4"]  # as ComfyUI names its fp8 weight dtype
 # names saved workflows may carry -> the quantize/ format id the host is given
 FORMAT_IDS = {"int8": "int8", "fp8_e4m3fn": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "int4": "int4"}
@@ -15,6 +15,11 @@ GROUP_SIZES = (2, 1024)
 class LCMQuantizeUNet:
     """Quantize the UNet's Linear / Conv2d weights after the LoRAs loaded before this node are merged
     into them (merge-then-quantize). Layers named in `keep` stay in high precision."""
+
+    NODE_ID = "LCMAccel_QuantizeUNet"
+    DISPLAY_NAME = "Quantize UNet (int8/fp8/int4)"
+    SEARCH_ALIASES = ("quantize", "int8", "fp8", "int4", "low bit", "qalora")
+    OLD_IDS = ("LCMQuantizeUNet",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -39,6 +44,7 @@ class LCMQuantizeUNet:
                 "keep": (
                     "STRING",
                     {
+                        "advanced": True,
                         "default": "default",
                         "tooltip": "Comma-separated layer-name patterns (globs) kept in high precision. "
                         "'default' = first/last conv and the time embedding (conv_in, conv_out, "
@@ -48,6 +54,7 @@ class LCMQuantizeUNet:
                 "group_size": (
                     "INT",
                     {
+                        "advanced": True,
                         "default": 64,
                         "min": GROUP_SIZES[0],
                         "max": GROUP_SIZES[1],
@@ -58,6 +65,7 @@ class LCMQuantizeUNet:
                 "keep_source": (
                     "BOOLEAN",
                     {
+                        "advanced": True,
                         "default": False,
                         "tooltip": "Keep the merged float weights too, so LoRAs can be added or "
                         "re-weighted after this node (re-quantized on change). Costs the "
@@ -85,7 +93,7 @@ class LCMQuantizeUNet:
         return True
 
     def quantize(self, model, format: str, keep: str = "default", group_size: int = 64, keep_source: bool = False):
-        node = "LCMQuantizeUNet"
+        node = self.NODE_ID
         if format not in FORMAT_IDS:
             raise ValueError(f"{node}: format must be one of {', '.join(FORMATS)}, got {format!r}")
         check_int(node, "group_size", group_size, *GROUP_SIZES)

@@ -4,9 +4,9 @@ one-node LCMKSampler."""
 from __future__ import annotations
 
 from ..hosts import get_host
+from ..hosts.node_declaration import CATEGORY
 from .inputs import check_int, check_lcm_steps, check_range
 
-CATEGORY = "LCM Accel"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 STEPS = {"default": 4, "min": 1, "max": 50}
 ORIGINAL_STEPS = {"default": 50, "min": 1, "max": 1000}
@@ -31,13 +31,18 @@ def _check_schedule(node: str, steps: int, original_steps: int, strength: float,
 class LCMScheduler:
     """The LCM paper's skipping-step timesteps as SIGMAS of the model's own table (trailing 0)."""
 
+    NODE_ID = "LCMAccel_Scheduler"
+    DISPLAY_NAME = "LCM Scheduler"
+    SEARCH_ALIASES = ("lcm", "latent consistency", "sigmas", "schedule")
+    OLD_IDS = ("LCMScheduler",)
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model whose noise schedule the sigmas are taken from."}),
                 "steps": ("INT", {**STEPS, "tooltip": STEPS_TIP}),
-                "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "tooltip": ORIGINAL_TIP}),
+                "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "advanced": True, "tooltip": ORIGINAL_TIP}),
                 "strength": (
                     "FLOAT",
                     {
@@ -56,12 +61,17 @@ class LCMScheduler:
     DESCRIPTION = "The exact LCM schedule as sigmas, for SamplerCustom."
 
     def get_sigmas(self, model, steps: int, original_inference_steps: int, strength: float):
-        _check_schedule("LCMScheduler", steps, original_inference_steps, strength, "strength")
+        _check_schedule(self.NODE_ID, steps, original_inference_steps, strength, "strength")
         return (get_host().lcm_sigmas(model, steps, original_inference_steps, float(strength)),)
 
 
 class LCMSampler:
     """The LCM multistep sampler (or TCD when gamma > 0), for SamplerCustom."""
+
+    NODE_ID = "LCMAccel_Sampler"
+    DISPLAY_NAME = "LCM Sampler"
+    SEARCH_ALIASES = ("lcm", "tcd", "latent consistency", "sampler")
+    OLD_IDS = ("LCMSampler",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -74,12 +84,17 @@ class LCMSampler:
     DESCRIPTION = "LCM multistep sampling (TCD when gamma > 0), with the consistency boundary condition."
 
     def get_sampler(self, gamma: float):
-        check_range("LCMSampler", "gamma", gamma, GAMMA["min"], GAMMA["max"])
+        check_range(self.NODE_ID, "gamma", gamma, GAMMA["min"], GAMMA["max"])
         return (get_host().lcm_sampler(float(gamma)),)
 
 
 class LCMKSampler:
     """LCM sampling in one node: schedule, sampler, noise and img2img (denoise < 1)."""
+
+    NODE_ID = "LCMAccel_KSampler"
+    DISPLAY_NAME = "LCM KSampler"
+    SEARCH_ALIASES = ("lcm", "tcd", "latent consistency", "ksampler", "fast", "4 steps")
+    OLD_IDS = ("LCMKSampler",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -114,7 +129,7 @@ class LCMKSampler:
                     "LATENT",
                     {"tooltip": "The latent to denoise: empty for txt2img, an encoded image for img2img."},
                 ),
-                "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "tooltip": ORIGINAL_TIP}),
+                "original_inference_steps": ("INT", {**ORIGINAL_STEPS, "advanced": True, "tooltip": ORIGINAL_TIP}),
                 "gamma": ("FLOAT", {**GAMMA, "tooltip": GAMMA_TIP}),
                 "denoise": (
                     "FLOAT",
@@ -146,7 +161,7 @@ class LCMKSampler:
         gamma: float = 0.0,
         denoise: float = 1.0,
     ):
-        node = "LCMKSampler"
+        node = self.NODE_ID
         check_int(node, "seed", seed, 0, MAX_SEED)
         check_range(node, "cfg", cfg, 0.0, 30.0)
         check_range(node, "gamma", gamma, GAMMA["min"], GAMMA["max"])

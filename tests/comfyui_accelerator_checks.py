@@ -45,7 +45,7 @@ def compare_routes(
     rows = []
     for family, steps, cfg, sampler, scheduler in routes or ROUTES:
         recorded = with_accelerator_record(model, family, "none", None, "benchmark")
-        exact = node["LCMAcceleratorKSampler"].sample(recorded, seed, steps, cfg, positive, negative, latent)[0]
+        exact = node["LCMAccel_AcceleratorKSampler"].sample(recorded, seed, steps, cfg, positive, negative, latent)[0]
         builtin = node["KSampler"].sample(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)[0]
         rows.append(
             {
@@ -79,8 +79,8 @@ def main(comfyui: str, base: str) -> None:
         diffs = {}
         for family in ("hyper_sd", "lightning", "tcd", "dmd2"):
             recorded = with_accelerator_record(model, family, "none", None, "check")
-            sigmas = node["LCMAcceleratorScheduler"].get_sigmas(recorded, "from_model", 4, 1.0)[0]
-            sampler = node["LCMAcceleratorSampler"].get_sampler(recorded, "from_model")[0]
+            sigmas = node["LCMAccel_AcceleratorScheduler"].get_sigmas(recorded, "from_model", 4, 1.0)[0]
+            sampler = node["LCMAccel_AcceleratorSampler"].get_sampler(recorded, "from_model")[0]
             custom = node["SamplerCustom"].sample(
                 model=recorded,
                 add_noise=True,
@@ -92,7 +92,7 @@ def main(comfyui: str, base: str) -> None:
                 sigmas=sigmas,
                 latent_image=latent,
             )[0]
-            one = node["LCMAcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)[0]
+            one = node["LCMAccel_AcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)[0]
             diffs[family] = float((custom["samples"] - one["samples"]).abs().max())
         report("custom_route", max_diff=diffs)
 
@@ -108,7 +108,7 @@ def main(comfyui: str, base: str) -> None:
         lcm_mode = node["ModelSamplingDiscrete"].patch(model, "lcm", False)[0]
         for family in ("dmd2", "lcm"):
             recorded = with_accelerator_record(lcm_mode, family, "none", None, "check")
-            node["LCMAcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)
+            node["LCMAccel_AcceleratorKSampler"].sample(recorded, 42, 4, 1.0, positive, negative, latent)
         report("snapped_warning", said=said)
 
     run_check("routes", routes)

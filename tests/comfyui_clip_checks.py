@@ -31,7 +31,7 @@ def main(comfyui: str, base: str) -> None:
 
     model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
     clip = node["CLIPLoader"].load_clip("clip_l.safetensors", "stable_diffusion")[0]
-    mixer, loader, core = node["LCMAdapterMixer"], node["LCMLoraLoader"], node["LoraLoader"]
+    mixer, loader, core = node["LCMAccel_AdapterMixer4"], node["LCMAccel_LoraLoader"], node["LoraLoader"]
 
     def clip_weights(c) -> dict:
         c.load_model()
@@ -151,7 +151,7 @@ def main(comfyui: str, base: str) -> None:
                     "inputs": {"lora_name": STYLE, "model_strength": 0.5, "clip_strength": 0.5},
                 },
                 "4": {
-                    "class_type": "LCMAdapterMixer",
+                    "class_type": "LCMAccel_AdapterMixer4",
                     "inputs": {
                         "model": ["1", 0],
                         "lora_1": STYLE,
@@ -172,7 +172,7 @@ def main(comfyui: str, base: str) -> None:
                 },
                 "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
                 "7": {
-                    "class_type": "LCMKSampler",
+                    "class_type": "LCMAccel_KSampler",
                     "inputs": {
                         "model": ["4", 0],
                         "seed": 0,
@@ -190,7 +190,7 @@ def main(comfyui: str, base: str) -> None:
             }
             if quantize_format is not None:
                 graph["9"] = {
-                    "class_type": "LCMQuantizeUNet",
+                    "class_type": "LCMAccel_QuantizeUNet",
                     "inputs": {
                         "model": ["4", 0],
                         "format": quantize_format,

@@ -37,13 +37,15 @@ def main(comfyui: str, base: str) -> None:
     untouched = node["KSampler"].sample(model, 5, 3, 3.0, "euler", "normal", positive, negative, latent)[0]["samples"]
 
     def deepcache(m, interval, depth=0, start=0.0, end=1.0, schedule="uniform"):
-        return node["DeepCache"].apply(m, interval, depth, start, end, schedule)[0]
+        return node["LCMAccel_DeepCache"].apply(m, interval, depth, start, end, schedule)[0]
 
     def ksample(m, sampler="euler", steps=4, cfg=3.0, lat=latent, seed=5):
         return node["KSampler"].sample(m, seed, steps, cfg, sampler, "normal", positive, negative, lat)[0]["samples"]
 
     def lcm_ksample(m, steps=4, cfg=1.5):
-        return node["LCMKSampler"].sample(m, 7, steps, cfg, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
+        return node["LCMAccel_KSampler"].sample(m, 7, steps, cfg, positive, negative, latent, 50, 0.0, 1.0)[0][
+            "samples"
+        ]
 
     def with_stats(m):
         """A clone of a DeepCache MODEL whose runs leave their DeepCache stats in the returned list."""
@@ -234,10 +236,14 @@ def main(comfyui: str, base: str) -> None:
             out = ksample(probed, sampler, cfg=1.0)  # cfg 1: one batch-1 call per model evaluation
             results[sampler] = {"stats": seen, "finite": bool(torch.isfinite(out).all()), "std": float(out.std())}
         probed, seen = with_stats(dc)
-        sigmas = node["LCMScheduler"].get_sigmas(probed, 4, 50, 1.0)[0]
-        ours = node["LCMSampler"].get_sampler(0.0)[0]
+        sigmas = node["LCMAccel_Scheduler"].get_sigmas(probed, 4, 50, 1.0)[0]
+        ours = node["LCMAccel_Sampler"].get_sampler(0.0)[0]
         out = node["SamplerCustom"].sample(probed, True, 7, 1.0, positive, negative, ours, sigmas, latent)[0]["samples"]
-        results["LCMSampler"] = {"stats": seen, "finite": bool(torch.isfinite(out).all()), "std": float(out.std())}
+        results["LCMAccel_Sampler"] = {
+            "stats": seen,
+            "finite": bool(torch.isfinite(out).all()),
+            "std": float(out.std()),
+        }
         report("samplers", results=results, blocks_original=blocks_are_original())
 
     def no_leak():

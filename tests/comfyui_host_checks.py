@@ -22,7 +22,13 @@ def main(comfyui: str, base: str) -> None:
     import torch
 
     report(
-        "registered", nodes=sorted(name for name, obj in node.items() if getattr(obj, "CATEGORY", "") == "LCM Accel")
+        "registered",
+        nodes=sorted(name for name, obj in node.items() if getattr(obj, "CATEGORY", "") == "LCM Accel"),
+        deprecated=sorted(
+            name
+            for name, obj in node.items()
+            if getattr(obj, "CATEGORY", "") == "LCM Accel" and obj.cls.GET_SCHEMA().is_deprecated
+        ),
     )
 
     model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
@@ -44,11 +50,11 @@ def main(comfyui: str, base: str) -> None:
 
     def lora_mix():
         base = weights(model)
-        mixed = node["LCMAdapterMixer"].mix(model, lcm, 1.0, style, 0.8)[0]
+        mixed = node["LCMAccel_AdapterMixer4"].mix(model, lcm, 1.0, style, 0.8)[0]
         chained = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
         chained = node["LoraLoaderModelOnly"].load_lora_model_only(chained, style, 0.8)[0]
         composed = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
-        composed = node["LCMAdapterMixer"].mix(composed, style, 0.8)[0]
+        composed = node["LCMAccel_AdapterMixer4"].mix(composed, style, 0.8)[0]
         w_mixed, w_chained, w_composed = weights(mixed), weights(chained), weights(composed)
         spec = mixed.object_patches["lcm_accel_inplace.wanted"].spec  # in place: one write per weight
         w_after = weights(model)
@@ -69,7 +75,7 @@ def main(comfyui: str, base: str) -> None:
     def bad_lora():
         uuid_before, patches_before = model.patches_uuid, dict(model.patches)
         try:
-            node["LCMAdapterMixer"].mix(model, lcm, 1.0, sdxl, 1.0)
+            node["LCMAccel_AdapterMixer4"].mix(model, lcm, 1.0, sdxl, 1.0)
             report("bad_lora", raised=None)
         except Exception as error:  # noqa: BLE001 - the check reports what was raised
             report(
@@ -80,25 +86,29 @@ def main(comfyui: str, base: str) -> None:
             )
 
     def sampling():
-        lcm_model = node["LCMLoraLoader"].load_lora(model, lcm, 1.0)[0]
+        lcm_model = node["LCMAccel_LoraLoader"].load_lora(model, lcm, 1.0)[0]
         sampling_name = type(lcm_model.get_model_object("model_sampling")).__name__
-        sigmas = node["LCMScheduler"].get_sigmas(lcm_model, 4, 50, 1.0)[0]
+        sigmas = node["LCMAccel_Scheduler"].get_sigmas(lcm_model, 4, 50, 1.0)[0]
         results = {}
         for gamma, cfg in ((0.0, 1.0), (0.0, 1.5), (0.3, 1.0)):
-            one = node["LCMKSampler"].sample(lcm_model, 7, 4, cfg, positive, negative, latent, 50, gamma, 1.0)[0]
-            sampler = node["LCMSampler"].get_sampler(gamma)[0]
+            one = node["LCMAccel_KSampler"].sample(lcm_model, 7, 4, cfg, positive, negative, latent, 50, gamma, 1.0)[0]
+            sampler = node["LCMAccel_Sampler"].get_sampler(gamma)[0]
             custom = node["SamplerCustom"].sample(lcm_model, True, 7, cfg, positive, negative, sampler, sigmas, latent)[
                 0
             ]
             results[f"gamma{gamma}_cfg{cfg}"] = float((one["samples"] - custom["samples"]).abs().max())
-        ours = node["LCMKSampler"].sample(lcm_model, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
-        comfy_lcm = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
-        comfy_lcm = node["ModelSamplingDiscrete"].patch(comfy_lcm, "lcm", False)[0]
-        on_comfy_lcm = node["LCMKSampler"].sample(comfy_lcm, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
+        ours = node["LCMAccel_KSampler"].sample(lcm_model, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
             "samples"
         ]
+        comfy_lcm = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
+        comfy_lcm = node["ModelSamplingDiscrete"].patch(comfy_lcm, "lcm", False)[0]
+        on_comfy_lcm = node["LCMAccel_KSampler"].sample(comfy_lcm, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[
+            0
+        ]["samples"]
         plain = node["LoraLoaderModelOnly"].load_lora_model_only(model, lcm, 1.0)[0]
-        on_plain = node["LCMKSampler"].sample(plain, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0]["samples"]
+        on_plain = node["LCMAccel_KSampler"].sample(plain, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
+            "samples"
+        ]
         builtin = node["KSampler"].sample(lcm_model, 7, 4, 1.0, "lcm", "sgm_uniform", positive, negative, latent)[0][
             "samples"
         ]
@@ -116,11 +126,11 @@ def main(comfyui: str, base: str) -> None:
         )
 
     def interrupt():
-        lcm_model = node["LCMLoraLoader"].load_lora(model, lcm, 1.0)[0]
+        lcm_model = node["LCMAccel_LoraLoader"].load_lora(model, lcm, 1.0)[0]
         comfy.utils.set_progress_bar_global_hook(lambda *a, **k: mm.throw_exception_if_processing_interrupted())
         mm.interrupt_current_processing(True)
         try:
-            node["LCMKSampler"].sample(lcm_model, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)
+            node["LCMAccel_KSampler"].sample(lcm_model, 7, 4, 1.0, positive, negative, latent, 50, 0.0, 1.0)
             report("interrupt", raised=None)
         except mm.InterruptProcessingException:
             report("interrupt", raised="InterruptProcessingException")

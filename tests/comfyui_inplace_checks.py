@@ -42,7 +42,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         args = []
         for name, s in pairs:
             args += [name, s]
-        return node["LCMAdapterMixer"].mix(m, *args)[0]
+        return node["LCMAccel_AdapterMixer4"].mix(m, *args)[0]
 
     def loaded(patcher):
         mm.load_models_gpu([patcher])
@@ -74,7 +74,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
     def inplace_identity_memory():
         before = {k: (id(p), p.data_ptr()) for k, p in unet.named_parameters()}
         mixed = ours(model, (lcm, 1.0), (style, 0.8))
-        node["LCMKSampler"].sample(mixed, 3, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)  # a whole prompt
+        node["LCMAccel_KSampler"].sample(mixed, 3, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)  # a whole prompt
         after = {k: (id(p), p.data_ptr()) for k, p in unet.named_parameters()}
         w_ours = raw()
         controller = model.model.lcm_accel_inplace
@@ -146,7 +146,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
             ("ours_mix", lambda s: (ours(model, (lcm, s), (style, 0.8)), [(lcm, s), (style, 0.8)])),
             ("core_ours", lambda s: (ours(core(model, lcm, 1.0), (style, s)), [(lcm, 1.0), (style, s)])),
             ("ours_core", lambda s: (core(ours(model, (lcm, s)), style, 0.8), [(lcm, s), (style, 0.8)])),
-            ("lcm_loader", lambda s: (node["LCMLoraLoader"].load_lora(model, lcm, s)[0], [(lcm, s)])),
+            ("lcm_loader", lambda s: (node["LCMAccel_LoraLoader"].load_lora(model, lcm, s)[0], [(lcm, s)])),
         ]
         kept: list = []  # earlier clones stay alive and are used again, as in a long ComfyUI session
         worst, interrupted, checked, wrong = 0.0, 0, 0, []
@@ -262,7 +262,7 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
         report("lycoris", cases=out, plain_after_bitwise_diffs=bitwise(loaded(model), base))
 
     def fast_mode():
-        """LCMFastMode's capture wrapper, with a CPU stand-in backend (the real ones need CUDA): one
+        """LCMAccel_FastMode's capture wrapper, with a CPU stand-in backend (the real ones need CUDA): one
         capture per shape, replays after a strength change read the re-weighted weights."""
         fm = next(m for n, m in sys.modules.items() if n.endswith("hosts.comfyui.fast_mode"))
         graph_cache = next(m for n, m in sys.modules.items() if n.endswith("runtime.graph_cache"))
@@ -277,11 +277,11 @@ def main(comfyui: str, base: str, steps: int, with_compile: bool) -> None:
                 fn(*static_inputs)
                 return lambda: fn(*static_inputs)
 
-        on_cpu = node["LCMFastMode"].apply(model, True, "cuda_graph")[0] is model
+        on_cpu = node["LCMAccel_FastMode"].apply(model, True, "cuda_graph")[0] is model
         fm.BACKENDS["cpu_replay"] = CpuReplay()
 
         def sample(patcher):
-            return node["LCMKSampler"].sample(patcher, 5, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
+            return node["LCMAccel_KSampler"].sample(patcher, 5, 2, 1.0, positive, negative, latent, 50, 0.0, 1.0)[0][
                 "samples"
             ]
 

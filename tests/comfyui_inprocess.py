@@ -40,4 +40,31 @@ def start_comfyui(comfyui: str, base: str) -> dict:
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True))
-    return {name: cls() for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
+    return {name: callable_node(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
+
+
+class V3Caller:
+    """A V3 node (`io.ComfyNode`) called the V1 way, `node.any_method(*args, **kwargs)`: positional
+    arguments are given the node's input names in schema order; returns the output tuple."""
+
+    def __init__(self, cls):
+        self.cls = cls
+
+    def __getattr__(self, method: str):
+        if method.startswith("__"):
+            raise AttributeError(method)
+        if hasattr(self.cls, method):  # CATEGORY, execute, ... of the class itself
+            return getattr(self.cls, method)
+        input_types = self.cls.INPUT_TYPES()
+        names = [name for section in ("required", "optional") for name in input_types.get(section, {})]
+
+        def call(*args, **kwargs):
+            kwargs.update(zip(names, args))
+            return self.cls.execute(**kwargs).args
+
+        return call
+
+
+def callable_node(cls):
+    """An instance of a V1 node class, or a `V3Caller` of a V3 one."""
+    return V3Caller(cls) if hasattr(cls, "define_schema") else cls()

@@ -26,7 +26,7 @@ from lcm_accel.lcm_scheduler import (
     sigmas_for_timesteps,
     trailing_timesteps,
 )
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 
 # the scheduler configs the authors' `from_config(pipe.scheduler.config)` starts from
 # (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json; stabilityai/stable-diffusion-xl-base-1.0)
@@ -224,7 +224,7 @@ def test_accelerator_ksampler_equals_the_authors_pipeline(sd15, key, steps):  # 
     else:
         kwargs_steps = steps
     reference = _diffusers_latent(pipe, positive, negative if cfg > 1 else None, kwargs_steps, cfg, **kwargs)
-    ours = PACK["LCMAcceleratorKSampler"]().sample(
+    ours = PACK["LCMAccel_AcceleratorKSampler"]().sample(
         _family_model(model, key), SEED, steps, cfg, positive, negative, _empty_latent(), "from_model", 1.0
     )[0]["samples"]
     error, scale = float((ours - reference).abs().max()), float(reference.abs().max())
@@ -236,10 +236,12 @@ def test_scheduler_and_sampler_nodes_equal_the_ksampler(sd15):  # noqa: F811
 
     model, positive, negative, _ = sd15
     recorded = _family_model(model, "hyper_sd")
-    sigmas = PACK["LCMAcceleratorScheduler"]().get_sigmas(recorded, "from_model", 4, 1.0)[0]
-    sampler = PACK["LCMAcceleratorSampler"]().get_sampler(recorded, "from_model")[0]
+    sigmas = PACK["LCMAccel_AcceleratorScheduler"]().get_sigmas(recorded, "from_model", 4, 1.0)[0]
+    sampler = PACK["LCMAccel_AcceleratorSampler"]().get_sampler(recorded, "from_model")[0]
     custom = SamplerCustom().sample(recorded, True, SEED, 1.0, positive, negative, sampler, sigmas, _empty_latent())[0]
-    one_node = PACK["LCMAcceleratorKSampler"]().sample(recorded, SEED, 4, 1.0, positive, negative, _empty_latent())[0]
+    one_node = PACK["LCMAccel_AcceleratorKSampler"]().sample(
+        recorded, SEED, 4, 1.0, positive, negative, _empty_latent()
+    )[0]
     torch.testing.assert_close(custom["samples"], one_node["samples"], rtol=0, atol=0)
 
 
@@ -261,10 +263,12 @@ def test_guard_runs_on_and_logs_one_line_per_problem(sd15, caplog):  # noqa: F81
     model, positive, negative, _ = sd15
     recorded = _family_model(model, "dmd2")
     with caplog.at_level(logging.WARNING, logger="lcm_accel.accelerator"):
-        out = PACK["LCMAcceleratorKSampler"]().sample(recorded, SEED, 4, 6.0, positive, negative, _empty_latent())[0]
+        out = PACK["LCMAccel_AcceleratorKSampler"]().sample(
+            recorded, SEED, 4, 6.0, positive, negative, _empty_latent()
+        )[0]
     assert out["samples"].shape == _empty_latent()["samples"].shape
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith("LCMAcceleratorKSampler: DMD2: cfg 6 is above")
+    assert len(lines) == 1 and lines[0].startswith("LCMAccel_AcceleratorKSampler: DMD2: cfg 6 is above")
 
 
 # --- auto detection, the loader and the mixer ---
@@ -333,12 +337,12 @@ def test_loader_auto_records_the_family_and_says_which(demo_root, accelerator_lo
 
     model, paths = _demo_model(demo_root)
     with use_model_paths(paths), caplog.at_level(logging.WARNING, logger="lcm_accel.accelerator"):
-        patched = PACK["LCMAcceleratorLoader"]().load(model, accelerator_loras[0], "auto", 1.0)[0]
+        patched = PACK["LCMAccel_AcceleratorLoader"]().load(model, accelerator_loras[0], "auto", 1.0)[0]
         with pytest.raises(ValueError, match="family auto cannot tell.*mystery-accel"):
-            PACK["LCMAcceleratorLoader"]().load(model, accelerator_loras[1], "auto", 1.0)
-        chosen = PACK["LCMAcceleratorLoader"]().load(model, accelerator_loras[1], "pcm", 1.0)[0]
+            PACK["LCMAccel_AcceleratorLoader"]().load(model, accelerator_loras[1], "auto", 1.0)
+        chosen = PACK["LCMAccel_AcceleratorLoader"]().load(model, accelerator_loras[1], "pcm", 1.0)[0]
         # a second accelerator on the same MODEL: warned, the first family kept
-        twice = PACK["LCMAcceleratorLoader"]().load(patched, accelerator_loras[1], "pcm", 1.0)[0]
+        twice = PACK["LCMAccel_AcceleratorLoader"]().load(patched, accelerator_loras[1], "pcm", 1.0)[0]
     assert accelerator_record(patched)["family"] == "hyper_sd" and accelerator_record(patched)["lora_steps"] == 4
     assert accelerator_record(chosen)["family"] == "pcm" and accelerator_record(model) is None
     assert accelerator_record(twice)["family"] == "hyper_sd"
@@ -352,7 +356,7 @@ def test_mixer_keeps_the_accelerator_family_beside_a_style_lora(demo_root, accel
     from lcm_accel.runtime.model_paths import use_model_paths
 
     model, paths = _demo_model(demo_root)
-    mixer = PACK["LCMAdapterMixer"]()
+    mixer = PACK["LCMAccel_AdapterMixer4"]()
     with use_model_paths(paths), caplog.at_level(logging.WARNING, logger="lcm_accel.accelerator"):
         mixed = mixer.mix(model, "style-lora-sd15.safetensors", 0.8, accelerator_loras[0], 1.0)[0]
         assert not caplog.records
@@ -366,8 +370,8 @@ def test_mixer_keeps_the_accelerator_family_beside_a_style_lora(demo_root, accel
 
 def test_from_model_without_a_record_names_what_to_do(sd15):  # noqa: F811
     model = sd15[0]
-    with pytest.raises(ValueError, match="no accelerator family recorded.*LCMAcceleratorLoader"):
-        PACK["LCMAcceleratorScheduler"]().get_sigmas(model, "from_model", 4, 1.0)
+    with pytest.raises(ValueError, match="no accelerator family recorded.*Accelerator LoRA Loader"):
+        PACK["LCMAccel_AcceleratorScheduler"]().get_sigmas(model, "from_model", 4, 1.0)
 
 
 def test_every_family_cites_its_source_and_timesteps_are_in_the_table():
@@ -423,7 +427,7 @@ def test_sdxl_families_equal_the_authors_sdxl_pipeline(sdxl, key):
         **extra,
     )
     reference = out.images / vae.scaling_factor
-    ours = PACK["LCMAcceleratorKSampler"]().sample(
+    ours = PACK["LCMAccel_AcceleratorKSampler"]().sample(
         _family_model(model, key), SEED, 4, 1.0, positive, positive, _empty_latent(), "from_model", 1.0
     )[0]["samples"]
     error, scale = float((ours - reference).abs().max()), float(reference.abs().max())

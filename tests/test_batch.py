@@ -21,7 +21,7 @@ from lcm_accel.harness.jobs import Job, read_jobs
 from lcm_accel.harness.manifest import MANIFEST, PARTS, Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"  # UI format: the PNGs carry the edited UI workflow
+WORKFLOW = ROOT / "example_workflows" / "lcm_lora_txt2img.json"  # UI format: the PNGs carry the edited UI workflow
 SMALL = ["--set", "5.width=64", "--set", "5.height=64"]
 PROMPTS = ["a cat", "a dog", "a red house", "a boat", "mountains", "a bowl of fruit", "a lighthouse", "a robot"]
 JOBS = [
@@ -244,7 +244,7 @@ def test_failing_jobs_are_recorded_and_the_others_finish(root, tmp_path, one_thr
         "error",
         "ok",
     ]
-    assert "node 6 (LCMKSampler), input 'seed': expected an integer, got 'x'" in entries["bad-seed"]["error"]
+    assert "node 6 (LCMAccel_KSampler), input 'seed': expected an integer, got 'x'" in entries["bad-seed"]["error"]
     assert "no node 99 in the workflow" in entries["no-node"]["error"]
     assert all((tmp_path / "out" / e["images"][0]).is_file() for e in entries.values() if e["status"] == "ok")
     # a re-run retries only the failed jobs
@@ -253,7 +253,7 @@ def test_failing_jobs_are_recorded_and_the_others_finish(root, tmp_path, one_thr
     assert _entries(tmp_path / "out")["fine"]["time"] == entries["fine"]["time"]
     # a mistake in the batch's own --set is the command's: refused before any job runs
     assert main(args + ["--set", "6.sed=1"]) == 2
-    assert "node 6 (LCMKSampler) has no input 'sed'" in capsys.readouterr().err
+    assert "node 6 (LCMAccel_KSampler) has no input 'sed'" in capsys.readouterr().err
 
 
 def test_without_accelerate_one_process_runs_and_several_are_refused(monkeypatch):

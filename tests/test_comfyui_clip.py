@@ -140,8 +140,8 @@ def test_text_encoder_part_for_another_family_is_refused(checks):
 
 def test_bad_lora_stack_entries_name_the_entry(checks):
     bad = checks["bad_stack"]
-    assert "LCMAdapterMixer: lora_stack must be a LORA_STACK" in bad["not_list"]
-    assert "LCMAdapterMixer: lora_stack[0] must be (lora_name, model_strength, clip_strength)" in bad["short"]
+    assert "LCMAccel_AdapterMixer4: lora_stack must be a LORA_STACK" in bad["not_list"]
+    assert "LCMAccel_AdapterMixer4: lora_stack[0] must be (lora_name, model_strength, clip_strength)" in bad["short"]
     assert "lora_stack[0] 'nope.safetensors' is not in the loras folder" in bad["missing"]
     assert "lora_stack[0] model_strength must be a finite number" in bad["nan"]
 

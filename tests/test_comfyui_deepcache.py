@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(CHECKOUT is None, reason=WHY)
 REPO = Path(__file__).resolve().parent.parent
 PARITY_TIMESTEPS = [999.0, 749.0, 499.0, 249.0]
 PARITY_BRANCHES = (0, 3)  # deep feature from an output block, and from the middle block
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2s_ancestral", "lcm", "LCMSampler"]
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2s_ancestral", "lcm", "LCMAccel_Sampler"]
 
 
 def diffusers_skips(unet, layers_per_block: int) -> dict[str, list[str]]:

@@ -39,9 +39,14 @@ def checks(tmp_path_factory) -> dict:
 
 
 def test_pack_nodes_register_in_comfyui(checks):
-    from lcm_accel.nodes import NODE_CLASS_MAPPINGS
+    """Every node under its LCMAccel_ id; this ComfyUI (0.3.64) has no node replacement, so the old ids
+    load as deprecated copies (no other pack here holds DeepCache / LCMScheduler)."""
+    from lcm_accel.nodes import OLD_NODE_IDS, PACK_NODES
 
-    assert checks["registered"]["nodes"] == sorted(NODE_CLASS_MAPPINGS) and "DeepCache" in NODE_CLASS_MAPPINGS
+    assert checks["registered"]["nodes"] == sorted([*PACK_NODES, *OLD_NODE_IDS])
+    deprecated = [name for name, cls in PACK_NODES.items() if getattr(cls, "DEPRECATED", False)]
+    assert deprecated == ["LCMAccel_AdapterMixer4"]
+    assert checks["registered"]["deprecated"] == sorted([*OLD_NODE_IDS, *deprecated])
 
 
 def test_mixer_patch_equals_two_chained_core_loaders(checks):

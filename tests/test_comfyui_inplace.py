@@ -126,7 +126,7 @@ def test_lycoris_files_in_place_equal_comfyuis_loader(checks):
 
 def test_fast_mode_replays_follow_a_strength_change(checks):
     c = checks["fast_mode"]
-    print("LCMFastMode:", c)
+    print("LCMAccel_FastMode:", c)
     assert c["cpu_passthrough"]  # on the CPU the node says it runs eager and changes nothing
     assert c["captures"] == 1 and c["replays"] >= 3  # 2 prompts x 2 steps, one shape
     assert max(c["diffs"]) == 0.0 and c["strength_effect"] > 0

@@ -35,15 +35,16 @@ from lcm_accel.fixtures.comfyui_models import write_comfyui_models_dir  # noqa: 
 from lcm_accel.harness.executor import Executor  # noqa: E402
 from lcm_accel.harness.registry import default_registry  # noqa: E402
 from lcm_accel.harness.runner import apply_overrides  # noqa: E402
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from lcm_accel.nodes import OLD_NODE_IDS  # noqa: E402
+from lcm_accel.nodes import PACK_NODES as PACK_CLASSES  # noqa: E402
 from lcm_accel.runtime.checkpoints import clear_cache as clear_checkpoint_cache  # noqa: E402
 from lcm_accel.runtime.model_paths import ModelPaths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
-UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+API_WORKFLOWS = sorted((ROOT / "example_workflows" / "api").glob("*.json"))
+UI_WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 PACK_FOLDER = "ComfyUI-LCM-Accel"  # any name but the package's own
-PACK_NODES = tuple(NODE_CLASS_MAPPINGS)  # every node the pack registers
+PACK_NODES = tuple(PACK_CLASSES)  # every node the pack registers
 CATEGORY = "LCM Accel"
 # which model families to write and test; SDXL (~1.7B random parameters) adds minutes and ~8 GiB
 FAMILIES = tuple(os.environ.get("LCM_ACCEL_COMFYUI_FAMILIES", "sd15,sdxl").split(","))
@@ -107,12 +108,31 @@ def with_overrides(prompt: dict, assignments: list[str]) -> dict:
 # -- fixtures --------------------------------------------------------------------------------
 
 
+def write_mix_loras(folder: Path) -> None:
+    """mix_0..5.safetensors: SD1.5 UNet LoRAs (kohya) with a text-encoder part, for the 6-LoRA mixer test."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lcm_accel.fixtures.comfyui_models import build_comfyui_sd15
+    from lcm_accel.fixtures.tiny_loras import kohya_te_factors, lora_targets, random_factors
+    from lcm_accel.lora_merge.writer import kohya_state_dict
+
+    model = build_comfyui_sd15(0)
+    targets = lora_targets(model.unet)
+    for i in range(MIX_LORAS):
+        unet = kohya_state_dict(random_factors(targets, 2 + i, 70 + i, scale=0.05), alpha=2.0)
+        te = kohya_te_factors(model.text_encoders[0], 2, 90 + i, scale=0.05)
+        save_file({k: v.to(torch.float16) for k, v in {**unet, **te}.items()}, str(folder / f"mix_{i}.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """ComfyUI's base directory: the models, input/, and the pack under custom_nodes/. The models
     (~4 GB with SDXL, rebuilt from the seed on every run) are deleted afterwards; the log stays."""
     base = tmp_path_factory.mktemp("comfyui_base")
     write_comfyui_models_dir(base, CHECKOUT / "comfy" / "sd1_tokenizer", families=FAMILIES)
+    if "sd15" in FAMILIES:
+        write_mix_loras(base / "models" / "loras")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(ROOT, target_is_directory=True)
     yield base
@@ -211,13 +231,14 @@ def test_pack_nodes_are_registered_with_tooltips(object_info, server):
 
 def test_lora_combos_list_the_loras_folder(object_info, base_dir):
     loras = sorted(p.name for p in (base_dir / "models" / "loras").glob("*.safetensors"))
+    # a V1 combo lists its choices in place of the type; a V3 one is ("COMBO", {"options": [...]})
     combos = {
-        f"{name}.{input_name}": spec[0]
+        f"{name}.{input_name}": spec[1]["options"] if spec[0] == "COMBO" else spec[0]
         for name in PACK_NODES
         if name in object_info
         for section in ("required", "optional")
         for input_name, spec in object_info[name]["input"].get(section, {}).items()
-        if input_name.startswith("lora") and input_name != "lora_stack"  # a LORA_STACK link, not a combo
+        if input_name.startswith("lora") and input_name != "lora_stack" and not input_name.startswith("loras.")
     }
     assert combos, "no LoRA inputs found on the pack's nodes"
     for where, choices in combos.items():
@@ -225,12 +246,149 @@ def test_lora_combos_list_the_loras_folder(object_info, base_dir):
         assert set(loras) <= set(choices), f"{where} lists {choices}, folder has {loras}"
 
 
-def test_workflows_are_served_as_templates(server):
+def test_workflows_are_served_as_templates_with_thumbnails(server):
     templates = server.get_json("/api/workflow_templates")
     assert sorted(templates.get(PACK_FOLDER, [])) == sorted(p.stem for p in UI_WORKFLOWS), templates
     for path in UI_WORKFLOWS:
         served = json.loads(server.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{path.name}"))
         assert served == json.loads(path.read_text()), path.name
+        thumbnail = path.with_suffix(".jpg")
+        assert server.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{thumbnail.name}") == thumbnail.read_bytes()
+
+
+def test_pack_registers_through_comfy_entrypoint_as_v3_nodes(object_info, server):
+    """No NODE_CLASS_MAPPINGS at the root: the nodes come from comfy_entrypoint, each with a display
+    name, a description and tooltips on every output (inputs: test above); the 4-slot mixer and the
+    copies under the old ids are deprecated (hidden from the search) in this ComfyUI, which has no
+    node replacement."""
+    assert "comfy_entrypoint" in (ROOT / "__init__.py").read_text()
+    assert f"{PACK_FOLDER} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS" not in server.log()
+    for name in PACK_NODES:
+        info = object_info[name]
+        assert info["display_name"] == PACK_CLASSES[name].DISPLAY_NAME and info["description"], name
+        assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"]), name
+        assert info["python_module"].startswith("custom_nodes."), (name, info["python_module"])
+        assert info.get("deprecated", False) == getattr(PACK_CLASSES[name], "DEPRECATED", False), name
+    for old, new in OLD_NODE_IDS.items():
+        assert object_info[old]["deprecated"] and object_info[old]["input"] == object_info[new]["input"], old
+    # the mixer's growing list of LORA_STACK sockets, under the names ComfyUI's Autogrow gives them
+    mixer = object_info["LCMAccel_AdapterMixer"]["input"]
+    assert mixer["required"]["loras.lora0"][0] == "LORA_STACK" and "loras.lora15" in mixer["optional"]
+
+
+def test_headless_node_listing_equals_comfyuis(object_info, base_dir):
+    """`python -m lcm_accel nodes --json` lists the pack's nodes with the inputs (names, sections,
+    types) and outputs ComfyUI's /object_info shows for them."""
+    from lcm_accel.harness.cli_commands import node_listing
+    from lcm_accel.runtime.model_paths import use_model_paths
+
+    with use_model_paths(ModelPaths(base_dir / "models")):
+        ours = node_listing(default_registry())
+    for name in PACK_NODES:
+        theirs = {
+            section: {key: "COMBO" if isinstance(spec[0], list) else spec[0] for key, spec in inputs.items()}
+            for section, inputs in object_info[name]["input"].items()
+            if section in ("required", "optional")
+        }
+        assert ours[name]["inputs"] == theirs, name
+        assert ours[name]["outputs"] == object_info[name]["output"], name
+        assert ours[name]["display_name"] == object_info[name]["display_name"], name
+
+
+def test_node_docs_are_served_for_the_help_panel(server):
+    """ComfyUI serves WEB_DIRECTORY under /extensions/<pack folder>/; the help panel reads docs/<id>.md."""
+    for name in PACK_NODES:
+        page = ROOT / "web" / "docs" / f"{name}.md"
+        assert server.get_bytes(f"/extensions/{PACK_FOLDER}/docs/{name}.md") == page.read_bytes(), name
+
+
+def test_workflow_saved_with_the_old_ids_gives_the_same_image(base_dir, object_info, comfy_images):
+    """tests/data/legacy_workflows/lcm_lora_style_mixer_api.json (ids before the LCMAccel_ prefix, the
+    4-slot mixer) runs in ComfyUI and draws the example workflow's image (LoRA Rows into the mixer)."""
+    legacy = _load(ROOT / "tests" / "data" / "legacy_workflows" / "lcm_lora_style_mixer_api.json")
+    current = _load(ROOT / "example_workflows" / "api" / "lcm_lora_style_mixer.json")
+    _needs_models(current, base_dir)
+    assert {n["class_type"] for n in legacy.values()} & set(OLD_NODE_IDS)
+    old = comfy_images("legacy_style_mixer", with_overrides(legacy, size_overrides(legacy)))
+    new = comfy_images("lcm_lora_style_mixer", with_overrides(current, size_overrides(current)))
+    assert old.std() > 0 and np.array_equal(old, new)
+
+
+MIX_LORAS = 6
+
+
+def _six_lora_prompts() -> tuple[dict, dict]:
+    """The LCM txt2img graph with six LoRAs: LoRA Rows into the mixer, and six chained core LoraLoaders."""
+    base = _load(ROOT / "example_workflows" / "api" / "lcm_lora_txt2img.json")
+    base = with_overrides(base, size_overrides(base))
+    loader = _only(base, "LCMAccel_LoraLoader")
+    ckpt = _only(base, "CheckpointLoaderSimple")
+    rows = [(f"mix_{i}.safetensors", round(1.0 - 0.3 * i, 2), round(0.5 - 0.2 * i, 2)) for i in range(MIX_LORAS)]
+    mixed, chained = copy.deepcopy(base), copy.deepcopy(base)
+    mixed[loader] = {
+        "class_type": "LCMAccel_AdapterMixer",
+        "inputs": {
+            "model": [ckpt, 0],
+            "clip": [ckpt, 1],
+            "rank": 0,
+            **{f"loras.lora{i}": [f"row{i}", 0] for i in range(MIX_LORAS)},
+        },
+    }
+    for i, (name, model, clip) in enumerate(rows):
+        mixed[f"row{i}"] = {
+            "class_type": "LCMAccel_LoraRow",
+            "inputs": {"lora_name": name, "model_strength": model, "clip_strength": clip},
+        }
+        chained[f"core{i}"] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": [f"core{i - 1}" if i else ckpt, 0],
+                "clip": [f"core{i - 1}" if i else ckpt, 1],
+                "lora_name": name,
+                "strength_model": model,
+                "strength_clip": clip,
+            },
+        }
+    chained[loader] = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": [f"core{MIX_LORAS - 1}", 0], "sampling": "lcm", "zsnr": False},
+    }
+    mixed[loader + "_lcm"] = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": [loader, 0], "sampling": "lcm", "zsnr": False},
+    }
+    for prompt, model, clip in ((mixed, loader + "_lcm", loader), (chained, loader, f"core{MIX_LORAS - 1}")):
+        for node in prompt.values():
+            if node["class_type"] == "CLIPTextEncode":
+                node["inputs"]["clip"] = [clip, 1]
+            elif node["class_type"] == "LCMAccel_KSampler":
+                node["inputs"]["model"] = [model, 0]
+    return mixed, chained
+
+
+def test_mixer_with_six_loras_equals_chained_core_loaders(base_dir, object_info, comfy_images, standalone_images):
+    """Six LoRA Rows into the mixer (one in-place patch) == six chained core LoraLoaders (ComfyUI's
+    patches), model and clip strengths alike: the same image to fp32 rounding, in ComfyUI and headless."""
+    mixed, chained = _six_lora_prompts()
+    _needs_models(mixed, base_dir)
+    _needs_pack_nodes(mixed, object_info)
+    path = ROOT / "example_workflows" / "api" / "lcm_lora_txt2img.json"
+    comfy_mixed, comfy_chained = comfy_images("six_mixed", mixed), comfy_images("six_chained", chained)
+    ours_mixed, _ = standalone_images(path, [], mixed, "six_mixed")
+    ours_chained, _ = standalone_images(path, [], chained, "six_chained")
+    plain = comfy_images(path.stem, with_overrides(_load(path), size_overrides(_load(path))))
+    values = {
+        "ComfyUI mixer vs chained": psnr(comfy_mixed, comfy_chained),
+        "headless mixer vs chained": psnr(ours_mixed, ours_chained),
+        "ComfyUI vs headless mixer": psnr(comfy_mixed, ours_mixed),
+        "mixer vs the LCM-LoRA alone": psnr(comfy_mixed, plain),
+    }
+    print("\n" + ", ".join(f"{k} {v:.2f} dB" for k, v in values.items()))
+    assert comfy_mixed.std() > 0
+    # within a host the two routes differ only by fp32 summation order; across hosts, as every workflow
+    assert min(values["ComfyUI mixer vs chained"], values["headless mixer vs chained"]) >= 60.0
+    assert values["ComfyUI vs headless mixer"] >= MIN_PSNR_DB
+    assert values["mixer vs the LCM-LoRA alone"] < 40.0  # the six LoRAs changed the picture
 
 
 # -- (2) every workflow: ComfyUI's image == the standalone host's image -----------------------
@@ -274,10 +432,10 @@ def test_workflow_gives_the_same_image_in_both_hosts(path, base_dir, object_info
 QUANTIZE_BEFORE = (
     "KSampler",
     "KSamplerAdvanced",
-    "LCMKSampler",
-    "LCMAcceleratorKSampler",
+    "LCMAccel_KSampler",
+    "LCMAccel_AcceleratorKSampler",
     "SamplerCustom",
-    "DeepCache",
+    "LCMAccel_DeepCache",
 )
 
 
@@ -289,11 +447,11 @@ def with_quantized_unet(prompt: dict, fmt: str) -> dict:
         source = node["inputs"].get("model")
         if node["class_type"] not in QUANTIZE_BEFORE or not isinstance(source, list):
             continue
-        if prompt[source[0]]["class_type"] in ("DeepCache", "LCMQuantizeUNet"):
+        if prompt[source[0]]["class_type"] in ("LCMAccel_DeepCache", "LCMAccel_QuantizeUNet"):
             continue  # DeepCache's own input gets the quantizer
         new = str(max(int(i) for i in prompt) + 1)
         prompt[new] = {
-            "class_type": "LCMQuantizeUNet",
+            "class_type": "LCMAccel_QuantizeUNet",
             "inputs": {"model": source, "format": fmt, "keep": "default", "group_size": 64, "keep_source": False},
         }
         node["inputs"]["model"] = [new, 0]
@@ -308,10 +466,10 @@ def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(
     with ComfyUI's own LoRA arithmetic, ours with our patcher; both quantize the same merged weights."""
     prompt = _load(path)
     _needs_models(prompt, base_dir)
-    if any(n["class_type"] == "LCMQuantizeUNet" for n in prompt.values()):
+    if any(n["class_type"] == "LCMAccel_QuantizeUNet" for n in prompt.values()):
         pytest.skip("this workflow quantizes already (compared above)")
     quantized = with_quantized_unet(with_overrides(prompt, size_overrides(prompt)), "int8")
-    assert any(n["class_type"] == "LCMQuantizeUNet" for n in quantized.values())
+    assert any(n["class_type"] == "LCMAccel_QuantizeUNet" for n in quantized.values())
     _needs_pack_nodes(quantized, object_info)
     name = f"{path.stem}_int8"
     ours, _ = standalone_images(path, [], quantized, name)
@@ -328,8 +486,8 @@ def test_workflow_on_a_quantized_unet_gives_the_same_image_in_both_hosts(
 def builtin_lcm_prompt(ours: dict) -> dict:
     """Our LCM txt2img graph rebuilt from core nodes: LoraLoader + ModelSamplingDiscrete(lcm) +
     KSampler(lcm, sgm_uniform), with the same checkpoint, LoRA, prompts, size, seed, steps, cfg."""
-    lora = ours[_only(ours, "LCMLoraLoader")]["inputs"]
-    sampler = ours[_only(ours, "LCMKSampler")]["inputs"]
+    lora = ours[_only(ours, "LCMAccel_LoraLoader")]["inputs"]
+    sampler = ours[_only(ours, "LCMAccel_KSampler")]["inputs"]
     texts = {i: n["inputs"]["text"] for i, n in ours.items() if n["class_type"] == "CLIPTextEncode"}
     latent = ours[sampler["latent_image"][0]]["inputs"]
     sampler_name, scheduler = BUILTIN_LCM_SAMPLER
@@ -391,7 +549,7 @@ def test_comfyui_builtin_lcm_route_beside_ours(object_info, comfy_images):
     Both are valid LCM samplers, so both must give non-constant images of the right size (a NaN
     or an exploded latent saves as a constant picture).
     """
-    path = ROOT / "workflows" / "api" / "lcm_lora_txt2img.json"
+    path = ROOT / "example_workflows" / "api" / "lcm_lora_txt2img.json"
     ours_prompt = with_overrides(_load(path), size_overrides(_load(path)))
     _needs_pack_nodes(ours_prompt, object_info)
     builtin_prompt = builtin_lcm_prompt(ours_prompt)

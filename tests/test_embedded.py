@@ -82,7 +82,12 @@ def test_style_mixer_workflow_runs_on_the_embedded_files(pipeline, prompts, tmp_
     root = write_embedded_models_dir(tmp_path / "models_root", sdxl=False)
     # the real workflow: CheckpointLoader -> LCMAdapterMixer (LCM 1.0 + style 0.8) -> LCM sampler, at 64 px
     path, _ = run_workflow(
-        PACK_ROOT / "workflows" / "lcm_lora_style_mixer.json", root, tmp_path / "out", caption(prompts[0]), SEED, {}
+        PACK_ROOT / "example_workflows" / "lcm_lora_style_mixer.json",
+        root,
+        tmp_path / "out",
+        caption(prompts[0]),
+        SEED,
+        {},
     )
     image = read_png(path)
     assert image.shape == (1, 3, RESOLUTION, RESOLUTION)

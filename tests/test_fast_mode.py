@@ -20,7 +20,7 @@ from lcm_accel.harness.registry import default_registry
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
 from lcm_accel.hosts.standalone.host import STANDALONE_HOST
 from lcm_accel.hosts.standalone.sampling_pipeline import lcm_ksample
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 from lcm_accel.runtime import fast_mode
 from lcm_accel.runtime.checkpoints import load_checkpoint
 from lcm_accel.runtime.fast_mode import FastModeSettings, fast_or_eager, with_fast_mode
@@ -199,8 +199,8 @@ def test_planned_loop_with_custom_sampler_and_inpainting(sd15, recording):
     model, _, _, positive, negative = sd15
     sampler_custom = CORE["SamplerCustom"]()
     fast_model = with_fast_mode(model, FastModeSettings(True, "recording"))
-    sigmas = PACK["LCMScheduler"]().get_sigmas(model, 3, 50, 1.0)[0]
-    sampler = PACK["LCMSampler"]().get_sampler(0.0)[0]
+    sigmas = PACK["LCMAccel_Scheduler"]().get_sigmas(model, 3, 50, 1.0)[0]
+    sampler = PACK["LCMAccel_Sampler"]().get_sampler(0.0)[0]
     latent = {**_latent(), "samples": torch.randn(1, 4, 8, 8), "noise_mask": torch.zeros(1, 64, 64)}
     latent["noise_mask"][:, :32] = 1.0
     outs = [
@@ -233,7 +233,7 @@ def _prompt(fast: dict | None) -> dict:
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
         "2": {
-            "class_type": "LCMLoraLoader",
+            "class_type": "LCMAccel_LoraLoader",
             "inputs": {"model": ["1", 0], "lora_name": "lcm-lora-sdv1-5.safetensors", "strength": 1.0},
         },
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
@@ -241,12 +241,12 @@ def _prompt(fast: dict | None) -> dict:
     }
     model, clip, vae = ["2", 0], ["1", 1], ["1", 2]
     if fast is not None:
-        prompt["9"] = {"class_type": "LCMFastMode", "inputs": {"model": model, "clip": clip, "vae": vae, **fast}}
+        prompt["9"] = {"class_type": "LCMAccel_FastMode", "inputs": {"model": model, "clip": clip, "vae": vae, **fast}}
         model, clip, vae = ["9", 0], ["9", 1], ["9", 2]
     prompt["3"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a lake"}}
     prompt["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}
     prompt["6"] = {
-        "class_type": "LCMKSampler",
+        "class_type": "LCMAccel_KSampler",
         "inputs": {
             "model": model,
             "positive": ["3", 0],
@@ -276,14 +276,14 @@ def test_node_in_a_workflow_gives_the_eager_image_on_cpu(demo_root, tmp_path, ca
     assert any("CUDA graphs need a CUDA device" in r.getMessage() for r in caplog.records if r.name == LOGGER)
     off = executor.run(_prompt({"enable": False, "backend": "torch_compile"}))
     assert torch.equal(off.output("7")[0], eager)
-    with pytest.raises(ValueError, match="LCMFastMode: backend"):
-        PACK["LCMFastMode"]().apply(fast_model, True, "tensorrt")
+    with pytest.raises(ValueError, match="LCMAccel_FastMode: backend"):
+        PACK["LCMAccel_FastMode"]().apply(fast_model, True, "tensorrt")
 
 
 def test_run_fast_flag_turns_fast_mode_on_and_keeps_the_image(demo_root, tmp_path, caplog):
     from lcm_accel.cli import main
 
-    workflow = ROOT / "workflows" / "lcm_lora_txt2img.json"
+    workflow = ROOT / "example_workflows" / "lcm_lora_txt2img.json"
     common = [
         "run",
         str(workflow),

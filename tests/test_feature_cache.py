@@ -75,7 +75,7 @@ def _forward_state(module: torch.nn.Module) -> dict:
 
 
 def _reference_quad_center():
-    """DeepCache's own `sample_from_quad_center`, taken from the installed package's pipeline file
+    """LCMAccel_DeepCache's own `sample_from_quad_center`, taken from the installed package's pipeline file
     (the module itself imports diffusers names that no longer exist)."""
     deepcache = pytest.importorskip("DeepCache")
     path = Path(deepcache.__file__).parent / "sd" / "pipeline_stable_diffusion.py"

@@ -259,11 +259,14 @@ def test_missing_model_file_is_a_one_line_error(models):
 
 
 def test_default_registry_includes_the_pack_and_standalone_host():
-    from lcm_accel import NODE_CLASS_MAPPINGS
     from lcm_accel.harness import default_registry
+    from lcm_accel.nodes import OLD_NODE_IDS, PACK_NODES
 
     registry = default_registry()
-    assert set(NODE_CLASS_MAPPINGS) <= set(registry.names())
+    assert set(PACK_NODES) <= set(registry.names())
+    # the ids used before the LCMAccel_ prefix name the same classes (saved workflows keep running)
+    assert registry.aliases() == OLD_NODE_IDS
+    assert all(registry.get(old) is PACK_NODES[new] for old, new in OLD_NODE_IDS.items())
     try:
         from lcm_accel.hosts import standalone
     except ImportError:

@@ -31,7 +31,7 @@ from lcm_accel.harness.validation import validate_prompt
 from lcm_accel.harness.workflow_io import load_workflow
 from lcm_accel.lora_merge import LoraPatchError
 from lcm_accel.lora_merge.writer import kohya_state_dict
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 from lcm_accel.runtime.lora_state import activate_clip_patches
 from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
@@ -128,7 +128,7 @@ def _mixer(**inputs) -> dict:
         "weight_4": 1.0,
         "rank": 0,
     }
-    return {"class_type": "LCMAdapterMixer", "inputs": {**base, **inputs}}
+    return {"class_type": "LCMAccel_AdapterMixer4", "inputs": {**base, **inputs}}
 
 
 def _run(paths: ModelPaths, nodes: dict, keep: dict) -> object:
@@ -218,7 +218,7 @@ def test_mixer_clip_output_is_the_text_encoder_formula_and_equals_core_loaders(p
 def test_loader_clip_output_and_unconnected_clip(paths):
     nodes = {
         "lcm": {
-            "class_type": "LCMLoraLoader",
+            "class_type": "LCMAccel_LoraLoader",
             "inputs": {
                 "model": ["ckpt", 0],
                 "lora_name": STYLE,
@@ -227,7 +227,10 @@ def test_loader_clip_output_and_unconnected_clip(paths):
                 "strength_clip": 0.5,
             },
         },
-        "bare": {"class_type": "LCMLoraLoader", "inputs": {"model": ["ckpt", 0], "lora_name": LCM, "strength": 1.0}},
+        "bare": {
+            "class_type": "LCMAccel_LoraLoader",
+            "inputs": {"model": ["ckpt", 0], "lora_name": LCM, "strength": 1.0},
+        },
         "mix": _mixer(lora_1=LCM),
     }
     result = _run(paths, nodes, {"model": ["bare", 0], "clip": ["lcm", 1]})
@@ -237,10 +240,11 @@ def test_loader_clip_output_and_unconnected_clip(paths):
     # direct calls: no CLIP -> None; a UNet-only LoRA with a CLIP returns that CLIP
     base_model, base_clip = result.output("ckpt")[0], result.output("ckpt", 1)[0]
     with use_model_paths(paths):
-        assert PACK["LCMAdapterMixer"]().mix(base_model, LCM, 1.0)[1] is None
-        assert PACK["LCMAdapterMixer"]().mix(base_model, LCM, 1.0, clip=base_clip)[1] is base_clip
+        assert PACK["LCMAccel_AdapterMixer4"]().mix(base_model, LCM, 1.0)[1] is None
+        assert PACK["LCMAccel_AdapterMixer4"]().mix(base_model, LCM, 1.0, clip=base_clip)[1] is base_clip
         assert (
-            PACK["LCMLoraLoader"]().load_lora(base_model, STYLE, 1.0, clip=base_clip, strength_clip=0.0)[1] is base_clip
+            PACK["LCMAccel_LoraLoader"]().load_lora(base_model, STYLE, 1.0, clip=base_clip, strength_clip=0.0)[1]
+            is base_clip
         )
 
 
@@ -284,11 +288,14 @@ def test_lora_stack_link_types_are_checked(paths):
 
 def test_bad_lora_stack_and_text_encoder_parts_name_the_input(paths):
     model = object()  # never reached: every check runs before the host is called
-    mixer = PACK["LCMAdapterMixer"]()
+    mixer = PACK["LCMAccel_AdapterMixer4"]()
     with use_model_paths(paths):
         for stack, message in (
-            (STYLE, "LCMAdapterMixer: lora_stack must be a LORA_STACK"),
-            ([(STYLE, 1.0)], r"LCMAdapterMixer: lora_stack\[0\] must be \(lora_name, model_strength, clip_strength\)"),
+            (STYLE, "LCMAccel_AdapterMixer4: lora_stack must be a LORA_STACK"),
+            (
+                [(STYLE, 1.0)],
+                r"LCMAccel_AdapterMixer4: lora_stack\[0\] must be \(lora_name, model_strength, clip_strength\)",
+            ),
             ([("missing.safetensors", 1.0, 1.0)], r"lora_stack\[0\] 'missing.safetensors' is not in the loras folder"),
             ([(STYLE, 1.0, float("inf"))], r"lora_stack\[0\] clip_strength must be a finite number"),
         ):
@@ -296,10 +303,10 @@ def test_bad_lora_stack_and_text_encoder_parts_name_the_input(paths):
                 mixer.mix(model, "None", 1.0, lora_stack=stack)
         with pytest.raises(ValueError, match="every lora_1..lora_4 is None and lora_stack is empty"):
             mixer.mix(model, "None", 1.0, lora_stack=[("None", 1.0, 1.0)])
-        with pytest.raises(ValueError, match="LCMAdapterMixer: clip_weight_3"):
+        with pytest.raises(ValueError, match="LCMAccel_AdapterMixer4: clip_weight_3"):
             mixer.mix(model, LCM, 1.0, clip_weight_3=11.0)
-        with pytest.raises(ValueError, match="LCMLoraLoader: strength_clip"):
-            PACK["LCMLoraLoader"]().load_lora(model, LCM, 1.0, strength_clip=float("nan"))
+        with pytest.raises(ValueError, match="LCMAccel_LoraLoader: strength_clip"):
+            PACK["LCMAccel_LoraLoader"]().load_lora(model, LCM, 1.0, strength_clip=float("nan"))
     result = _run(paths, {}, {"clip": ["ckpt", 1]})
     base_model, base_clip = result.output("ckpt")[0], result.output("ckpt", 1)[0]
     with use_model_paths(paths), pytest.raises(LoraPatchError, match=r"xl_te.safetensors.*'te2'"):
@@ -327,11 +334,11 @@ def test_workflows_saved_before_the_clip_inputs_still_convert_and_validate(name,
         prompt, _ = api_prompt(load_workflow(LEGACY / name), registry)
         validate_prompt(json.loads(json.dumps(prompt)), registry)
     for node in prompt.values():
-        if node["class_type"] == "LCMAdapterMixer":
+        if node["class_type"] == "LCMAccel_AdapterMixer4":
             inputs = node["inputs"]
             assert (inputs["lora_2"], inputs["weight_2"], inputs["rank"]) == ("style-lora-sd15.safetensors", 0.8, 0)
             assert "clip" not in inputs and "lora_stack" not in inputs
-        if node["class_type"] in ("LCMAdapterMixer", "LCMLoraLoader"):
+        if node["class_type"] in ("LCMAccel_AdapterMixer4", "LCMAccel_LoraLoader"):
             assert node["inputs"]["model"][1] == 0 and "clip" not in node["inputs"]
 
 
@@ -349,14 +356,15 @@ def test_saved_style_mixer_runs_headless(demo_root, tmp_path):
 
 # --------------------------------------------------------------------------- fp8 name
 def test_quantize_format_is_named_as_comfyui_names_it(demo_root, tmp_path):
-    spec = PACK["LCMQuantizeUNet"].INPUT_TYPES()["required"]["format"]
+    spec = PACK["LCMAccel_QuantizeUNet"].INPUT_TYPES()["required"]["format"]
     assert spec[0] == ["int8", "fp8_e4m3fn", "int4"]
-    assert PACK["LCMQuantizeUNet"].VALIDATE_INPUTS(format="fp8_e4m3") is True
-    assert "fp8_e4m3fn" in PACK["LCMQuantizeUNet"].VALIDATE_INPUTS(format="fp8")
+    assert PACK["LCMAccel_QuantizeUNet"].VALIDATE_INPUTS(format="fp8_e4m3") is True
+    assert "fp8_e4m3fn" in PACK["LCMAccel_QuantizeUNet"].VALIDATE_INPUTS(format="fp8")
     registry = default_registry()
     paths = _demo_paths(demo_root, tmp_path)
     with use_model_paths(paths):
         prompt, _ = api_prompt(load_workflow(LEGACY / "lcm_lora_quantized.json"), registry)
+    # the saved file names the node by its old id, which the harness resolves to LCMAccel_QuantizeUNet
     (node_id,) = [i for i, n in prompt.items() if n["class_type"] == "LCMQuantizeUNet"]
     for saved in ("fp8_e4m3", "fp8_e4m3fn"):
         prompt[node_id]["inputs"]["format"] = saved

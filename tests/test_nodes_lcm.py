@@ -19,15 +19,15 @@ from lcm_accel.harness.errors import HarnessError
 from lcm_accel.harness.executor import Executor
 from lcm_accel.harness.registry import NodeRegistry, default_registry
 from lcm_accel.hosts.standalone import nodes_custom_sampling
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 from lcm_accel.runtime.model_paths import ModelPaths, use_model_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 77
 
 EXPECTED_INPUTS = {
-    "LCMLoraLoader": ["model", "lora_name", "strength"],
-    "LCMAdapterMixer": [
+    "LCMAccel_LoraLoader": ["model", "lora_name", "strength"],
+    "LCMAccel_AdapterMixer4": [
         "model",
         "lora_1",
         "weight_1",
@@ -39,9 +39,9 @@ EXPECTED_INPUTS = {
         "weight_4",
         "rank",
     ],
-    "LCMScheduler": ["model", "steps", "original_inference_steps", "strength"],
-    "LCMSampler": ["gamma"],
-    "LCMKSampler": [
+    "LCMAccel_Scheduler": ["model", "steps", "original_inference_steps", "strength"],
+    "LCMAccel_Sampler": ["gamma"],
+    "LCMAccel_KSampler": [
         "model",
         "seed",
         "steps",
@@ -55,24 +55,24 @@ EXPECTED_INPUTS = {
     ],
 }
 EXPECTED_OUTPUTS = {
-    "LCMLoraLoader": ("MODEL", "CLIP"),
-    "LCMAdapterMixer": ("MODEL", "CLIP"),
-    "LCMScheduler": ("SIGMAS",),
-    "LCMSampler": ("SAMPLER",),
-    "LCMKSampler": ("LATENT",),
+    "LCMAccel_LoraLoader": ("MODEL", "CLIP"),
+    "LCMAccel_AdapterMixer4": ("MODEL", "CLIP"),
+    "LCMAccel_Scheduler": ("SIGMAS",),
+    "LCMAccel_Sampler": ("SAMPLER",),
+    "LCMAccel_KSampler": ("LATENT",),
 }
 EXPECTED_OPTIONS = {
-    ("LCMLoraLoader", "strength"): dict(default=1.0, min=-10.0, max=10.0, step=0.01),
-    ("LCMAdapterMixer", "weight_2"): dict(default=0.8, min=-10.0, max=10.0, step=0.01),
-    ("LCMAdapterMixer", "lora_2"): dict(default="None"),
-    ("LCMAdapterMixer", "rank"): dict(default=0, min=0, max=1024),
-    ("LCMScheduler", "steps"): dict(default=4, min=1, max=50),
-    ("LCMScheduler", "original_inference_steps"): dict(default=50, min=1, max=1000),
-    ("LCMScheduler", "strength"): dict(default=1.0, min=0.01, max=1.0, step=0.01),
-    ("LCMSampler", "gamma"): dict(default=0.0, min=0.0, max=1.0, step=0.01),
-    ("LCMKSampler", "seed"): dict(default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
-    ("LCMKSampler", "cfg"): dict(default=1.0, min=0.0, max=30.0, step=0.1),
-    ("LCMKSampler", "denoise"): dict(default=1.0, min=0.01, max=1.0, step=0.01),
+    ("LCMAccel_LoraLoader", "strength"): dict(default=1.0, min=-10.0, max=10.0, step=0.01),
+    ("LCMAccel_AdapterMixer4", "weight_2"): dict(default=0.8, min=-10.0, max=10.0, step=0.01),
+    ("LCMAccel_AdapterMixer4", "lora_2"): dict(default="None"),
+    ("LCMAccel_AdapterMixer4", "rank"): dict(default=0, min=0, max=1024),
+    ("LCMAccel_Scheduler", "steps"): dict(default=4, min=1, max=50),
+    ("LCMAccel_Scheduler", "original_inference_steps"): dict(default=50, min=1, max=1000),
+    ("LCMAccel_Scheduler", "strength"): dict(default=1.0, min=0.01, max=1.0, step=0.01),
+    ("LCMAccel_Sampler", "gamma"): dict(default=0.0, min=0.0, max=1.0, step=0.01),
+    ("LCMAccel_KSampler", "seed"): dict(default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
+    ("LCMAccel_KSampler", "cfg"): dict(default=1.0, min=0.0, max=30.0, step=0.1),
+    ("LCMAccel_KSampler", "denoise"): dict(default=1.0, min=0.01, max=1.0, step=0.01),
 }
 
 
@@ -110,9 +110,9 @@ def test_inputs_outputs_and_tooltips_are_the_published_ones(paths):
         for (name, input_name), options in EXPECTED_OPTIONS.items():
             spec = PACK[name].INPUT_TYPES()["required"][input_name][1]
             assert {k: spec.get(k) for k in options} == options, (name, input_name)
-        mixer = PACK["LCMAdapterMixer"].INPUT_TYPES()["required"]
+        mixer = PACK["LCMAccel_AdapterMixer4"].INPUT_TYPES()["required"]
         assert mixer["lora_1"][0] == ["None", "lcm_lora.safetensors", "style/style.safetensors"]
-        assert PACK["LCMLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == mixer["lora_1"][0][1:]
+        assert PACK["LCMAccel_LoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == mixer["lora_1"][0][1:]
 
 
 def _import_pack_as_custom_node(with_comfyui: bool) -> str:
@@ -133,7 +133,8 @@ def _import_pack_as_custom_node(with_comfyui: bool) -> str:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-        print("NODES", sorted(module.NODE_CLASS_MAPPINGS), "TORCH", "torch" in sys.modules)
+        nodes = importlib.import_module(sys_module_name + ".nodes")
+        print("ENTRY", callable(module.comfy_entrypoint), "NODES", sorted(nodes.PACK_NODES), "TORCH", "torch" in sys.modules)
         try:
             print("HOST", importlib.import_module(sys_module_name + ".hosts").get_host().name)
         except Exception as error:
@@ -146,9 +147,9 @@ def _import_pack_as_custom_node(with_comfyui: bool) -> str:
 
 def test_entry_point_is_cheap_and_picks_the_host_by_process():
     headless = _import_pack_as_custom_node(with_comfyui=False)
-    assert f"NODES {sorted(PACK)} TORCH False" in headless and "HOST standalone" in headless
+    assert f"ENTRY True NODES {sorted(PACK)} TORCH False" in headless and "HOST standalone" in headless
     inside = _import_pack_as_custom_node(with_comfyui=True)
-    assert f"NODES {sorted(PACK)} TORCH False" in inside
+    assert f"ENTRY True NODES {sorted(PACK)} TORCH False" in inside
     # The stand-in `comfy` has none of ComfyUI's modules: the ComfyUI host is chosen and fails to import.
     assert "HOST ModuleNotFoundError No module named 'comfy." in inside
 
@@ -186,7 +187,7 @@ def _prompt(lora: dict | None, steps: int = 4, denoise: float = 1.0) -> dict:
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
         "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "lcm": {
-            "class_type": "LCMKSampler",
+            "class_type": "LCMAccel_KSampler",
             "inputs": {
                 "model": model,
                 "seed": SEED,
@@ -201,10 +202,10 @@ def _prompt(lora: dict | None, steps: int = 4, denoise: float = 1.0) -> dict:
             },
         },
         "sigmas": {
-            "class_type": "LCMScheduler",
+            "class_type": "LCMAccel_Scheduler",
             "inputs": {"model": model, "steps": steps, "original_inference_steps": 50, "strength": denoise},
         },
-        "sampler": {"class_type": "LCMSampler", "inputs": {"gamma": 0.0}},
+        "sampler": {"class_type": "LCMAccel_Sampler", "inputs": {"gamma": 0.0}},
         "custom": {
             "class_type": "SamplerCustom",
             "inputs": {
@@ -238,7 +239,7 @@ def _run(paths, prompt):
 
 def test_executor_runs_both_lcm_routes_with_the_lora_loader(paths):
     loader = {
-        "class_type": "LCMLoraLoader",
+        "class_type": "LCMAccel_LoraLoader",
         "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors", "strength": 1.0},
     }
     prompt = _prompt(loader)
@@ -284,11 +285,11 @@ def test_mixer_is_one_weighted_patch_without_switching_sampling(paths):
             "rank": 0,
             **slots,
         }
-        result = _run(paths, _prompt({"class_type": "LCMAdapterMixer", "inputs": inputs}, steps=2))
+        result = _run(paths, _prompt({"class_type": "LCMAccel_AdapterMixer4", "inputs": inputs}, steps=2))
         return result.output("lora")[0], result.output("lcm")[0]["samples"]
 
     loader = {
-        "class_type": "LCMLoraLoader",
+        "class_type": "LCMAccel_LoraLoader",
         "inputs": {"model": ["ckpt", 0], "lora_name": "lcm_lora.safetensors", "strength": 0.7},
     }
     reference = _run(paths, _prompt(loader, steps=2)).output("lcm")[0]["samples"]
@@ -302,14 +303,14 @@ def test_mixer_is_one_weighted_patch_without_switching_sampling(paths):
 @pytest.mark.parametrize(
     "node, inputs, words",
     [
-        ("LCMKSampler", {"steps": 0}, "steps"),
-        ("LCMSampler", {"gamma": 1.5}, "gamma"),
-        ("LCMScheduler", {"strength": 0.0}, "strength"),
+        ("LCMAccel_KSampler", {"steps": 0}, "steps"),
+        ("LCMAccel_Sampler", {"gamma": 1.5}, "gamma"),
+        ("LCMAccel_Scheduler", {"strength": 0.0}, "strength"),
     ],
 )
 def test_out_of_range_widgets_are_refused_by_the_executor(paths, node, inputs, words):
     prompt = _prompt(None)
-    target = {"LCMKSampler": "lcm", "LCMSampler": "sampler", "LCMScheduler": "sigmas"}[node]
+    target = {"LCMAccel_KSampler": "lcm", "LCMAccel_Sampler": "sampler", "LCMAccel_Scheduler": "sigmas"}[node]
     prompt[target]["inputs"].update(inputs)
     with pytest.raises(HarnessError, match=words):
         _run(paths, prompt)
@@ -318,17 +319,19 @@ def test_out_of_range_widgets_are_refused_by_the_executor(paths, node, inputs, w
 def test_direct_calls_name_the_bad_input(paths):
     model = object()  # never reached: every check runs before the host is called
     with use_model_paths(paths):
-        with pytest.raises(ValueError, match=r"LCMScheduler: steps=10 .* original_inference_steps=8"):
-            PACK["LCMScheduler"]().get_sigmas(model, 10, 8, 1.0)
-        with pytest.raises(ValueError, match=r"LCMKSampler: steps=4 .* denoise=0.05"):
-            PACK["LCMKSampler"]().sample(model, 0, 4, 1.0, [], [], {}, 50, 0.0, 0.05)
-        with pytest.raises(ValueError, match="LCMKSampler: cfg"):
-            PACK["LCMKSampler"]().sample(model, 0, 4, 31.0, [], [], {}, 50, 0.0, 1.0)
-        with pytest.raises(ValueError, match="LCMAdapterMixer: every lora_1..lora_4 is None"):
-            PACK["LCMAdapterMixer"]().mix(model, "None", 1.0)
-        with pytest.raises(ValueError, match="LCMAdapterMixer: lora_2 'missing.safetensors' is not in the loras"):
-            PACK["LCMAdapterMixer"]().mix(model, "lcm_lora.safetensors", 1.0, "missing.safetensors", 1.0)
-        with pytest.raises(ValueError, match="LCMAdapterMixer: rank"):
-            PACK["LCMAdapterMixer"]().mix(model, "lcm_lora.safetensors", 1.0, rank=2000)
-        with pytest.raises(ValueError, match="LCMLoraLoader: lora_name 'None'"):
-            PACK["LCMLoraLoader"]().load_lora(model, "None", 1.0)
+        with pytest.raises(ValueError, match=r"LCMAccel_Scheduler: steps=10 .* original_inference_steps=8"):
+            PACK["LCMAccel_Scheduler"]().get_sigmas(model, 10, 8, 1.0)
+        with pytest.raises(ValueError, match=r"LCMAccel_KSampler: steps=4 .* denoise=0.05"):
+            PACK["LCMAccel_KSampler"]().sample(model, 0, 4, 1.0, [], [], {}, 50, 0.0, 0.05)
+        with pytest.raises(ValueError, match="LCMAccel_KSampler: cfg"):
+            PACK["LCMAccel_KSampler"]().sample(model, 0, 4, 31.0, [], [], {}, 50, 0.0, 1.0)
+        with pytest.raises(ValueError, match="LCMAccel_AdapterMixer4: every lora_1..lora_4 is None"):
+            PACK["LCMAccel_AdapterMixer4"]().mix(model, "None", 1.0)
+        with pytest.raises(
+            ValueError, match="LCMAccel_AdapterMixer4: lora_2 'missing.safetensors' is not in the loras"
+        ):
+            PACK["LCMAccel_AdapterMixer4"]().mix(model, "lcm_lora.safetensors", 1.0, "missing.safetensors", 1.0)
+        with pytest.raises(ValueError, match="LCMAccel_AdapterMixer4: rank"):
+            PACK["LCMAccel_AdapterMixer4"]().mix(model, "lcm_lora.safetensors", 1.0, rank=2000)
+        with pytest.raises(ValueError, match="LCMAccel_LoraLoader: lora_name 'None'"):
+            PACK["LCMAccel_LoraLoader"]().load_lora(model, "None", 1.0)

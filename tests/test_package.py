@@ -13,7 +13,7 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_SHIPPED = {"tests", "benchmarks", "tools", "build", "dist", "output", "workflows"}
+NOT_SHIPPED = {"tests", "benchmarks", "tools", "build", "dist", "output", "example_workflows"}
 
 
 def _load_install_module():
@@ -79,8 +79,9 @@ spec = importlib.util.spec_from_file_location("lcm-accel_x_any-name", root + "/_
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
-assert isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
+# V3: ComfyUI registers the pack through comfy_entrypoint; a NODE_CLASS_MAPPINGS would be taken first
+assert callable(module.comfy_entrypoint) and not hasattr(module, "NODE_CLASS_MAPPINGS")
+assert module.WEB_DIRECTORY == "./web"
 heavy = sorted(m for m in ("diffusers", "transformers", "peft", "lcm_accel") if m in sys.modules)
 print(heavy)
 """

@@ -161,11 +161,11 @@ def test_a_saved_quantized_checkpoint_reloads_bit_identically(root, fmt):
 def test_node_errors_name_the_node_and_the_input(root):
     model, _, _ = _load(root)
     node = LCMQuantizeUNet()
-    with pytest.raises(ValueError, match="LCMQuantizeUNet: format must be one of int8, fp8_e4m3fn, int4"):
+    with pytest.raises(ValueError, match="LCMAccel_QuantizeUNet: format must be one of int8, fp8_e4m3fn, int4"):
         node.quantize(model, "int3", "default", 64, False)
-    with pytest.raises(ValueError, match="LCMQuantizeUNet: keep pattern 'mid_block.nope'"):
+    with pytest.raises(ValueError, match="LCMAccel_QuantizeUNet: keep pattern 'mid_block.nope'"):
         node.quantize(model, "int8", "default, mid_block.nope", 64, False)
-    with pytest.raises(ValueError, match="LCMQuantizeUNet: group_size must be even"):
+    with pytest.raises(ValueError, match="LCMAccel_QuantizeUNet: group_size must be even"):
         node.quantize(model, "int4", "default", 63, False)
     (quantized,) = node.quantize(model, "int8", "default", 64, False)
     with pytest.raises(ValueError, match="already quantized"):

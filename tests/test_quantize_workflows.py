@@ -18,7 +18,7 @@ from lcm_accel.harness.registry import default_registry
 from lcm_accel.runtime.model_paths import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-API = sorted((ROOT / "workflows" / "api").glob("*.json"))
+API = sorted((ROOT / "example_workflows" / "api").glob("*.json"))
 FORMATS = ("int8", "int4", "fp8_e4m3")
 LOADERS = ("CheckpointLoaderSimple", "DiffusersLoader")
 
@@ -31,7 +31,7 @@ def demo_root(tmp_path_factory) -> Path:
 def with_quantize_node(prompt: dict, fmt: str, keep: str = "default", keep_source: bool = True) -> dict:
     """The prompt with an LCMQuantizeUNet fed by each checkpoint loader's MODEL and feeding its users."""
     prompt = json.loads(json.dumps(prompt))
-    if any(n["class_type"] == "LCMQuantizeUNet" for n in prompt.values()):
+    if any(n["class_type"] == "LCMAccel_QuantizeUNet" for n in prompt.values()):
         return prompt  # already quantizes (after its LoRAs): a UNet is quantized once
     for loader in [i for i, n in prompt.items() if n["class_type"] in LOADERS]:
         new = str(max(int(i) for i in prompt) + 1)
@@ -40,7 +40,7 @@ def with_quantize_node(prompt: dict, fmt: str, keep: str = "default", keep_sourc
                 if value == [loader, 0]:
                     node["inputs"][name] = [new, 0]
         prompt[new] = {
-            "class_type": "LCMQuantizeUNet",
+            "class_type": "LCMAccel_QuantizeUNet",
             "inputs": {"model": [loader, 0], "format": fmt, "keep": keep, "group_size": 64, "keep_source": keep_source},
         }
     return prompt
@@ -59,7 +59,7 @@ def _small(prompt: dict) -> dict:
 def test_every_workflow_runs_on_a_quantized_model(path, demo_root, tmp_path):
     fmt = FORMATS[API.index(path) % len(FORMATS)]
     prompt = _small(with_quantize_node(json.loads(path.read_text()), fmt))
-    assert any(n["class_type"] == "LCMQuantizeUNet" for n in prompt.values())
+    assert any(n["class_type"] == "LCMAccel_QuantizeUNet" for n in prompt.values())
     paths = ModelPaths(demo_root / "models", input_dir=demo_root / "input", output_dir=tmp_path)
     Executor(default_registry(), paths).run(prompt)
     (png,) = tmp_path.glob("*.png")
@@ -75,11 +75,13 @@ def test_every_workflow_runs_on_a_quantized_model(path, demo_root, tmp_path):
 )
 def test_bad_node_inputs_are_reported_naming_the_node(change, message, demo_root, tmp_path):
     prompt = _small(
-        with_quantize_node(json.loads((ROOT / "workflows" / "api" / "lcm_lora_quantized.json").read_text()), "int8")
+        with_quantize_node(
+            json.loads((ROOT / "example_workflows" / "api" / "lcm_lora_quantized.json").read_text()), "int8"
+        )
     )
-    node = max((i for i, n in prompt.items() if n["class_type"] == "LCMQuantizeUNet"), key=int)
+    node = max((i for i, n in prompt.items() if n["class_type"] == "LCMAccel_QuantizeUNet"), key=int)
     prompt[node]["inputs"].update(change)
     paths = ModelPaths(demo_root / "models", input_dir=demo_root / "input", output_dir=tmp_path)
     with pytest.raises(Exception, match=message) as error:
         Executor(default_registry(), paths).run(prompt)
-    assert "LCMQuantizeUNet" in str(error.value)
+    assert "LCMAccel_QuantizeUNet" in str(error.value)

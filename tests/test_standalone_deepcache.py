@@ -15,7 +15,7 @@ import torch
 
 from lcm_accel.fixtures import shared_models_root, tiny_model
 from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as CORE
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 from lcm_accel.runtime.checkpoints import load_checkpoint
 
 DeepCache = pytest.importorskip("DeepCache")
@@ -32,7 +32,7 @@ def sd15():
 
 
 def _deepcache(model, interval, branch, start=0.0, end=1.0, schedule="uniform"):
-    return PACK["DeepCache"]().apply(model, interval, branch, start, end, schedule)[0]
+    return PACK["LCMAccel_DeepCache"]().apply(model, interval, branch, start, end, schedule)[0]
 
 
 def _latent(width=64, height=64, batch=1):
@@ -40,9 +40,9 @@ def _latent(width=64, height=64, batch=1):
 
 
 def _lcm(model, positive, negative, steps, cfg, latent=None):
-    return PACK["LCMKSampler"]().sample(model, SEED, steps, cfg, positive, negative, latent or _latent(), 50, 0.0, 1.0)[
-        0
-    ]["samples"]
+    return PACK["LCMAccel_KSampler"]().sample(
+        model, SEED, steps, cfg, positive, negative, latent or _latent(), 50, 0.0, 1.0
+    )[0]["samples"]
 
 
 def _ksampler(model, positive, negative, sampler, steps=6, cfg=3.0, latent=None):
@@ -252,7 +252,7 @@ def test_bad_settings_are_refused_naming_the_input(sd15):
     from lcm_accel.runtime.model_types import ModelHost
 
     model, _, _ = sd15
-    node = PACK["DeepCache"]()
+    node = PACK["LCMAccel_DeepCache"]()
     sdxl = ModelHost(unet=tiny_model("sdxl").unet, family="sdxl")  # 3 levels: branches 0-8
     with pytest.raises(ValueError, match="cache_depth=9 does not fit this model: .*choose 0..8"):
         node.apply(sdxl, 3, 9, 0.0, 1.0, "uniform")

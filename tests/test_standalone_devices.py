@@ -41,7 +41,7 @@ from lcm_accel.runtime.devices import (
 from lcm_accel.runtime.model_paths import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ROOT / "workflows" / "lcm_lora_txt2img.json"
+WORKFLOW = ROOT / "example_workflows" / "lcm_lora_txt2img.json"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
@@ -256,10 +256,10 @@ def _sampling_prompt() -> dict:
             },
         },
         "8": {
-            "class_type": "LCMScheduler",
+            "class_type": "LCMAccel_Scheduler",
             "inputs": {"model": ["2", 0], "steps": 2, "original_inference_steps": 50, "strength": 1.0},
         },
-        "9": {"class_type": "LCMSampler", "inputs": {"gamma": 0.3}},
+        "9": {"class_type": "LCMAccel_Sampler", "inputs": {"gamma": 0.3}},
         "10": {
             "class_type": "SamplerCustom",
             "inputs": {
@@ -273,7 +273,7 @@ def _sampling_prompt() -> dict:
             },
         },
         "11": {
-            "class_type": "DeepCache",
+            "class_type": "LCMAccel_DeepCache",
             "inputs": {
                 "model": ["2", 0],
                 "cache_interval": 2,
@@ -284,7 +284,7 @@ def _sampling_prompt() -> dict:
             },
         },
         "12": {
-            "class_type": "LCMKSampler",
+            "class_type": "LCMAccel_KSampler",
             "inputs": {
                 "model": ["11", 0],
                 "seed": 4,
@@ -299,7 +299,7 @@ def _sampling_prompt() -> dict:
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}},
         "14": {"class_type": "VAEEncode", "inputs": {"pixels": ["13", 0], "vae": ["1", 2]}},
         "15": {
-            "class_type": "LCMKSampler",
+            "class_type": "LCMAccel_KSampler",
             "inputs": {
                 "model": ["2", 0],
                 "seed": 5,

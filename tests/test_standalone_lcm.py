@@ -23,7 +23,7 @@ from lcm_accel.hosts.standalone.lcm_denoiser import model_lcm_sigmas
 from lcm_accel.hosts.standalone.nodes_custom_sampling import BasicScheduler, KSamplerSelect, SamplerCustom
 from lcm_accel.hosts.standalone.sampler_values import LCMTCDSampler
 from lcm_accel.hosts.standalone.sampling_pipeline import lcm_ksample
-from lcm_accel.nodes import NODE_CLASS_MAPPINGS as PACK
+from lcm_accel.nodes import PACK_NODES as PACK
 from lcm_accel.runtime.checkpoints import load_checkpoint
 from lcm_accel.runtime.model_types import ModelHost
 
@@ -87,7 +87,7 @@ def _assert_close_latents(ours, reference):
 
 
 def _lcm_ksampler(model, positive, negative, steps, cfg, gamma=0.0, latent=None, denoise=1.0):
-    return PACK["LCMKSampler"]().sample(
+    return PACK["LCMAccel_KSampler"]().sample(
         model, SEED, steps, cfg, positive, negative, latent or _empty_latent(), 50, gamma, denoise
     )[0]["samples"]
 
@@ -186,8 +186,8 @@ def test_img2img_equals_hand_assembled_diffusers_loop(sd15):
 @pytest.mark.parametrize("gamma", [0.0, 0.3])
 def test_sampler_custom_route_equals_lcm_ksampler(sd15, gamma):
     model, positive, negative, _ = sd15
-    sigmas = PACK["LCMScheduler"]().get_sigmas(model, 4, 50, 1.0)[0]
-    sampler = PACK["LCMSampler"]().get_sampler(gamma)[0]
+    sigmas = PACK["LCMAccel_Scheduler"]().get_sigmas(model, 4, 50, 1.0)[0]
+    sampler = PACK["LCMAccel_Sampler"]().get_sampler(gamma)[0]
     output, denoised = SamplerCustom().sample(
         model, True, SEED, 1.5, positive, negative, sampler, sigmas, _empty_latent()
     )
@@ -204,7 +204,7 @@ def test_lcm_scheduler_sigmas_are_diffusers_timesteps_of_the_model_table(sd15):
     scheduler.set_timesteps(4, original_inference_steps=50, strength=0.6)
     acp = scheduler.alphas_cumprod[scheduler.timesteps]
     expected = torch.cat([((1 - acp) / acp) ** 0.5, torch.zeros(1)])
-    sigmas = PACK["LCMScheduler"]().get_sigmas(model, 4, 50, 0.6)[0]
+    sigmas = PACK["LCMAccel_Scheduler"]().get_sigmas(model, 4, 50, 0.6)[0]
     torch.testing.assert_close(sigmas, expected, rtol=1e-6, atol=0)
 
 

@@ -147,7 +147,7 @@ def test_vocabulary_mismatch_names_the_file_and_the_folder(tmp_path):
 
 def test_new_user_runs_the_txt2img_workflow_headless(tmp_path):
     """A models folder holding only a single-file SD1.5 checkpoint and the LCM-LoRA (no tokenizers/)
-    runs `python -m lcm_accel run workflows/lcm_lora_txt2img.json --models DIR`."""
+    runs `python -m lcm_accel run example_workflows/lcm_lora_txt2img.json --models DIR`."""
     import subprocess
     import sys
     from pathlib import Path
@@ -156,7 +156,7 @@ def test_new_user_runs_the_txt2img_workflow_headless(tmp_path):
 
     models = write_new_user_models_dir(tmp_path) / "models"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoints", "loras"]
-    workflow = Path(__file__).resolve().parent.parent / "workflows" / "lcm_lora_txt2img.json"
+    workflow = Path(__file__).resolve().parent.parent / "example_workflows" / "lcm_lora_txt2img.json"
     command = [
         sys.executable,
         "-m",

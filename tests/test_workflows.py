@@ -25,7 +25,7 @@ from lcm_accel.harness.workflow_io import load_workflow
 from lcm_accel.runtime.model_paths import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 SMALL = {"EmptyLatentImage": {"width": 128, "height": 128}}  # keeps the tiny runs fast
 
 
@@ -75,7 +75,7 @@ def test_there_are_the_seven_example_workflows():
         "lcm_lora_deepcache",
         "lcm_lora_quantized",
     } <= names
-    assert {p.stem for p in (ROOT / "workflows" / "api").glob("*.json")} == names
+    assert {p.stem for p in (ROOT / "example_workflows" / "api").glob("*.json")} == names
 
 
 def test_workflow_files_match_the_nodes(demo_root):
@@ -147,18 +147,21 @@ def _diffusers_lcm_latents(demo_root: Path, prompt: str, negative: str, cfg: flo
 
 @pytest.mark.parametrize("cfg", [1.0, 1.5])
 def test_lcm_lora_workflow_equals_diffusers_pipeline(cfg, registry, demo_root, tmp_path):
-    path = ROOT / "workflows" / "lcm_lora_txt2img.json"
+    path = ROOT / "example_workflows" / "lcm_lora_txt2img.json"
     result, prompt = _run(
         path,
         demo_root,
         tmp_path,
         registry,
         shrink=True,
-        sets=[f"{_node_id(json.loads((path.parent / 'api' / path.name).read_text()), 'LCMKSampler')}.cfg={cfg}"],
+        sets=[f"{_node_id(json.loads((path.parent / 'api' / path.name).read_text()), 'LCMAccel_KSampler')}.cfg={cfg}"],
     )
-    sampler = prompt[_node_id(prompt, "LCMKSampler")]["inputs"]
+    sampler = prompt[_node_id(prompt, "LCMAccel_KSampler")]["inputs"]
     texts = {i: n["inputs"]["text"] for i, n in prompt.items() if n["class_type"] == "CLIPTextEncode"}
-    ours = result.output(_node_id(prompt, "LCMKSampler"))[0]["samples"] * tiny_model("sd15").vae.config.scaling_factor
+    ours = (
+        result.output(_node_id(prompt, "LCMAccel_KSampler"))[0]["samples"]
+        * tiny_model("sd15").vae.config.scaling_factor
+    )
     reference = _diffusers_lcm_latents(
         demo_root,
         texts[sampler["positive"][0]],
@@ -174,7 +177,7 @@ def test_lcm_lora_workflow_equals_diffusers_pipeline(cfg, registry, demo_root, t
 
 def test_saved_png_runs_again_to_the_same_image(registry, demo_root, tmp_path):
     first_out, second_out = tmp_path / "first", tmp_path / "second"
-    _run(ROOT / "workflows" / "lcm_lora_style_mixer.json", demo_root, first_out, registry)
+    _run(ROOT / "example_workflows" / "lcm_lora_style_mixer.json", demo_root, first_out, registry)
     (png,) = first_out.glob("*.png")
     _run(png, demo_root, second_out, default_registry(), shrink=False)  # a fresh registry and executor
     (again,) = second_out.glob("*.png")

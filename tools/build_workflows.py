@@ -1,5 +1,5 @@
-"""Write the example workflows: `workflows/<name>.json` (UI format, drag-and-drop ready) and
-`workflows/api/<name>.json` (the API-format twin ComfyUI's frontend sends for it).
+"""Write the example workflows: `example_workflows/<name>.json` (UI format, drag-and-drop ready) and
+`example_workflows/api/<name>.json` (the API-format twin ComfyUI's frontend sends for it).
 
     python tools/build_workflows.py [--check]
 
@@ -19,9 +19,25 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = ROOT / "example_workflows"
 
 NEGATIVE = "blurry, low quality, deformed"
+
+
+def visible_sockets(spec, linked) -> list:
+    """The socket inputs the frontend shows: of a growing list (Autogrow), the connected sockets and
+    one spare, as a saved workflow holds them."""
+    shown = []
+    for entry in spec.inputs.values():
+        if entry.category == "hidden" or entry.is_widget:
+            continue
+        group = entry.options.get("autogrow")
+        if group is not None and entry.name not in linked:
+            connected = sum(1 for name in linked if name.startswith(group["group"] + "."))
+            if group["index"] != connected:
+                continue
+        shown.append(entry)
+    return shown
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class Graph:
         incoming: dict[tuple[int, str], int] = {}
         for node in self.nodes:
             spec = self.registry.spec(node.class_type)
-            sockets = [s for s in spec.inputs.values() if s.category != "hidden" and not s.is_widget]
+            sockets = visible_sockets(spec, node.links)
             for name, out in node.links.items():
                 source = self.registry.spec(self.nodes[out.node_id - 1].class_type)
                 slot = [s.name for s in sockets].index(name) if name in [s.name for s in sockets] else None
@@ -122,8 +138,7 @@ class Graph:
                 "mode": 0,
                 "inputs": [
                     {"name": s.name, "type": s.type, "link": incoming.get((node.id, s.name))}
-                    for s in spec.inputs.values()
-                    if s.category != "hidden" and not s.is_widget
+                    for s in visible_sockets(spec, node.links)
                 ],
                 "outputs": [
                     {"name": name, "type": kind, "links": outgoing.get((node.id, slot), []), "slot_index": slot}
@@ -182,11 +197,11 @@ def _lcm_txt2img(
     """Checkpoint -> LCMLoraLoader -> LCMKSampler (4 steps, cfg 1.0) -> VAEDecode -> SaveImage."""
     g = Graph(registry, note)
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name=lora, strength=1.0)
+    model = g.add("LCMAccel_LoraLoader", model=ckpt[0], lora_name=lora, strength=1.0)
     pos, neg = _prompts(g, ckpt[1], prompt)
     latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
     sampled = g.add(
-        "LCMKSampler",
+        "LCMAccel_KSampler",
         model=model[0],
         seed=42,
         steps=4,
@@ -249,34 +264,26 @@ def lcm_lora_style_mixer(registry) -> Graph:
     g = Graph(
         registry,
         "LCM-LoRA + a style LoRA mixed into ONE low-rank patch (lambda 1.0 / 0.8, as in the LCM-LoRA paper), "
-        "sampled with SamplerCustom + LCMScheduler + LCMSampler.\nrank 0 keeps the full concatenated rank; "
-        "a smaller rank re-compresses the mix by SVD. The CLIP goes through the mixer too: a LoRA's "
-        "text-encoder part is applied at clip_weight_i (LCM-LoRA has none). A LORA_STACK from a stack "
-        "node can be connected as well.",
+        "sampled with SamplerCustom + LCM Scheduler + LCM Sampler.\nEach LoRA Row is one LoRA with its model "
+        "and clip strengths; connecting a row to the mixer adds another socket (a LORA_STACK from a stack "
+        "node fits too). rank 0 keeps the full concatenated rank; a smaller rank re-compresses the mix by "
+        "SVD. The CLIP goes through the mixer too: a LoRA's text-encoder part is applied at its clip "
+        "strength (LCM-LoRA has none).",
     )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    lcm = g.add("LCMAccel_LoraRow", lora_name="lcm-lora-sdv1-5.safetensors", model_strength=1.0, clip_strength=1.0)
+    style = g.add("LCMAccel_LoraRow", lora_name="style-lora-sd15.safetensors", model_strength=0.8, clip_strength=0.8)
     mixed = g.add(
-        "LCMAdapterMixer",
+        "LCMAccel_AdapterMixer",
         model=ckpt[0],
-        lora_1="lcm-lora-sdv1-5.safetensors",
-        weight_1=1.0,
-        lora_2="style-lora-sd15.safetensors",
-        weight_2=0.8,
-        lora_3="None",
-        weight_3=1.0,
-        lora_4="None",
-        weight_4=1.0,
         rank=0,
         clip=ckpt[1],
-        clip_weight_1=1.0,
-        clip_weight_2=0.8,
-        clip_weight_3=1.0,
-        clip_weight_4=1.0,
+        **{"loras.lora0": lcm[0], "loras.lora1": style[0]},
     )
     pos, neg = _prompts(g, mixed[1], "a portrait of a cat, oil painting style")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sigmas = g.add("LCMScheduler", model=mixed[0], steps=4, original_inference_steps=50, strength=1.0)
-    sampler = g.add("LCMSampler", gamma=0.0)
+    sigmas = g.add("LCMAccel_Scheduler", model=mixed[0], steps=4, original_inference_steps=50, strength=1.0)
+    sampler = g.add("LCMAccel_Sampler", gamma=0.0)
     sampled = g.add(
         "SamplerCustom",
         model=mixed[0],
@@ -301,12 +308,12 @@ def lcm_lora_img2img(registry) -> Graph:
         "LCM img2img uses the paper's schedule restricted to the lower 60% of the noise levels.",
     )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    model = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    model = g.add("LCMAccel_LoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
     pos, neg = _prompts(g, ckpt[1], "a watercolor painting of a flower, detailed")
     loaded = g.add("LoadImage", image="example.png")
     encoded = g.add("VAEEncode", pixels=loaded[0], vae=ckpt[2])
     sampled = g.add(
-        "LCMKSampler",
+        "LCMAccel_KSampler",
         model=model[0],
         seed=42,
         steps=4,
@@ -358,9 +365,9 @@ def lcm_lora_deepcache(registry) -> Graph:
         "to keep closer to the uncached image; cache_interval 1 turns caching off.",
     )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    lcm = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    lcm = g.add("LCMAccel_LoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
     cached = g.add(
-        "DeepCache",
+        "LCMAccel_DeepCache",
         model=lcm[0],
         cache_interval=2,
         cache_depth=0,
@@ -371,7 +378,7 @@ def lcm_lora_deepcache(registry) -> Graph:
     pos, neg = _prompts(g, ckpt[1], "a cozy cabin in a snowy forest at night, warm light, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     sampled = g.add(
-        "LCMKSampler",
+        "LCMAccel_KSampler",
         model=cached[0],
         seed=42,
         steps=8,
@@ -397,12 +404,14 @@ def lcm_lora_quantized(registry) -> Graph:
         "BEFORE the quantize node: they are merged, then quantized with the weights.",
     )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
-    lcm = g.add("LCMLoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
-    quantized = g.add("LCMQuantizeUNet", model=lcm[0], format="int8", keep="default", group_size=64, keep_source=False)
+    lcm = g.add("LCMAccel_LoraLoader", model=ckpt[0], lora_name="lcm-lora-sdv1-5.safetensors", strength=1.0)
+    quantized = g.add(
+        "LCMAccel_QuantizeUNet", model=lcm[0], format="int8", keep="default", group_size=64, keep_source=False
+    )
     pos, neg = _prompts(g, ckpt[1], "a lighthouse on a rocky coast at dawn, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     sampled = g.add(
-        "LCMKSampler",
+        "LCMAccel_KSampler",
         model=quantized[0],
         seed=42,
         steps=4,
@@ -427,7 +436,7 @@ def _accelerator(
     g = Graph(registry, note)
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
     model = g.add(
-        "LCMAcceleratorLoader",
+        "LCMAccel_AcceleratorLoader",
         model=ckpt[0],
         lora_name=lora,
         family="auto",
@@ -438,7 +447,7 @@ def _accelerator(
     pos, neg = _prompts(g, model[1], prompt)
     latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=1)
     sampled = g.add(
-        "LCMAcceleratorKSampler",
+        "LCMAccel_AcceleratorKSampler",
         model=model[0],
         seed=42,
         steps=steps,
@@ -510,7 +519,7 @@ def accelerator_hyper_sd_cfg(registry) -> Graph:
     )
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=SD15)
     model = g.add(
-        "LCMAcceleratorLoader",
+        "LCMAccel_AcceleratorLoader",
         model=ckpt[0],
         lora_name="Hyper-SD15-8steps-CFG-lora.safetensors",
         family="auto",
@@ -520,8 +529,8 @@ def accelerator_hyper_sd_cfg(registry) -> Graph:
     )
     pos, neg = _prompts(g, model[1], "a portrait of an old sailor, dramatic light, detailed")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    sigmas = g.add("LCMAcceleratorScheduler", model=model[0], family="from_model", steps=8, denoise=1.0)
-    sampler = g.add("LCMAcceleratorSampler", model=model[0], family="from_model")
+    sigmas = g.add("LCMAccel_AcceleratorScheduler", model=model[0], family="from_model", steps=8, denoise=1.0)
+    sampler = g.add("LCMAccel_AcceleratorSampler", model=model[0], family="from_model")
     sampled = g.add(
         "SamplerCustom",
         model=model[0],

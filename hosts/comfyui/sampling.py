@@ -93,7 +93,7 @@ def _warn_if_snapped(model_sampling, sigmas: torch.Tensor, table: torch.Tensor) 
         message = (
             f"the MODEL is in LCM sampling mode ({len(grid)}-point grid): timesteps "
             f"{wanted.tolist()} reach the UNet as {read.long().tolist()}; load accelerator LoRAs with "
-            f"LCMAcceleratorLoader (it keeps the full table for off-grid families) or use "
+            f"the Accelerator LoRA Loader (it keeps the full table for off-grid families) or use "
             f"ModelSamplingDiscrete eps"
         )
         if message not in _SAID:
