@@ -23,7 +23,12 @@ VAE_PREFIX = "first_stage_model."
 SD15_CLIP_PREFIX = "cond_stage_model.transformer."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
-SCALING_FACTORS = {"sd15": 0.18215, "sdxl": 0.13025}
+REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."  # the SDXL refiner's only text encoder
+SCALING_FACTORS = {"sd15": 0.18215, "sdxl": 0.13025, "sdxl_refiner": 0.13025}
+# SDXL's add-embedding input: pooled text + this many 256-wide sinusoidal embeddings (ComfyUI's
+# encode_adm): base (height, width, crop_h, crop_w, target_height, target_width); refiner (height,
+# width, crop_h, crop_w, aesthetic_score)
+ADM_EMBEDDINGS = {"sdxl": 6, "sdxl_refiner": 5}
 SD15_HEADS = 8
 HEAD_DIM = 64
 
@@ -33,13 +38,15 @@ class CheckpointFormatError(ValueError):
 
 
 def detect_family(state: dict[str, torch.Tensor], name: str) -> str:
-    """ "sd15" or "sdxl" (SSD-1B included) from the text-encoder key prefixes, in every layout ComfyUI
-    normalises (see `clip_l_state`, `open_clip_state`); a clear error for anything else."""
+    """ "sd15", "sdxl" (SSD-1B included) or "sdxl_refiner" from the text-encoder key prefixes, in every
+    layout ComfyUI normalises (see `clip_l_state`, `open_clip_state`); a clear error for anything
+    else, saying which key prefixes the file has."""
     has_unet = any(k.startswith(UNET_PREFIX) for k in state)
     if not has_unet:
         raise CheckpointFormatError(
             f"{name}: no 'model.diffusion_model.*' keys; this is not a full LDM checkpoint "
-            "(a LoRA, a VAE-only or a UNet-only file belongs in another folder)."
+            "(a LoRA, a VAE-only or a UNet-only file belongs in another folder); "
+            f"found {found_prefixes(state)}."
         )
     if _has_prefix(state, SDXL_CLIP_G_PREFIX) and _has_prefix(state, SDXL_CLIP_L_PREFIX):
         return "sdxl"
@@ -47,14 +54,24 @@ def detect_family(state: dict[str, torch.Tensor], name: str) -> str:
         return "sd15"
     if _has_prefix(state, "cond_stage_model.model."):
         raise CheckpointFormatError(f"{name}: looks like an SD2.x checkpoint (OpenCLIP-H text encoder); not supported.")
-    if _has_prefix(state, "conditioner.embedders.0.model."):
-        raise CheckpointFormatError(
-            f"{name}: looks like an SDXL refiner (OpenCLIP-G text encoder only); not supported."
-        )
+    if _has_prefix(state, REFINER_CLIP_G_PREFIX) and not _has_prefix(state, "conditioner.embedders.1."):
+        return "sdxl_refiner"
     raise CheckpointFormatError(
-        f"{name}: unknown model family (no SD1.5 'cond_stage_model.transformer.*' nor SDXL "
-        "'conditioner.embedders.*' text-encoder keys)."
+        f"{name}: unknown model family: no SD1.5 'cond_stage_model.transformer.*', SDXL "
+        "'conditioner.embedders.{0.transformer,1.model}.*' nor SDXL-refiner 'conditioner.embedders.0.model.*' "
+        f"text-encoder keys; found {found_prefixes(state)}."
     )
+
+
+def found_prefixes(state: dict[str, torch.Tensor], depth: int = 3, limit: int = 8) -> str:
+    """The first `depth` dotted parts of the keys, with counts (for errors about unknown files)."""
+    counts: dict[str, int] = {}
+    for key in state:
+        prefix = ".".join(key.split(".")[:depth])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    shown = [f"'{p}.*' ({n})" for p, n in sorted(counts.items())[:limit]]
+    more = f" and {len(counts) - limit} more" if len(counts) > limit else ""
+    return (", ".join(shown) + more) if shown else "no tensors"
 
 
 def _has_prefix(state: dict[str, torch.Tensor], prefix: str) -> bool:
@@ -190,7 +207,7 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
         heads = [max(c // HEAD_DIM, 1) for c in channels]
 
     config = {
-        "sample_size": 128 if family == "sdxl" else 64,
+        "sample_size": 64 if family == "sd15" else 128,
         "in_channels": int(conv_in.shape[1]),
         "out_channels": int(unet["out.2.weight"].shape[0]),
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention],
@@ -202,6 +219,10 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
         "use_linear_projection": proj_in.ndim == 2,
         "transformer_layers_per_block": [(d or 1) if isinstance(d, int) else d for d in depths],
     }
+    if not has_attention[-1] and mid_depth:
+        # diffusers' middle block takes the last level's depth; a last level without attention
+        # (the SDXL refiner: depths 0, 4, 4, 0 and a middle of 4) ignores its own, so it carries the middle's
+        config["transformer_layers_per_block"][-1] = mid_depth
     reversed_down = [[d if isinstance(d, int) else d[0]] * per_level for d in reversed(depths)]
     actual_up = [[d if d else 1 for d in level] for level in up_depths]
     expected_up = [[d if d else 1 for d in level] for level in reversed_down]
@@ -220,13 +241,15 @@ def infer_unet_config(unet: dict[str, torch.Tensor], family: str, pooled_dim: in
         )
     if "label_emb.0.0.weight" in unet:
         adm_in = int(unet["label_emb.0.0.weight"].shape[1])
-        if pooled_dim is None or (adm_in - pooled_dim) % 6:
+        count = ADM_EMBEDDINGS.get(family, ADM_EMBEDDINGS["sdxl"])
+        if pooled_dim is None or adm_in <= pooled_dim or (adm_in - pooled_dim) % count:
             raise CheckpointFormatError(
-                f"UNet add-embedding input ({adm_in}) does not match the text encoder's pooled width ({pooled_dim})."
+                f"UNet add-embedding input ({adm_in}) does not match the text encoder's pooled width ({pooled_dim}) "
+                f"plus {count} size embeddings ({family})."
             )
         config.update(
             addition_embed_type="text_time",
-            addition_time_embed_dim=(adm_in - pooled_dim) // 6,
+            addition_time_embed_dim=(adm_in - pooled_dim) // count,
             projection_class_embeddings_input_dim=adm_in,
         )
     return config

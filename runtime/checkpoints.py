@@ -35,6 +35,7 @@ import torch
 
 from ..quantize.checkpoint import read_quant_metadata
 from .checkpoint_config import (
+    REFINER_CLIP_G_PREFIX,
     SD15_CLIP_PREFIX,
     SDXL_CLIP_G_PREFIX,
     SDXL_CLIP_L_PREFIX,
@@ -56,6 +57,7 @@ from .model_types import SD_NOISE_SCHEDULE, ClipHost, ModelHost, VaeHost
 from .quantized_unet import build_quantized_unet
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_ROOT_FOLDERS = ("checkpoints", "text_encoders", "clip")  # models/<these>/...: models/tokenizers/
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PACKAGED_TOKENIZER = "the CLIP tokenizer shipped with the pack"
 
@@ -173,8 +175,9 @@ def _unwrap_pickled(data: dict) -> dict:
 
 
 def tokenizer_dirs(checkpoint: Path) -> list[Path]:
-    """The folders searched, in order, for a single-file checkpoint's own CLIP tokenizer files."""
-    roots = [p.parent for p in checkpoint.parents if p.name == "checkpoints"] or [checkpoint.parent]
+    """The folders searched, in order, for a single-file checkpoint's (or text-encoder file's) own CLIP
+    tokenizer files: under the models folder holding its `checkpoints` / `text_encoders` / `clip` folder."""
+    roots = [p.parent for p in checkpoint.parents if p.name in TOKENIZER_ROOT_FOLDERS] or [checkpoint.parent]
     candidates = []
     for root in roots:
         candidates += [root / "tokenizers" / checkpoint.stem, root / "tokenizers" / "clip"]
@@ -310,6 +313,29 @@ def _text_encoder(
     )
 
 
+# the text encoders of each family's CLIP, in ClipHost order: (transformers activation, projected pooled)
+CLIP_ENCODERS = {
+    "sd15": [("quick_gelu", False)],  # OpenAI CLIP-L
+    "sdxl": [("quick_gelu", False), ("gelu", True)],  # CLIP-L, OpenCLIP-G
+    "sdxl_refiner": [("gelu", True)],  # OpenCLIP-G
+}
+
+
+def build_clip(
+    family: str, encoder_states: list[dict], tokens: TokenizerChoice, name: str, placement: Placement
+) -> ClipHost:
+    """A family's CLIP from its encoders' transformers-named weights (`clip_l_state` / `open_clip_state`),
+    in `CLIP_ENCODERS` order: what a checkpoint's CLIP and the split text-encoder files both become."""
+    specs = CLIP_ENCODERS[family]
+    if len(specs) != len(encoder_states):
+        raise ValueError(f"{name}: a {family} CLIP has {len(specs)} text encoder(s), got {len(encoder_states)}")
+    encoders = [
+        _text_encoder(state, act, tokens, projected, name, placement)
+        for state, (act, projected) in zip(encoder_states, specs)
+    ]
+    return ClipHost(tokenizer=tokens.tokenizer, text_encoders=encoders, family=family)
+
+
 def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -321,14 +347,14 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
     tokens = resolve_tokenizer(path)
 
     if family == "sd15":
-        clip_l = _text_encoder(clip_l_state(state, SD15_CLIP_PREFIX), "quick_gelu", tokens, False, name, placement)
-        encoders = [clip_l]
-        pooled_dim = None
+        encoder_states = [clip_l_state(state, SD15_CLIP_PREFIX)]
+    elif family == "sdxl_refiner":
+        encoder_states = [open_clip_state(state, REFINER_CLIP_G_PREFIX, name)]
     else:
-        clip_l = _text_encoder(clip_l_state(state, SDXL_CLIP_L_PREFIX), "quick_gelu", tokens, False, name, placement)
-        clip_g = _text_encoder(open_clip_state(state, SDXL_CLIP_G_PREFIX, name), "gelu", tokens, True, name, placement)
-        encoders = [clip_l, clip_g]
-        pooled_dim = clip_g.config.projection_dim
+        encoder_states = [clip_l_state(state, SDXL_CLIP_L_PREFIX), open_clip_state(state, SDXL_CLIP_G_PREFIX, name)]
+    clip = build_clip(family, encoder_states, tokens, name, placement)
+    encoders = clip.text_encoders
+    pooled_dim = None if family == "sd15" else encoders[-1].config.projection_dim
 
     if quantized:
         unet = build_quantized_unet(state, quantized, name).to(device=placement.device)  # its own dtypes
@@ -356,7 +382,7 @@ def _load_single_file(path: Path, placement: Placement) -> LoadedCheckpoint:
         model=ModelHost(
             unet=unet, family=family, noise_schedule=dict(SD_NOISE_SCHEDULE), prediction_type=prediction_type(state)
         ),
-        clip=ClipHost(tokenizer=tokens.tokenizer, text_encoders=encoders, family=family),
+        clip=clip,
         vae=VaeHost(vae=vae, scaling_factor=vae_config["scaling_factor"], family=family),
     )
 

@@ -4,7 +4,7 @@ Weighting: a token of weight w gets `empty + (z - empty) * w`, where `empty` is 
 position's embedding of the empty prompt (BOS, EOS, padding) — ComfyUI's rule, which keeps
 weight 1 exact and moves weighted tokens away from "nothing" rather than scaling them.
 Layers: SD1.5 takes the last layer after the final layer norm; SDXL takes the penultimate
-layer of both encoders without it; CLIPSetLastLayer picks another (`-2` = one before last).
+layer of both encoders without it (the SDXL refiner of its one OpenCLIP-G encoder); CLIPSetLastLayer picks another (`-2` = one before last).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class EncoderRule:
 FAMILY_RULES = {
     "sd15": [EncoderRule(True, None, True, False)],
     "sdxl": [EncoderRule(True, -2, False, False), EncoderRule(False, -2, False, True)],
+    "sdxl_refiner": [EncoderRule(False, -2, False, True)],  # OpenCLIP-G alone, as in SDXL
 }
 
 

@@ -4,6 +4,8 @@ For an eps model the UNet sees x / sqrt(sigma^2 + 1) at the nearest training tim
 D = x - sigma * eps; v-prediction, x0 and LCM (consistency boundary condition, sigma_data 0.5,
 timestep scaling 10) follow ComfyUI's model_sampling classes. Guidance mixes the denoised
 predictions: D = D_uncond + cfg * (D_cond - D_uncond); cfg == 1 skips the negative pass.
+An entry with a ControlNet (`control`, from ControlNetApplyAdvanced) adds the ControlNet's residuals
+to each of its UNet calls (`controlnet.ControlRun`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch
 from ...k_sampling import DiscreteSigmas, DistilledSigmas
 from ...lcm_scheduler import consistency_output
 from ...runtime.model_types import ModelHost
+from .controlnet import ControlRun, unet_control_kwargs
 from .deepcache import unet_call_context
 from .names import SAMPLING_TYPES
+from .refiner_conds import is_refiner_unet, refiner_added_conds
 
+NO_UPPER_SIGMA = 999999999.9  # ComfyUI's sigma for percent 0: every sigma is below it
+ACTIVE_WEIGHT_FLOOR = 1e-37  # ComfyUI starts each pass's weight sum here, so no active entry gives 0
 SDXL_TIME_EMBED_KEYS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
 
 
@@ -58,6 +64,23 @@ def sdxl_added_conds(entry: dict, batch: int, height: int, width: int, device, d
     }
 
 
+def percent_to_sigma(table: DiscreteSigmas, percent: float) -> float:
+    """The sigma at a fraction of the schedule (0: above every sigma, 1: zero), as ComfyUI maps
+    ConditioningSetTimestepRange's start / end: the table's sigma at timestep (1 - percent) * 999."""
+    if percent <= 0.0:
+        return NO_UPPER_SIGMA
+    if percent >= 1.0:
+        return 0.0
+    return float(table.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def sigma_range(table: DiscreteSigmas, options: dict) -> tuple[float, float]:
+    """(highest, lowest) sigma at which a conditioning entry takes part."""
+    highest = percent_to_sigma(table, options["start_percent"]) if "start_percent" in options else math.inf
+    lowest = percent_to_sigma(table, options["end_percent"]) if "end_percent" in options else -math.inf
+    return highest, lowest
+
+
 class GuidedDenoiser:
     """D(x, sigma) with CFG for one sampling run; `seed` feeds the ancestral noise."""
 
@@ -66,13 +89,23 @@ class GuidedDenoiser:
         self.table = sigma_table(model)
         self.kind = model.sampling_type
         self.positive, self.negative, self.cfg = positive, negative, float(cfg)
+        self.ranges: dict[str, list[tuple[float, float]]] = {}
+        self.controls: dict[tuple[str, int], ControlRun] = {}
+        runs: dict[int, ControlRun] = {}  # one run per control object: positive and negative share it
         for name, conds in (("positive", positive), ("negative", negative)):
-            for cond in conds:
-                unsupported = sorted(set(cond[1]) & {"area", "mask", "control", "gligen", "start_percent"})
+            for index, cond in enumerate(conds):
+                unsupported = sorted(set(cond[1]) & {"area", "mask", "gligen", "clip_start_percent"})
                 if unsupported:
                     raise NotImplementedError(
                         f"{name} conditioning uses {unsupported}, which the standalone host does not support"
                     )
+                control = cond[1].get("control")
+                if control is not None:
+                    if id(control) not in runs:
+                        to_sigma = lambda percent: percent_to_sigma(self.table, percent)  # noqa: E731
+                        runs[id(control)] = ControlRun(control, to_sigma, f"{name} conditioning", model.family)
+                    self.controls[(name, index)] = runs[id(control)]
+            self.ranges[name] = [sigma_range(self.table, cond[1]) for cond in conds]
 
     def _unet(
         self, x_in: torch.Tensor, timestep: torch.Tensor, cond: list, stream: Hashable, sigma: torch.Tensor
@@ -86,28 +119,43 @@ class GuidedDenoiser:
         kwargs = {}
         if getattr(unet.config, "addition_embed_type", None) == "text_time":
             h, w = x_in.shape[2] * 8, x_in.shape[3] * 8
-            kwargs["added_cond_kwargs"] = sdxl_added_conds(cond[1], batch, h, w, param.device, param.dtype)
+            if is_refiner_unet(unet):  # the refiner: pooled + size, crop and aesthetic score
+                added = refiner_added_conds(cond[1], batch, h, w, param.device, param.dtype, stream[0])
+            else:
+                added = sdxl_added_conds(cond[1], batch, h, w, param.device, param.dtype)
+            kwargs["added_cond_kwargs"] = added
+        control = self.controls.get(stream)
+        if control is not None:
+            added = kwargs.get("added_cond_kwargs")
+            residuals = control.residuals(x_in, timestep, context, float(sigma.flatten()[0]), added)
+            kwargs.update(unet_control_kwargs(residuals))
         with unet_call_context(self.model, stream, sigma):
             out = unet(x_in.to(param.dtype), timestep.to(param.device).float(), encoder_hidden_states=context, **kwargs)
         return out.sample.float()
 
     @torch.no_grad()
     def denoise_one(self, x: torch.Tensor, sigma: torch.Tensor, conds: list, name: str) -> torch.Tensor:
-        """Strength-weighted average of D over the conditioning entries (ComfyUI's mixing);
-        `name` ("positive" / "negative") keeps each pass's DeepCache features apart."""
+        """Strength-weighted average of D over the conditioning entries active at `sigma` (ComfyUI's
+        mixing: zero where none is); `name` ("positive" / "negative") picks the entries' sigma
+        ranges and keeps each pass's DeepCache features apart."""
+        if not conds:
+            raise ValueError(f"the {name} conditioning is empty")
         shape = (-1,) + (1,) * (x.ndim - 1)
         s = sigma.reshape(shape).float()
         timestep = self.table.model_timestep(sigma.float())
         x_in = x / (s**2 + 1.0) ** 0.5
-        total, weight = 0.0, 0.0
+        total, weight = torch.zeros_like(x), 0.0
+        ranges = self.ranges[name]
+        now = float(sigma.flatten()[0])
         for index, cond in enumerate(conds):
+            highest, lowest = ranges[index]
+            if now > highest or now < lowest:
+                continue  # outside the entry's ConditioningSetTimestepRange
             strength = float(cond[1].get("strength", 1.0))
             out = self._unet(x_in, timestep, cond, (name, index), sigma)
             total = total + denoised_from_output(self.kind, x, out, s, timestep.reshape(shape).float()) * strength
             weight += strength
-        if weight == 0:
-            raise ValueError("conditioning is empty (or all strengths are 0)")
-        return total / weight
+        return total / (weight + ACTIVE_WEIGHT_FLOOR)  # nothing active at this sigma: 0, as in ComfyUI
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         cond = self.denoise_one(x, sigma, self.positive, "positive")

@@ -21,9 +21,11 @@ import torch
 from ...lcm_scheduler import continuing_generator, draw_noise, plan_lcm_or_tcd
 from ...runtime.fast_mode import FastModeSettings, fast_or_eager, module_dtype, say_once, settings_of, usable_backend
 from ...runtime.graph_cache import graph_cache
+from .controlnet import note_fast_mode
 from .deepcache import RUN_OPTION, SETTINGS_OPTION
 from .denoiser import sdxl_added_conds
 from .lcm_denoiser import GuidanceEmbeddedUNet, PlainX0Denoiser, lcm_train_sigmas
+from .refiner_conds import is_refiner_unet, refiner_added_conds
 from .sampling_job import SamplingJob
 
 UNET_KWARGS_ADDED = ("text_embeds", "time_ids")  # go to the UNet as `added_cond_kwargs`
@@ -76,19 +78,27 @@ class PlannedX0Denoiser(PlainX0Denoiser):
         self.table = _PlannedTimesteps(rows.to(x.device))
         passes = [("positive", positive)] + ([] if math.isclose(self.cfg, 1.0) else [("negative", negative)])
         self.inputs = {
-            (name, index): self._prepare(cond, x, extras) for name, conds in passes for index, cond in enumerate(conds)
+            (name, index): self._prepare(cond, x, extras, name)
+            for name, conds in passes
+            for index, cond in enumerate(conds)
         }
         graph_cache(unet, usable_backend(settings, unet)).check_storage(unet)
 
-    def _prepare(self, cond: list, x: torch.Tensor, extras: dict) -> tuple[torch.Tensor, dict]:
-        """(context, extra UNet inputs) of one conditioning entry, on the device, as `_unet` builds them."""
+    def _prepare(self, cond: list, x: torch.Tensor, extras: dict, pass_name: str) -> tuple[torch.Tensor, dict]:
+        """(context, extra UNet inputs) of one conditioning entry of the `pass_name` ("positive" /
+        "negative") pass, on the device, as `_unet` builds them."""
         batch = x.shape[0]
         context = cond[0].to(device=x.device, dtype=self.dtype)
         if context.shape[0] != batch:
             context = context.repeat(math.ceil(batch / context.shape[0]), 1, 1)[:batch]
         inputs = dict(extras)
         if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
-            added = sdxl_added_conds(cond[1], batch, x.shape[2] * 8, x.shape[3] * 8, x.device, self.dtype)
+            if is_refiner_unet(self.unet):
+                added = refiner_added_conds(
+                    cond[1], batch, x.shape[2] * 8, x.shape[3] * 8, x.device, self.dtype, pass_name
+                )
+            else:
+                added = sdxl_added_conds(cond[1], batch, x.shape[2] * 8, x.shape[3] * 8, x.device, self.dtype)
             inputs.update({name: tensor.contiguous() for name, tensor in added.items()})
         return context.contiguous(), inputs
 
@@ -138,7 +148,7 @@ def fast_lcm_sample(job: SamplingJob, gamma: float) -> tuple[torch.Tensor, torch
     """LCMSampler's (final latent, last denoised) on the fast path, or None when fast mode is off or
     cannot run here (the eager sampler then runs; the reason was said once)."""
     settings = fast_sampling_settings(job.model)
-    if settings is None:
+    if settings is None or note_fast_mode(job.positive, job.negative):
         return None
     train_sigmas = lcm_train_sigmas(job.model)
     sigmas = job.sigmas.detach().float().cpu()
@@ -165,4 +175,6 @@ def fast_lcm_sample(job: SamplingJob, gamma: float) -> tuple[torch.Tensor, torch
 def note_eager_sampler(model, sampler_name: str) -> None:
     """Say once that fast mode does not cover this sampler (it runs eager)."""
     if settings_of(model) is not None:
-        say_once(f"fast mode covers LCM / TCD sampling (LCMSampler, LCM KSampler); sampler {sampler_name!r} runs eager")
+        say_once(
+            f"fast mode covers LCM / TCD sampling (LCM Sampler, LCM KSampler, Accelerator nodes); sampler {sampler_name!r} runs eager"
+        )

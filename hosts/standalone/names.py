@@ -34,3 +34,9 @@ SCHEDULER_NAMES = [
 ]
 SAMPLING_TYPES = ["eps", "v_prediction", "lcm", "x0"]
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+# ComfyUI's resampling choices (nodes.py / comfy_extras/nodes_post_processing.py, 0.3.64)
+LATENT_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CROP_METHODS = ["disabled", "center"]
+MAX_RESOLUTION = 16384

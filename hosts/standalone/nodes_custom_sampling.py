@@ -1,4 +1,4 @@
-"""Custom-sampling nodes (ComfyUI's SamplerCustom, KSamplerSelect, BasicScheduler).
+"""Custom-sampling nodes (ComfyUI's SamplerCustom, KSamplerSelect, BasicScheduler, SDTurboScheduler).
 
 Same inputs as ComfyUI's comfy_extras/nodes_custom_sampler.py. SAMPLER values are objects with a
 `sample(job)` method (`lcm.KDiffusionSampler`, `lcm.LCMTCDSampler`); SIGMAS is a float tensor
@@ -85,3 +85,37 @@ class BasicScheduler:
         from .denoiser import sigma_table
 
         return (ksampler_sigmas(sigma_table(model), scheduler, int(steps), float(denoise)).cpu(),)
+
+
+SD_TURBO_TIMESTEPS = 10  # SD-Turbo / SDXL-Turbo were distilled on timesteps 999, 899, ..., 99
+
+
+class SDTurboScheduler:
+    """SIGMAS for SD-Turbo / SDXL-Turbo: `steps` of the timesteps 999, 899, ..., 99, starting
+    further down the list when `denoise` < 1 (img2img), then 0."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "steps": ("INT", {"default": 1, "min": 1, "max": 10}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0, "max": 1.0, "step": 0.01}),
+            }
+        }
+
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "get_sigmas"
+    CATEGORY = "sampling/custom_sampling/schedulers"
+
+    def get_sigmas(self, model, steps: int, denoise: float):
+        import torch
+
+        from .denoiser import sigma_table
+
+        if not 0.0 <= float(denoise) <= 1.0:
+            raise ValueError(f"SDTurboScheduler: denoise {denoise} is outside 0..1")
+        first = SD_TURBO_TIMESTEPS - int(SD_TURBO_TIMESTEPS * denoise)
+        timesteps = torch.arange(SD_TURBO_TIMESTEPS, 0, -1) * 100 - 1
+        sigmas = sigma_table(model).sigma(timesteps[first : first + int(steps)])
+        return (torch.cat([sigmas, sigmas.new_zeros([1])]).cpu(),)

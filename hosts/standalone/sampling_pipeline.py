@@ -19,6 +19,7 @@ from ...runtime.interrupt import throw_if_interrupted
 from ...runtime.lora_state import activate_patches
 from ...runtime.model_types import ModelHost
 from ...runtime.progress import ProgressBar
+from .controlnet import without_deepcache
 from .deepcache import deepcache_run
 from .denoiser import InpaintDenoiser, sigma_table
 from .lcm_denoiser import model_lcm_sigmas
@@ -88,13 +89,35 @@ def sample_custom(
     latent: dict,
 ) -> tuple[dict, dict]:
     """What ComfyUI's SamplerCustom computes: (output, denoised_output) LATENTs."""
+    samples = latent["samples"].float()
+    noise = prepare_noise(samples, seed, latent.get("batch_index")) if add_noise else torch.zeros_like(samples)
+    return sample_with_noise(model, noise, seed, cfg, positive, negative, sampler, sigmas, latent)
+
+
+def sample_with_noise(
+    model: ModelHost,
+    noise: torch.Tensor,
+    seed: int,
+    cfg: float,
+    positive: list,
+    negative: list,
+    sampler,
+    sigmas: torch.Tensor,
+    latent: dict,
+) -> tuple[dict, dict]:
+    """SamplerCustom's run with the initial noise given (SamplerCustomAdvanced's NOISE value);
+    `seed` still seeds the sampler's own per-step noise."""
     if not hasattr(sampler, "sample"):
-        raise TypeError(f"sampler must be a SAMPLER (from KSamplerSelect or LCMSampler), got {type(sampler).__name__}")
+        raise TypeError(
+            f"sampler must be a SAMPLER (from KSamplerSelect, LCM Sampler or Accelerator Sampler), got {type(sampler).__name__}"
+        )
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
     if len(sigmas) <= 1:
         return ({**latent}, {**latent})
     samples = latent["samples"].float()
-    noise = prepare_noise(samples, seed, latent.get("batch_index")) if add_noise else torch.zeros_like(samples)
+    if tuple(noise.shape) != tuple(samples.shape):
+        raise ValueError(f"the noise has shape {tuple(noise.shape)}, the latent {tuple(samples.shape)}")
+    noise = noise.float()
     activate_patches(model)
     device = next(model.unet.parameters()).device
     scale = latent_scale(model)
@@ -106,7 +129,7 @@ def sample_custom(
         wrap = lambda denoiser: InpaintDenoiser(denoiser, latent_in, noise, mask)  # noqa: E731
     step, bar = step_progress(len(sigmas) - 1)
     try:
-        with deepcache_run(model, sigmas) as run_model:
+        with deepcache_run(without_deepcache(model, positive, negative), sigmas) as run_model:
             job = SamplingJob(run_model, positive, negative, float(cfg), x, sigmas.to(device), int(seed), step, wrap)
             out, denoised = sampler.sample(job)
     finally:
