@@ -494,6 +494,13 @@ def _uni_pc_update(model, x, history, sigma_t, order, variant, corrector):
     return x_t, d_t
 
 
+def _vp_rescale(x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
+    """x taken into the VP view at sigma_from (x / sqrt(1 + sigma_from^2)) and out of it at sigma_to
+    (divided by alpha = exp(-log(1 + sigma_to^2) / 2)), in the order of operations UniPC uses."""
+    alpha_to = torch.exp(0.5 * torch.log(1 / (sigma_to * sigma_to + 1)))
+    return x / torch.sqrt(1.0 + sigma_from**2) / alpha_to
+
+
 def sample_uni_pc(model: Denoiser, x, sigmas, step=None, noise=None, variant: str = "bh1"):
     """UniPC multistep predictor-corrector (Zhao et al. 2023), data prediction, order up to 3
     (min(3, steps - 1)), lower order on the first steps and the last two, as ComfyUI's "uni_pc"
@@ -501,9 +508,10 @@ def sample_uni_pc(model: Denoiser, x, sigmas, step=None, noise=None, variant: st
     reused by the next step's predictor; the final step has no corrector and, when the schedule
     ends at 0, stops at sigma = 0.001 (`UNI_PC_LAST_SIGMA`). variant "bh1": B(h) = h (ComfyUI's
     "uni_pc"), "bh2": B(h) = e^h - 1 ("uni_pc_bh2"). KSampler gives it one step more and drops
-    the penultimate sigma, see `ksampler_sigmas`. One difference from ComfyUI: for a single step
-    (two sigmas) ComfyUI's UniPC takes no step at all and returns its input; this one takes a
-    first-order step."""
+    the penultimate sigma, see `ksampler_sigmas`. A single step (two sigmas, e.g. KSampler with
+    1 step) is ComfyUI's too: its UniPC then runs order 0, which evaluates D once (the denoised
+    preview) but takes no step, and only rescales x from the VP view at sigmas[0] back at the last
+    sigma: x * sqrt(1 + sigma_last^2) / sqrt(1 + sigma_0^2), about the start latent itself."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', not {variant!r}")
     step = step or _no_step
@@ -513,6 +521,10 @@ def sample_uni_pc(model: Denoiser, x, sigmas, step=None, noise=None, variant: st
     steps = len(sigmas) - 1
     if steps < 1:
         return x
+    if steps == 1:  # ComfyUI's order-0 UniPC: one evaluation, no step
+        model(x, _at(x, sigmas[0]))
+        step(0)
+        return _vp_rescale(x, sigmas[0], sigmas[1])
     max_order = max(min(3, steps - 1), 1)
     history = [(sigmas[0], model(x, _at(x, sigmas[0])))]
     for k in range(1, steps + 1):

@@ -1,4 +1,4 @@
-"""ComfyUI's own ControlNetLoader / ControlNetApplyAdvanced on fixed inputs, run INSIDE ComfyUI's
+"""ComfyUI's own ControlNetLoader / ControlNetApplyAdvanced / ControlNetApply on fixed inputs, run INSIDE ComfyUI's
 interpreter by tests/test_core_nodes_controlnet_comfyui.py, which runs the standalone host's nodes on
 the same inputs.
 
@@ -19,7 +19,7 @@ import sys
 from comfyui_core_nodes_checks import interface
 from comfyui_inprocess import report, run_check, start_comfyui
 
-NODES = ["ControlNetLoader", "ControlNetApplyAdvanced"]
+NODES = ["ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply"]
 FILES = ("control_ldm.safetensors", "control_diffusers.safetensors")
 
 
@@ -71,6 +71,28 @@ def main(comfyui: str, base: str) -> None:
         outputs["plain.cfg5"] = run(positive, negative, 5.0)
         report("sampling", done=True)
 
+    def old_apply():
+        model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
+        net = node["ControlNetLoader"].load_controlnet("control_ldm.safetensors")[0]
+        apply = node["ControlNetApply"].apply_controlnet
+        ks = node["KSampler"].sample
+
+        def run(pos, neg, cfg, seed=3, steps=4):
+            return ks(model, seed, steps, cfg, "euler", "normal", pos, neg, latent)[0]["samples"]
+
+        (pos,) = apply(positive, net, inputs["hint"], 0.8)
+        outputs["old.cfg1"] = run(pos, negative, 1.0)
+        outputs["old.cfg5"] = run(pos, negative, 5.0)  # the negative gets the positive's ControlNet
+        (chained,) = apply(pos, net, inputs["hint_2"], 0.5)
+        outputs["old.chained.cfg5"] = run(chained, negative, 5.0)
+        (own,) = apply(negative, net, inputs["hint_2"], 0.6)
+        outputs["old.own_negative.cfg5"] = run(pos, own, 5.0)  # a negative with its own keeps it
+        (second,) = apply([[inputs["cond_n"], {}]], net, inputs["hint_2"], 0.5)
+        outputs["old.two_entries.cfg5"] = run(pos + second, negative, 5.0)  # the later one wins
+        (zero,) = apply(positive, net, inputs["hint"], 0.0)
+        outputs["old.zero.cfg5"] = run(zero, negative, 5.0)
+        report("old_apply", done=True)
+
     def lcm():
         model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
         lora = node["LoraLoaderModelOnly"].load_lora_model_only(model, "lcm.safetensors", 1.0)[0]
@@ -84,7 +106,13 @@ def main(comfyui: str, base: str) -> None:
             outputs[f"lcm.cfg{cfg}"] = sample(lora, 7, 4, cfg, pos, neg, latent, 50, 0.0, 1.0)[0]["samples"]
         report("lcm", done=True)
 
-    for name, fn in (("interfaces", interfaces), ("files", files), ("sampling", sampling), ("lcm", lcm)):
+    for name, fn in (
+        ("interfaces", interfaces),
+        ("files", files),
+        ("sampling", sampling),
+        ("old_apply", old_apply),
+        ("lcm", lcm),
+    ):
         run_check(name, fn)
     save_file({k: v.contiguous().float() for k, v in outputs.items()}, f"{base}/controlnet_outputs.safetensors")
     report("saved", keys=sorted(outputs))

@@ -28,10 +28,12 @@ def run_check(name: str, fn: Callable[[], None]) -> None:
         report(name, error=traceback.format_exc())
 
 
-def start_comfyui(comfyui: str, base: str) -> dict:
+def start_comfyui(comfyui: str, base: str, extra_args: tuple[str, ...] = ()) -> dict:
     """Import ComfyUI (CPU, fp32) with `base` as its base directory, load its and the custom nodes;
-    returns an instance of every registered node class by name."""
-    sys.argv = ["main.py", "--cpu", "--force-fp32", "--base-directory", base]
+    returns an instance of every registered node class by name. `extra_args`: more of ComfyUI's
+    command-line options (e.g. --use-pytorch-cross-attention: the attention kernel the standalone
+    host uses, instead of ComfyUI's CPU default, sub-quadratic chunks: the same maths, other rounding)."""
+    sys.argv = ["main.py", "--cpu", "--force-fp32", "--base-directory", base, *extra_args]
     sys.path.insert(0, comfyui)
     os.chdir(comfyui)
     import comfy.options

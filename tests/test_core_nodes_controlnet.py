@@ -1,8 +1,10 @@
-"""ControlNetLoader + ControlNetApplyAdvanced on the standalone host, without ComfyUI (its own
-comparison is tests/test_core_nodes_controlnet_comfyui.py): both file layouts give the same network,
+"""ControlNetLoader + ControlNetApplyAdvanced / ControlNetApply on the standalone host, without ComfyUI
+(its own comparison is tests/test_core_nodes_controlnet_comfyui.py): both file layouts give the same network,
 strength 0 and an empty range equal no ControlNet, the start / end range picks the right UNet calls,
 controls chain, bad files and inputs name the node and the input, SDXL ControlNets run, and DeepCache
-and fast mode step aside (said once) rather than ignore the ControlNet.
+and fast mode step aside (said once) rather than ignore the ControlNet. ControlNetApply equals
+ControlNetApplyAdvanced over the whole schedule on both conditionings (ComfyUI hands its ControlNet to a
+negative without one), and leaves a negative with its own ControlNet alone.
 """
 
 from __future__ import annotations
@@ -247,3 +249,33 @@ def test_lcm_sampling_applies_the_controlnet(sd15):
     conds = NODES["ControlNetApplyAdvanced"]().apply_controlnet(positive, negative, control, hint, 1.0, 0.0, 1.0)
     guided = sample(model, 7, 3, 1.0, *conds, latent, 50, 0.0, 1.0)[0]["samples"]
     assert float((guided - plain).abs().max()) > 1e-3
+
+
+def test_old_controlnet_apply_is_the_advanced_one_on_both_conditionings(sd15):
+    from lcm_accel.hosts.standalone.controlnet import with_uncond_controls
+
+    root, model, _, width = sd15
+    positive, negative, hint, latent = _inputs(width)
+    control = _load(root, "control_ldm.safetensors")
+    old = NODES["ControlNetApply"]().apply_controlnet
+    (pos,) = old(positive, control, hint, 0.8)
+    assert pos[0][1]["control_apply_to_uncond"] is True and positive[0][1] == {}
+    both = NODES["ControlNetApplyAdvanced"]().apply_controlnet(positive, negative, control, hint, 0.8, 0.0, 1.0)
+    assert both[0][0][1]["control_apply_to_uncond"] is False
+    torch.testing.assert_close(_ksample(model, pos, negative, latent), _ksample(model, *both, latent), rtol=0, atol=0)
+    assert old(positive, control, hint, 0.0) == (positive,)
+    # a negative with its own ControlNet keeps it; one without gets the k-th control on entry k mod n
+    (own,) = old(negative, control, hint, 0.5)
+    assert with_uncond_controls(pos, own) is own
+    (second,) = old([[positive[0][0], {}]], control, torch.rand(1, 8, 8, 3), 0.5)
+    two = negative + [[negative[0][0] * 2, {"strength": 0.5}]]
+    shared = with_uncond_controls(pos + second, two)
+    assert shared[0][1]["control"] is pos[0][1]["control"] and shared[1][1]["control"] is second[0][1]["control"]
+    shared = with_uncond_controls(pos + second, negative)
+    assert shared[0][1]["control"] is second[0][1]["control"] and "control" not in negative[0][1]
+    with pytest.raises(TypeError, match="ControlNetApply: conditioning is not a CONDITIONING"):
+        old("text", control, hint, 1.0)
+    with pytest.raises(ValueError, match="ControlNetApply: strength 11"):
+        old(positive, control, hint, 11.0)
+    with pytest.raises(ValueError, match="ControlNetApply: image has 4 channels"):
+        old(positive, control, torch.rand(1, 8, 8, 4), 1.0)

@@ -1,4 +1,4 @@
-"""ControlNetLoader + ControlNetApplyAdvanced against ComfyUI 0.3.64's own (skipped unless
+"""ControlNetLoader + ControlNetApplyAdvanced / ControlNetApply against ComfyUI 0.3.64's own (skipped unless
 COMFYUI_PATH names a checkout): the same files and inputs go through ComfyUI's nodes in its
 interpreter (tests/comfyui_core_nodes_controlnet_checks.py) and through ours here.
 
@@ -8,6 +8,8 @@ interpreter (tests/comfyui_core_nodes_controlnet_checks.py) and through ours her
   ComfyUI's latent (ComfyUI 0.3.64 recognises a diffusers-named SD1.5 ControlNet only at the full
   SD1.5 size, so the diffusers file is compared with ComfyUI's result for the same weights in LDM
   names; the check reports what ComfyUI made of each file);
+- the older ControlNetApply (one conditioning; ComfyUI hands its ControlNet to a negative that has
+  none): cfg 1 and 5, chained, a negative with its own, two positive entries, strength 0;
 - an LCM-LoRA through LoraLoaderModelOnly and the pack's LCM KSampler, with a ControlNet.
 """
 
@@ -148,3 +150,43 @@ def test_lcm_lora_and_lcm_ksampler_with_controlnet_equal_comfyuis(setup, layout)
     effect = _rel(theirs["lcm.plain"], theirs["lcm.cfg1.0"])
     assert effect > 0.05, f"the ControlNet hardly changes ComfyUI's LCM result ({effect:.2e})"
     assert all(value <= REL_TOLERANCE for value in differences.values()), differences
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_old_controlnet_apply_equals_comfyuis(setup, layout):
+    from lcm_accel.hosts.standalone import NODE_CLASS_MAPPINGS as NODES
+
+    base, inputs, _, theirs = setup
+    with _paths(base):
+        (model,) = NODES["UNETLoader"]().load_unet("unet.safetensors", "default")
+        (net,) = NODES["ControlNetLoader"]().load_controlnet(LAYOUTS[layout])
+    positive, negative = [[inputs["cond_p"], {}]], [[inputs["cond_n"], {}]]
+    latent = {"samples": inputs["latent"]}
+    apply = NODES["ControlNetApply"]().apply_controlnet
+    ks = NODES["KSampler"]().sample
+
+    def run(pos, neg, cfg, seed=3, steps=4):
+        return ks(model, seed, steps, cfg, "euler", "normal", pos, neg, latent)[0]["samples"]
+
+    (pos,) = apply(positive, net, inputs["hint"], 0.8)
+    ours = {"old.cfg1": run(pos, negative, 1.0), "old.cfg5": run(pos, negative, 5.0)}
+    (chained,) = apply(pos, net, inputs["hint_2"], 0.5)
+    ours["old.chained.cfg5"] = run(chained, negative, 5.0)
+    (own,) = apply(negative, net, inputs["hint_2"], 0.6)
+    ours["old.own_negative.cfg5"] = run(pos, own, 5.0)
+    (second,) = apply([[inputs["cond_n"], {}]], net, inputs["hint_2"], 0.5)
+    ours["old.two_entries.cfg5"] = run(pos + second, negative, 5.0)
+    (zero,) = apply(positive, net, inputs["hint"], 0.0)
+    ours["old.zero.cfg5"] = run(zero, negative, 5.0)
+    differences = {key: _rel(value, theirs[key]) for key, value in ours.items()}
+    print(
+        f"ControlNetApply, {layout} ControlNet, relative difference to ComfyUI:",
+        {k: f"{v:.2e}" for k, v in differences.items()},
+    )
+    assert all(value <= REL_TOLERANCE for value in differences.values()), differences
+    effect = _rel(theirs["old.cfg5"], theirs["plain.cfg5"])
+    assert effect > 0.05, f"ControlNetApply hardly changes ComfyUI's result ({effect:.2e})"
+    # ComfyUI hands the ControlNet to the negative: without that, the result is another one
+    positive_only = [[tensor, {**options, "control_apply_to_uncond": False}] for tensor, options in pos]
+    alone = _rel(run(positive_only, negative, 5.0), theirs["old.cfg5"])
+    assert alone > 1e-3, f"the negative's ControlNet hardly matters ({alone:.2e}): the check proves little"

@@ -1,7 +1,8 @@
 """ComfyUI's conditioning and custom-sampling nodes on the standalone host: ConditioningCombine,
 ConditioningZeroOut, ConditioningSetTimestepRange (and the sampler honouring ranges and mixing
 entries as ComfyUI's calc_cond_batch does), SDTurboScheduler, SamplerCustomAdvanced with
-RandomNoise / DisableNoise / CFGGuider / BasicGuider (equal to SamplerCustom)."""
+RandomNoise / DisableNoise / CFGGuider / BasicGuider (equal to SamplerCustom); inpainting with "ddim"
+(ComfyUI's fresh noise from seed + 1 for the unmasked region) and one-step UniPC (no step taken)."""
 
 from __future__ import annotations
 
@@ -157,3 +158,44 @@ def test_sampler_custom_advanced_refuses_wrong_inputs(sd15):
         NODES["SamplerCustomAdvanced"]().sample(7, guider, sampler, torch.tensor([1.0, 0.0]), latent)
     with pytest.raises(TypeError, match="SamplerCustomAdvanced: guider"):
         NODES["SamplerCustomAdvanced"]().sample(NODES["DisableNoise"]().get_noise()[0], cat, sampler, None, latent)
+
+
+def test_ddim_inpainting_keeps_the_unmasked_region_on_noise_from_seed_plus_one(sd15, monkeypatch):
+    from lcm_accel.hosts.standalone import sampling_pipeline
+    from lcm_accel.hosts.standalone.sampler_values import KDiffusionSampler
+
+    model, cat, _, blurry = sd15
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 8:40] = 1.0
+    plain = {"samples": _x(3)}
+    (masked,) = NODES["SetLatentNoiseMask"]().set_mask(plain, mask)
+    ks = NODES["KSampler"]().sample
+
+    def run(sampler, latent, seed=5):
+        return ks(model, seed, 3, 4.0, sampler, "normal", cat, blurry, latent)[0]["samples"]
+
+    # ddim is euler: the same without a mask, another result with one
+    assert torch.equal(run("ddim", plain), run("euler", plain))
+    ddim, euler = run("ddim", masked), run("euler", masked)
+    assert (ddim - euler).abs().max() > 1e-3
+    # euler whose kept-region noise is drawn from seed + 1 is ddim
+    fresh = torch.randn(plain["samples"].shape, generator=torch.manual_seed(6))
+    monkeypatch.setattr(sampling_pipeline, "inpaint_noise", lambda sampler, noise, seed: fresh.to(noise))
+    torch.testing.assert_close(run("euler", masked), ddim, rtol=0, atol=0)
+    monkeypatch.undo()
+    noise = torch.zeros(1, 4, 8, 8)
+    assert sampling_pipeline.inpaint_noise(KDiffusionSampler("euler"), noise, 5) is noise
+    assert torch.equal(sampling_pipeline.inpaint_noise(KDiffusionSampler("ddim"), noise, 5), fresh)
+    with pytest.raises(ValueError, match="seed 18446744073709551615: the 'ddim' sampler"):
+        run("ddim", masked, seed=2**64 - 1)
+
+
+def test_one_step_uni_pc_takes_no_step(sd15):
+    model, cat, _, blurry = sd15
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    for name in ("uni_pc", "uni_pc_bh2"):
+        out = NODES["KSampler"]().sample(model, 7, 1, 3.0, name, "karras", cat, blurry, latent)[0]["samples"]
+        noise = torch.randn(1, 4, 8, 8, generator=torch.manual_seed(7))
+        # noise * sqrt(1 + sigma_max^2) scaled into the VP view and back out at sigma 0.001
+        scale = 0.18215
+        torch.testing.assert_close(out * scale, noise * (1 + 0.001**2) ** 0.5, rtol=1e-5, atol=1e-6)

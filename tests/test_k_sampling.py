@@ -577,6 +577,8 @@ def _comfy_cases() -> list[dict]:
     ]:
         add("sd15", sampler, scheduler, steps=6, denoise=0.6, seed=7)
     for sampler, scheduler, steps in [
+        ("uni_pc", "karras", 1),  # ComfyUI's order-0 UniPC: no step taken
+        ("uni_pc_bh2", "normal", 1),
         ("uni_pc", "karras", 2),
         ("uni_pc", "normal", 3),
         ("dpmpp_3m_sde", "normal", 3),
@@ -587,6 +589,7 @@ def _comfy_cases() -> list[dict]:
         ("ddim", "ddim_uniform", 7),
     ]:
         add("sd15", sampler, scheduler, steps=steps)
+    add("sd15", "uni_pc", "simple", steps=1, denoise=0.5, seed=7)  # one img2img step: x rescaled only
     # ComfyUI's option semantics
     for sampler, options in [
         ("euler_ancestral", {"eta": 0.5, "s_noise": 1.1}),

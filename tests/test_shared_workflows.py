@@ -273,7 +273,7 @@ def base_dir(tmp_path_factory):
     names, the input pictures, and the pack under custom_nodes/. The models are deleted afterwards."""
     import torch
 
-    from lcm_accel.fixtures.comfyui_models import sd15_unet, write_comfyui_models_dir
+    from lcm_accel.fixtures.comfyui_models import sd15_unet, write_comfyui_models_dir, write_comfyui_sdxl_refiner
 
     base = tmp_path_factory.mktemp("comfyui_shared")
     write_comfyui_models_dir(base, CHECKOUT / "comfy" / "sd1_tokenizer", families=FAMILIES)
@@ -282,37 +282,12 @@ def base_dir(tmp_path_factory):
         torch.manual_seed(1)  # a ControlNet trained from some SD1.5 UNet: not the checkpoint's weights
         write_extra_models(base / "models", sd15_unet())
     if "sdxl" in FAMILIES:
-        write_comfyui_refiner(base / "models" / "checkpoints" / REFINER)
+        write_comfyui_sdxl_refiner(base / "models" / "checkpoints" / REFINER)
     write_inputs(base / "input")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-LCM-Accel").symlink_to(ROOT, target_is_directory=True)
     yield base
     shutil.rmtree(base / "models", ignore_errors=True)
-
-
-def write_comfyui_refiner(path: Path, seed: int = 0) -> None:
-    """A refiner checkpoint ComfyUI loads whole (MODEL, CLIP, VAE): `comfyui_refiner_unet` with the
-    full-size OpenCLIP-G text encoder and SD VAE ComfyUI builds for it, random, stored in fp16."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPTextModelWithProjection
-
-    from lcm_accel.fixtures.comfyui_models import (
-        SDXL_VAE_SCALING,
-        STORAGE_DTYPE,
-        comfyui_refiner_unet,
-        open_clip_bigg_config,
-        sd_vae,
-    )
-    from lcm_accel.fixtures.tiny_models import TinyModel, ldm_state_dict, randomize
-
-    generator = torch.Generator().manual_seed(seed)
-    parts = [comfyui_refiner_unet(), sd_vae(SDXL_VAE_SCALING), CLIPTextModelWithProjection(open_clip_bigg_config())]
-    for module in parts:
-        randomize(module, generator)
-    model = TinyModel("sdxl_refiner", parts[0], parts[1], [parts[2]], layers_per_block=2)
-    state = {k: v.to(STORAGE_DTYPE).contiguous() for k, v in ldm_state_dict(model).items()}
-    save_file(state, str(path), metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
@@ -352,12 +327,8 @@ def compare_hosts(name: str, prompt: dict, shape: tuple[int, int], headless_imag
     return value
 
 
-# known differences between the hosts, each xfail(strict) until it is mended
-KNOWN_DIFFERENCES = {
-    "sdxl_base_refiner": "21.9 dB between the hosts (max |diff| 111/255) with LCM_ACCEL_COMFYUI_FAMILIES=sdxl; "
-    "not bisected yet: the refiner's CLIP / aesthetic-score conditioning, the leftover-noise hand-over of "
-    "KSamplerAdvanced, or this test's refiner checkpoint (write_comfyui_refiner)",
-}
+# known differences between the hosts, each xfail(strict) until it is mended ({file stem: why})
+KNOWN_DIFFERENCES: dict[str, str] = {}
 COMPARED = [
     pytest.param(p, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_DIFFERENCES[p.stem]))
     if p.stem in KNOWN_DIFFERENCES

@@ -56,6 +56,7 @@ COMFYUI_CORE = {
     "DualCLIPLoader": ("CLIP",),
     "ControlNetLoader": ("CONTROL_NET",),
     "ControlNetApplyAdvanced": ("CONDITIONING", "CONDITIONING"),
+    "ControlNetApply": ("CONDITIONING",),
 }
 
 

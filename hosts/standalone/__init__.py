@@ -8,7 +8,7 @@ from .nodes_clip_loaders import CLIPLoader, DualCLIPLoader
 from .nodes_clip_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from .nodes_conditioning import CLIPSetLastLayer, CLIPTextEncode
 from .nodes_conditioning_ops import ConditioningCombine, ConditioningSetTimestepRange, ConditioningZeroOut
-from .nodes_controlnet import ControlNetApplyAdvanced, ControlNetLoader
+from .nodes_controlnet import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader
 from .nodes_custom_sampling import BasicScheduler, KSamplerSelect, SamplerCustom, SDTurboScheduler
 from .nodes_image import LoadImage, PreviewImage, SaveImage
 from .nodes_inpaint import LoadImageMask, SetLatentNoiseMask, VAEEncodeForInpaint
@@ -68,6 +68,7 @@ NODE_CLASS_MAPPINGS = {
         DualCLIPLoader,
         ControlNetLoader,
         ControlNetApplyAdvanced,
+        ControlNetApply,
     )
 }
 

@@ -1,5 +1,5 @@
-"""ControlNets on the standalone host's sampler: what ControlNetApplyAdvanced attaches to a
-conditioning entry, and what the denoiser runs at each UNet call (ComfyUI's `ControlNet.get_control`).
+"""ControlNets on the standalone host's sampler: what ControlNetApplyAdvanced / ControlNetApply attach
+to a conditioning entry, and what the denoiser runs at each UNet call (ComfyUI's `ControlNet.get_control`).
 
 A conditioning entry's options carry `control`: an `AppliedControl` (ControlNet, hint image, strength,
 start / end percent) whose `previous` is the control the entry had before (controls chain). At each
@@ -62,6 +62,21 @@ class AppliedControl:
 def has_control(*conditionings: list) -> bool:
     """Whether any entry of these conditionings carries a ControlNet."""
     return any(entry[1].get("control") is not None for conds in conditionings for entry in conds)
+
+
+def with_uncond_controls(positive: list, negative: list) -> list:
+    """The negative conditioning a sampling run uses, given ControlNetApply's positive entries
+    (`control_apply_to_uncond`): as ComfyUI's `process_conds`, a negative without any ControlNet gets
+    them, the k-th such control on negative entry k modulo the number of entries (a later control
+    replaces an earlier one on the same entry); a negative that has a ControlNet is kept as it is."""
+    shared = [e[1]["control"] for e in positive if e[1].get("control_apply_to_uncond") and e[1].get("control")]
+    if not shared or not negative or has_control(negative):
+        return negative
+    out = list(negative)
+    for k, control in enumerate(shared):
+        index = k % len(negative)
+        out[index] = [negative[index][0], {**negative[index][1], "control": control}]
+    return out
 
 
 def without_deepcache(model: ModelHost, positive: list, negative: list) -> ModelHost:

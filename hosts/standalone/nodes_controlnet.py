@@ -1,9 +1,11 @@
-"""ControlNet nodes (ComfyUI's ControlNetLoader and ControlNetApplyAdvanced).
+"""ControlNet nodes (ComfyUI's ControlNetLoader, ControlNetApplyAdvanced and the older ControlNetApply).
 
 CONTROL_NET is a `runtime.controlnet_files.LoadedControlNet` (SD1.5 / SDXL, original LDM or
 diffusers layout). ControlNetApplyAdvanced attaches an `AppliedControl` to every entry of both
 conditionings, chained to the control an entry already had; the sampler runs it
-(`controlnet.ControlRun`).
+(`controlnet.ControlRun`). ControlNetApply attaches one to a single conditioning for the whole
+schedule and marks it `control_apply_to_uncond`: at sampling time a negative without ControlNets
+gets the positive's (`controlnet.with_uncond_controls`), as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -37,12 +39,65 @@ class ControlNetLoader:
             raise CheckpointFormatError(f"ControlNetLoader: control_net_name {control_net_name!r}: {error}") from None
 
 
-def _entries(name: str, conditioning) -> list:
+def _entries(node: str, name: str, conditioning) -> list:
     if not isinstance(conditioning, list) or not all(
         isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[1], dict) for e in conditioning
     ):
-        raise TypeError(f"ControlNetApplyAdvanced: {name} is not a CONDITIONING (a list of [tensor, options] entries)")
+        raise TypeError(f"{node}: {name} is not a CONDITIONING (a list of [tensor, options] entries)")
     return conditioning
+
+
+def attach_control(
+    node: str,
+    conditionings: dict[str, list],
+    control_net,
+    image,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    apply_to_uncond: bool,
+) -> list[list]:
+    """The conditionings (name -> CONDITIONING, in order) with a ControlNet attached to every entry,
+    each chained to the entry's previous control (one new control per previous one, shared by all
+    entries that had it); strength 0 returns them unchanged. Errors name `node` and the input."""
+    import torch
+
+    from ...runtime.controlnet_files import LoadedControlNet
+    from .controlnet import AppliedControl
+
+    if not isinstance(control_net, LoadedControlNet):
+        raise TypeError(f"{node}: control_net must come from ControlNetLoader, got {type(control_net).__name__}")
+    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{node}: {name} {value} is outside 0..1")
+    if not 0.0 <= float(strength) <= 10.0:
+        raise ValueError(f"{node}: strength {strength} is outside 0..10")
+    entries = {name: _entries(node, name, conds) for name, conds in conditionings.items()}
+    if float(strength) == 0.0:
+        return list(entries.values())  # as ComfyUI: nothing attached
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise TypeError(f"{node}: image must be an IMAGE (batch, height, width, channels)")
+    if image.shape[-1] != control_net.hint_channels:
+        raise ValueError(
+            f"{node}: image has {image.shape[-1]} channels but the ControlNet {control_net.name!r} "
+            f"takes {control_net.hint_channels}"
+        )
+    hint = image.movedim(-1, 1).float()
+    applied: dict[int, AppliedControl] = {}  # one new control per previous control, shared by all
+    out = []
+    for conds in entries.values():
+        converted = []
+        for tensor, options in conds:
+            previous = options.get("control")
+            if id(previous) not in applied:
+                applied[id(previous)] = AppliedControl(
+                    control_net, hint, float(strength), float(start_percent), float(end_percent), previous
+                )
+            converted.append(
+                [tensor, {**options, "control": applied[id(previous)], "control_apply_to_uncond": apply_to_uncond}]
+            )
+        out.append(converted)
+    return out
 
 
 class ControlNetApplyAdvanced:
@@ -69,43 +124,40 @@ class ControlNetApplyAdvanced:
     FUNCTION = "apply_controlnet"
     CATEGORY = "conditioning/controlnet"
 
-    def apply_controlnet(self, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
-        import torch
-
-        from ...runtime.controlnet_files import LoadedControlNet
-        from .controlnet import AppliedControl
-
-        node = "ControlNetApplyAdvanced"
-        if not isinstance(control_net, LoadedControlNet):
-            raise TypeError(f"{node}: control_net must come from ControlNetLoader, got {type(control_net).__name__}")
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{node}: {name} {value} is outside 0..1")
-        if not 0.0 <= float(strength) <= 10.0:
-            raise ValueError(f"{node}: strength {strength} is outside 0..10")
-        entries = {"positive": _entries("positive", positive), "negative": _entries("negative", negative)}
-        if float(strength) == 0.0:
-            return (positive, negative)  # as ComfyUI: nothing attached
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            raise TypeError(f"{node}: image must be an IMAGE (batch, height, width, channels)")
-        if image.shape[-1] != control_net.hint_channels:
-            raise ValueError(
-                f"{node}: image has {image.shape[-1]} channels but the ControlNet {control_net.name!r} "
-                f"takes {control_net.hint_channels}"
-            )
-        hint = image.movedim(-1, 1).float()
-        applied: dict[int, AppliedControl] = {}  # one new control per previous control, shared by both
-        out = []
-        for name in ("positive", "negative"):
-            converted = []
-            for tensor, options in entries[name]:
-                previous = options.get("control")
-                if id(previous) not in applied:
-                    applied[id(previous)] = AppliedControl(
-                        control_net, hint, float(strength), float(start_percent), float(end_percent), previous
-                    )
-                converted.append(
-                    [tensor, {**options, "control": applied[id(previous)], "control_apply_to_uncond": False}]
-                )
-            out.append(converted)
+    def apply_controlnet(
+        self, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None
+    ) -> tuple[list, list]:
+        """(positive, negative) with the ControlNet attached to every entry of both."""
+        conds = {"positive": positive, "negative": negative}
+        out = attach_control(
+            "ControlNetApplyAdvanced", conds, control_net, image, strength, start_percent, end_percent, False
+        )
         return (out[0], out[1])
+
+
+class ControlNetApply:
+    """ComfyUI's older one-conditioning ControlNet node (deprecated there, still in shared
+    workflows): the ControlNet on every entry of `conditioning` for the whole schedule; at sampling
+    time a negative without ControlNets runs it too (ComfyUI's `control_apply_to_uncond`)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "control_net": ("CONTROL_NET",),
+                "image": ("IMAGE",),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+            }
+        }
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "apply_controlnet"
+    DEPRECATED = True
+    CATEGORY = "conditioning/controlnet"
+
+    def apply_controlnet(self, conditioning, control_net, image, strength) -> tuple[list]:
+        """(conditioning,) with the ControlNet attached to every entry."""
+        conds = {"conditioning": conditioning}
+        (out,) = attach_control("ControlNetApply", conds, control_net, image, strength, 0.0, 1.0, True)
+        return (out,)

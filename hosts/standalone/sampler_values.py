@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...k_sampling import SAMPLERS, NoiseSource
+from ...k_sampling import RANDOM_INPAINT_NOISE_SAMPLERS, SAMPLERS, NoiseSource
 from ...lcm_scheduler import (
     SAMPLER_KINDS,
     check_gamma,
@@ -45,6 +45,12 @@ class KDiffusionSampler:
     seeded Gaussian draws, or the Brownian tree of the SDE samplers)."""
 
     name: str
+
+    @property
+    def random_inpaint_noise(self) -> bool:
+        """Whether an inpainting run keeps the unmasked region on fresh noise from seed + 1 instead of
+        the initial noise (ComfyUI's "ddim"; see `sampling_pipeline.inpaint_noise`)."""
+        return self.name in RANDOM_INPAINT_NOISE_SAMPLERS
 
     def sample(self, job: SamplingJob) -> tuple[torch.Tensor, torch.Tensor]:
         """(final latent, last denoised prediction), both scaled."""

@@ -19,11 +19,11 @@ from ...runtime.interrupt import throw_if_interrupted
 from ...runtime.lora_state import activate_patches
 from ...runtime.model_types import ModelHost
 from ...runtime.progress import ProgressBar
-from .controlnet import without_deepcache
+from .controlnet import with_uncond_controls, without_deepcache
 from .deepcache import deepcache_run
 from .denoiser import InpaintDenoiser, sigma_table
 from .lcm_denoiser import model_lcm_sigmas
-from .names import SAMPLER_NAMES
+from .names import MAX_SEED, SAMPLER_NAMES
 from .sampler_values import KDiffusionSampler, LCMTCDSampler
 from .sampling_job import Denoiser, SamplingJob
 
@@ -57,6 +57,21 @@ def prepare_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if mask.shape[0] < shape[0]:
         mask = mask.repeat(math.ceil(shape[0] / mask.shape[0]), 1, 1, 1)
     return mask[: shape[0]]
+
+
+def inpaint_noise(sampler, noise: torch.Tensor, seed: int) -> torch.Tensor:
+    """The noise that keeps the unmasked region of an inpainting run on the noised original: the
+    initial noise, except for samplers marked `random_inpaint_noise` (KSamplerSelect's "ddim"), for
+    which ComfyUI draws a fresh latent-sized CPU normal from torch.manual_seed(seed + 1)."""
+    if not getattr(sampler, "random_inpaint_noise", False):
+        return noise
+    if int(seed) + 1 > MAX_SEED:
+        raise ValueError(
+            f"seed {seed}: the {getattr(sampler, 'name', 'sampler')!r} sampler draws its inpainting noise from "
+            "seed + 1, which is past the largest seed; use a smaller seed"
+        )
+    generator = torch.manual_seed(int(seed) + 1)
+    return torch.randn(noise.shape, generator=generator, device="cpu").to(device=noise.device, dtype=noise.dtype)
 
 
 def step_progress(total: int):
@@ -118,6 +133,7 @@ def sample_with_noise(
     if tuple(noise.shape) != tuple(samples.shape):
         raise ValueError(f"the noise has shape {tuple(noise.shape)}, the latent {tuple(samples.shape)}")
     noise = noise.float()
+    negative = with_uncond_controls(positive, negative)
     activate_patches(model)
     device = next(model.unet.parameters()).device
     scale = latent_scale(model)
@@ -126,7 +142,8 @@ def sample_with_noise(
     wrap = _identity
     if "noise_mask" in latent:
         mask = prepare_mask(latent["noise_mask"], samples.shape).to(device)
-        wrap = lambda denoiser: InpaintDenoiser(denoiser, latent_in, noise, mask)  # noqa: E731
+        kept_noise = inpaint_noise(sampler, noise, seed)
+        wrap = lambda denoiser: InpaintDenoiser(denoiser, latent_in, kept_noise, mask)  # noqa: E731
     step, bar = step_progress(len(sigmas) - 1)
     try:
         with deepcache_run(without_deepcache(model, positive, negative), sigmas) as run_model:
