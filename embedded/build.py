@@ -62,10 +62,12 @@ def build(
     reuse: bool = False,
     steps_scale: float = 1.0,
     stop_after: str | None = None,
+    lcm_steps: int | None = None,
 ) -> dict:
     """Run every stage; returns the build info (settings, stage times, scores). `reuse`: keep the
     stages whose files are already in `out` (and the VAE stage's file in `work`: continue an
-    interrupted build); `stop_after`: "vae", "scorer" or "unet" ends the build after that stage."""
+    interrupted build); `stop_after`: "vae", "scorer" or "unet" ends the build after that stage;
+    `lcm_steps`: the LCM-LoRA distillation's steps instead of its scaled default (1200)."""
     from ..runtime.checkpoints import clear_cache, load_checkpoint
     from ..runtime.text_encoding import encode_prompt
     from .base_training import encode_latents, finetune_decoder, normalise_latents, text_contexts, train_unet, train_vae
@@ -78,6 +80,8 @@ def build(
         k: max(2, int(v * scale * steps_scale))
         for k, v in {"vae": 4000, "vae_decoder": 1200, "unet": 7500, "lcm": 1200, "style": 800, "scorer": 800}.items()
     }
+    if lcm_steps is not None:
+        steps["lcm"] = lcm_steps
     counts = {
         "train": max(64, int(6000 * scale)),
         "outlined": max(64, int(3000 * scale)),
@@ -301,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reuse", action="store_true", help="keep the files already in OUT (continue a build)")
     parser.add_argument(
+        "--lcm-steps",
+        type=int,
+        default=None,
+        help="the LCM-LoRA distillation's steps (default 1200 x --steps-scale); with --reuse and the LCM-LoRA "
+        "file removed from OUT, only the LCM-LoRA is distilled again, then everything is scored",
+    )
+    parser.add_argument(
         "--stop-after",
         choices=("vae", "scorer", "unet"),
         default=None,
@@ -312,7 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     work = Path(args.work) if args.work else out.parent / "build-work"
     start = time.perf_counter()
-    info = build(out, work, args.seed, args.quick, not args.no_progress, args.reuse, args.steps_scale, args.stop_after)
+    info = build(
+        out,
+        work,
+        args.seed,
+        args.quick,
+        not args.no_progress,
+        args.reuse,
+        args.steps_scale,
+        args.stop_after,
+        args.lcm_steps,
+    )
     print(f"built the embedded model in {time.perf_counter() - start:.0f} s -> {out}")
     print(json.dumps(info.get("scores", {}), indent=2))
     return 0

@@ -81,6 +81,23 @@ def sigma_range(table: DiscreteSigmas, options: dict) -> tuple[float, float]:
     return highest, lowest
 
 
+def entry_unet_inputs(
+    unet: torch.nn.Module, cond: list, x: torch.Tensor, device, dtype, pass_name: str
+) -> tuple[torch.Tensor, dict | None]:
+    """(context repeated to `x`'s batch, diffusers' `added_cond_kwargs` or None) of one conditioning
+    entry for `unet`; `pass_name` ("positive" / "negative") picks the refiner's default aesthetic score."""
+    batch = x.shape[0]
+    context = cond[0].to(device=device, dtype=dtype)
+    if context.shape[0] != batch:
+        context = context.repeat(math.ceil(batch / context.shape[0]), 1, 1)[:batch]
+    if getattr(unet.config, "addition_embed_type", None) != "text_time":
+        return context, None
+    h, w = x.shape[2] * 8, x.shape[3] * 8
+    if is_refiner_unet(unet):  # the refiner: pooled + size, crop and aesthetic score
+        return context, refiner_added_conds(cond[1], batch, h, w, device, dtype, pass_name)
+    return context, sdxl_added_conds(cond[1], batch, h, w, device, dtype)
+
+
 class GuidedDenoiser:
     """D(x, sigma) with CFG for one sampling run; `seed` feeds the ancestral noise."""
 
@@ -112,18 +129,8 @@ class GuidedDenoiser:
     ) -> torch.Tensor:
         unet = self.model.unet
         param = next(unet.parameters())
-        context = cond[0].to(device=param.device, dtype=param.dtype)
-        batch = x_in.shape[0]
-        if context.shape[0] != batch:
-            context = context.repeat(math.ceil(batch / context.shape[0]), 1, 1)[:batch]
-        kwargs = {}
-        if getattr(unet.config, "addition_embed_type", None) == "text_time":
-            h, w = x_in.shape[2] * 8, x_in.shape[3] * 8
-            if is_refiner_unet(unet):  # the refiner: pooled + size, crop and aesthetic score
-                added = refiner_added_conds(cond[1], batch, h, w, param.device, param.dtype, stream[0])
-            else:
-                added = sdxl_added_conds(cond[1], batch, h, w, param.device, param.dtype)
-            kwargs["added_cond_kwargs"] = added
+        context, added = entry_unet_inputs(unet, cond, x_in, param.device, param.dtype, stream[0])
+        kwargs = {} if added is None else {"added_cond_kwargs": added}
         control = self.controls.get(stream)
         if control is not None:
             added = kwargs.get("added_cond_kwargs")

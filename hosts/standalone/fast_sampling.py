@@ -23,9 +23,8 @@ from ...runtime.fast_mode import FastModeSettings, fast_or_eager, module_dtype, 
 from ...runtime.graph_cache import graph_cache
 from .controlnet import note_fast_mode
 from .deepcache import RUN_OPTION, SETTINGS_OPTION
-from .denoiser import sdxl_added_conds
+from .denoiser import entry_unet_inputs
 from .lcm_denoiser import GuidanceEmbeddedUNet, PlainX0Denoiser, lcm_train_sigmas
-from .refiner_conds import is_refiner_unet, refiner_added_conds
 from .sampling_job import SamplingJob
 
 UNET_KWARGS_ADDED = ("text_embeds", "time_ids")  # go to the UNet as `added_cond_kwargs`
@@ -87,19 +86,9 @@ class PlannedX0Denoiser(PlainX0Denoiser):
     def _prepare(self, cond: list, x: torch.Tensor, extras: dict, pass_name: str) -> tuple[torch.Tensor, dict]:
         """(context, extra UNet inputs) of one conditioning entry of the `pass_name` ("positive" /
         "negative") pass, on the device, as `_unet` builds them."""
-        batch = x.shape[0]
-        context = cond[0].to(device=x.device, dtype=self.dtype)
-        if context.shape[0] != batch:
-            context = context.repeat(math.ceil(batch / context.shape[0]), 1, 1)[:batch]
+        context, added = entry_unet_inputs(self.unet, cond, x, x.device, self.dtype, pass_name)
         inputs = dict(extras)
-        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
-            if is_refiner_unet(self.unet):
-                added = refiner_added_conds(
-                    cond[1], batch, x.shape[2] * 8, x.shape[3] * 8, x.device, self.dtype, pass_name
-                )
-            else:
-                added = sdxl_added_conds(cond[1], batch, x.shape[2] * 8, x.shape[3] * 8, x.device, self.dtype)
-            inputs.update({name: tensor.contiguous() for name, tensor in added.items()})
+        inputs.update({name: tensor.contiguous() for name, tensor in (added or {}).items()})
         return context.contiguous(), inputs
 
     def _unet(self, x_in, timestep, cond, stream, sigma) -> torch.Tensor:
