@@ -31,7 +31,7 @@ from .evaluate import TEACHER_CFG, build_scores  # the teacher's guidance is wha
 from .world import caption, render_batch, scenes
 
 # The LCM-LoRA's distillation (measured on this model, 1200 steps of batch 16, see
-# docs/embedded-model.md): lr 5e-4 drifted the base (LCM-LoRA 4 steps 82 % on 96 prompts where
+# docs/embedded-model.md): lr 5e-4 drifted the base (LCM-LoRA 4 steps 85 % on 96 prompts where
 # the base with the LCM sampler gets 100 %), 1e-4 and 2e-4 kept it (95 %, 100 %); on the paper's
 # 50-point solver grid (k = 20) the consistency loss stayed flat in 1200 steps, on a 10-point grid
 # (k = 100: ten links from t = 999 down to the boundary, each drawn five times as often) it falls
