@@ -1,6 +1,6 @@
 """Benchmark: the LCM-LoRA papers' claims measured on the embedded model (CPU, a few minutes).
 
-    python benchmarks/bench_embedded_claims.py [--count 48] [--seeds 0 1] [--threads 1] [--quick]
+    python benchmarks/bench_embedded_claims.py [--count 48] [--seeds 0 1] [--threads 1] [--quick] [--files DIR]
 
 The embedded model (`embedded/`, trained by `python -m lcm_accel.embedded.build`) draws coloured
 shapes from prompts, so a picture can be right or wrong. For `--count` balanced prompts x `--seeds`
@@ -72,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--quick", action="store_true", help="8 prompts, one seed: a smoke run")
+    parser.add_argument(
+        "--files",
+        default=None,
+        help="a folder with the embedded files (default: the shipped ones), e.g. a build's --out with an LCM-LoRA "
+        "distilled otherwise",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.count, args.seeds = 8, [0]
     from tqdm.auto import tqdm
 
-    pipeline = EmbeddedPipeline()
+    pipeline = EmbeddedPipeline(args.files) if args.files else EmbeddedPipeline()
     scenes = eval_scenes(args.count)
     rows = methods(args.steps)
     teacher: dict[int, torch.Tensor] = {}

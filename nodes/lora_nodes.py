@@ -18,6 +18,10 @@ from .inputs import NONE, check_int, check_lora_choice, check_lora_stack, check_
 WEIGHT_RANGE = {"min": -10.0, "max": 10.0, "step": 0.01}
 MAX_RANK = 1024
 LORA_STACK = "LORA_STACK"
+MIXER_OUTPUT_TOOLTIPS = (  # both mixers: the 4-slot one and the one with growing rows
+    "The model with the weighted LoRA mix applied as one patch.",
+    "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).",
+)
 
 
 def clip_input() -> tuple:
@@ -171,10 +175,7 @@ class LCMAdapterMixer:
         return {"required": required, "optional": optional}
 
     RETURN_TYPES = ("MODEL", "CLIP")
-    OUTPUT_TOOLTIPS = (
-        "The model with the weighted LoRA mix applied as one patch.",
-        "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).",
-    )
+    OUTPUT_TOOLTIPS = MIXER_OUTPUT_TOOLTIPS
     FUNCTION = "mix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Mixes up to four LoRAs (and a LORA_STACK) with weights into one low-rank patch."
@@ -317,10 +318,7 @@ class LCMAdapterMixerRows:
         }
 
     RETURN_TYPES = ("MODEL", "CLIP")
-    OUTPUT_TOOLTIPS = (
-        "The model with the weighted LoRA mix applied as one patch.",
-        "The CLIP with the LoRAs' text-encoder parts (None when no CLIP is connected).",
-    )
+    OUTPUT_TOOLTIPS = MIXER_OUTPUT_TOOLTIPS
     FUNCTION = "mix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Mixes any number of LoRAs (one LoRA Row or LORA_STACK per socket) into one low-rank patch."

@@ -12,9 +12,10 @@ the "interfaces" CHECK line.
 
 from __future__ import annotations
 
+import functools
 import sys
 
-from comfyui_inprocess import report, run_check, start_comfyui
+from comfyui_inprocess import call_node, report, run_check, start_comfyui
 
 NODES = [
     "LatentUpscale",
@@ -78,11 +79,7 @@ def main(comfyui: str, base: str) -> None:
     inputs = load_file(f"{base}/core_inputs.safetensors")
     outputs: dict[str, torch.Tensor] = {}
 
-    def call(name: str, **kwargs):
-        cls = comfy_nodes.NODE_CLASS_MAPPINGS[name]
-        if hasattr(cls, "define_schema"):
-            return cls.execute(**kwargs).result
-        return getattr(node[name], cls.FUNCTION)(**kwargs)
+    call = functools.partial(call_node, node)
 
     def interfaces():
         report(

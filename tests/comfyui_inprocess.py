@@ -70,3 +70,11 @@ class V3Caller:
 def callable_node(cls):
     """An instance of a V1 node class, or a `V3Caller` of a V3 one."""
     return V3Caller(cls) if hasattr(cls, "define_schema") else cls()
+
+
+def call_node(node: dict, name: str, **kwargs):
+    """Call node `name` of `start_comfyui`'s dict by keyword, V1 or V3; returns its outputs."""
+    instance = node[name]
+    if isinstance(instance, V3Caller):
+        return instance.cls.execute(**kwargs).result
+    return getattr(instance, type(instance).FUNCTION)(**kwargs)

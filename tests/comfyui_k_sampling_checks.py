@@ -169,7 +169,9 @@ def case_conds(inputs: dict, family: str) -> dict:
 
 
 def main(comfyui: str, base: str, family: str) -> None:
-    from comfyui_inprocess import report, run_check, start_comfyui
+    import functools
+
+    from comfyui_inprocess import call_node, report, run_check, start_comfyui
 
     # SDXL: PyTorch's attention kernel, as the standalone host uses (ComfyUI's CPU default chunks the
     # softmax: the same maths rounded otherwise, which UniPC on a random 2048-wide UNet amplifies)
@@ -177,16 +179,10 @@ def main(comfyui: str, base: str, family: str) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    import nodes as comfy_nodes
-
     inputs = load_file(f"{base}/k_sampling_inputs.safetensors")
     outputs: dict[str, torch.Tensor] = {}
 
-    def call(name: str, **kwargs):
-        cls = comfy_nodes.NODE_CLASS_MAPPINGS[name]
-        if hasattr(cls, "define_schema"):
-            return cls.execute(**kwargs).result
-        return getattr(node[name], cls.FUNCTION)(**kwargs)
+    call = functools.partial(call_node, node)
 
     def sampling():
         model = node["UNETLoader"].load_unet("unet.safetensors", "default")[0]
